@@ -7,7 +7,6 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    println!("cargo:rerun-if-changed=crates/store/migrations");
 
     let fds = protox::compile(["notify/v1/notify.proto"], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

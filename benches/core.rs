@@ -1,1 +1,2 @@
+//! Core benchmarks (filled in below).
 fn main() {}

@@ -1,1 +1,105 @@
-//! store
+//! Notification storage for the notify core.
+//!
+//! - `model`: users, notifications, statuses, pagination and the timestamp
+//!   format shared by every interface.
+//! - `object_id`: ids made in-process, sortable by creation.
+//! - `sqlite`: the embedded default, one writer task that commits concurrent
+//!   writes in groups, and a pool of readers.
+//!
+//! Callers hold an `Arc<dyn Store>` and never see which database is behind it.
+//! After each commit a store hands what changed to a [`ChangeSink`] (the core's
+//! live fan-out), in commit order.
+
+mod model;
+mod object_id;
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use model::{
+    Change, Channel, Created, MarkOutcome, NewNotification, Notification, OfflinePage, Pagination,
+    Role, RoomMember, Status, User, format_millis, now_millis,
+};
+pub use object_id::{new_object_id, parse_object_id};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not do the work now (unreachable, busy, disk full).
+    /// Nothing was committed; the caller may retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The store is shutting down.
+    #[error("the store is shutting down")]
+    Closed,
+    /// A stored row could not be read back; never caused by input.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+/// Receives every committed change, in commit order, after it is durable.
+/// Implementations must not block: they run on the commit path.
+pub trait ChangeSink: Send + Sync + 'static {
+    /// Called once per change.
+    fn publish(&self, change: Change);
+}
+
+/// The storage behind the core. Implementations commit before they return.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores every notification in one transaction: all or none. Seqs are
+    /// assigned in that transaction. Results are in input order.
+    async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<Created>, StoreError>;
+
+    /// One notification by canonical id.
+    async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError>;
+
+    /// A page of the user's notifications not yet READ, newest first.
+    async fn list_unread(
+        &self,
+        user: User,
+        page: u32,
+        limit: u32,
+    ) -> Result<OfflinePage, StoreError>;
+
+    /// Up to `limit` of the user's notifications with seq > `after`, in seq order.
+    async fn after_seq(
+        &self,
+        user: User,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// The user's highest seq (0 before the first notification).
+    async fn last_seq(&self, user: User) -> Result<i64, StoreError>;
+
+    /// Moves the user's own notifications among `ids` forward to `status`.
+    async fn mark(
+        &self,
+        user: User,
+        ids: Vec<String>,
+        status: Status,
+    ) -> Result<MarkOutcome, StoreError>;
+
+    /// Adds the user to the room (no-op if already there).
+    async fn join_room(&self, room: &str, user: User) -> Result<(), StoreError>;
+
+    /// Removes the user from the room (no-op if not there).
+    async fn leave_room(&self, room: &str, user: User) -> Result<(), StoreError>;
+
+    /// The room's members, ordered by role and id.
+    async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError>;
+
+    /// Every other user sharing at least one room with `user`, each once.
+    async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError>;
+
+    /// Records when the user's last connection closed.
+    async fn set_last_seen(&self, user: User, at: i64) -> Result<(), StoreError>;
+}

@@ -1,0 +1,361 @@
+//! The domain: users, notifications and the values stored with them.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+/// Which kind of account a user id belongs to; vendor 12 and customer 12 are
+/// different users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A shop selling on the platform.
+    Vendor,
+    /// A buyer.
+    Customer,
+}
+
+impl Role {
+    /// The number stored in the database.
+    pub fn code(self) -> i64 {
+        match self {
+            Role::Vendor => 1,
+            Role::Customer => 2,
+        }
+    }
+
+    /// The inverse of [`Role::code`].
+    pub fn from_code(code: i64) -> Option<Role> {
+        match code {
+            1 => Some(Role::Vendor),
+            2 => Some(Role::Customer),
+            _ => None,
+        }
+    }
+}
+
+/// A recipient of notifications, and the unit of presence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct User {
+    /// Vendor or customer.
+    pub role: Role,
+    /// The numeric id within that role.
+    pub id: i64,
+}
+
+impl User {
+    /// A vendor.
+    pub fn vendor(id: i64) -> User {
+        User {
+            role: Role::Vendor,
+            id,
+        }
+    }
+
+    /// A customer.
+    pub fn customer(id: i64) -> User {
+        User {
+            role: Role::Customer,
+            id,
+        }
+    }
+
+    /// `vendorId` as it appears in the JSON of the contract (`None` is null).
+    pub fn vendor_id(self) -> Option<i64> {
+        (self.role == Role::Vendor).then_some(self.id)
+    }
+
+    /// `customerId` as it appears in the JSON of the contract.
+    pub fn customer_id(self) -> Option<i64> {
+        (self.role == Role::Customer).then_some(self.id)
+    }
+}
+
+impl fmt::Display for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.role {
+            Role::Vendor => write!(f, "vendor {}", self.id),
+            Role::Customer => write!(f, "customer {}", self.id),
+        }
+    }
+}
+
+/// Where a notification is meant to be shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// A push to connected clients (the default).
+    Push,
+    /// Inside the application only.
+    InApp,
+    /// By e-mail, through a backend reading the core.
+    Email,
+    /// By text message, through a backend reading the core.
+    Sms,
+}
+
+impl Channel {
+    /// The number stored in the database, equal to the proto enum value.
+    pub fn code(self) -> i64 {
+        match self {
+            Channel::Push => 1,
+            Channel::InApp => 2,
+            Channel::Email => 3,
+            Channel::Sms => 4,
+        }
+    }
+
+    /// The inverse of [`Channel::code`].
+    pub fn from_code(code: i64) -> Option<Channel> {
+        match code {
+            1 => Some(Channel::Push),
+            2 => Some(Channel::InApp),
+            3 => Some(Channel::Email),
+            4 => Some(Channel::Sms),
+            _ => None,
+        }
+    }
+
+    /// The name used in JSON (`"PUSH"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Push => "PUSH",
+            Channel::InApp => "IN_APP",
+            Channel::Email => "EMAIL",
+            Channel::Sms => "SMS",
+        }
+    }
+}
+
+/// Delivery state. It only moves forward, so a late DELIVERED receipt never
+/// turns a READ notification back into an unread one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Accepted but not yet handed out (reserved for scheduled sends).
+    Pending,
+    /// Stored and handed to the live fan-out: the state of a new notification.
+    Sent,
+    /// A client acknowledged receiving it.
+    Delivered,
+    /// The user read it; it leaves the unread inbox.
+    Read,
+}
+
+impl Status {
+    /// The number stored in the database, equal to the proto enum value.
+    pub fn code(self) -> i64 {
+        match self {
+            Status::Pending => 1,
+            Status::Sent => 2,
+            Status::Delivered => 3,
+            Status::Read => 4,
+        }
+    }
+
+    /// The inverse of [`Status::code`].
+    pub fn from_code(code: i64) -> Option<Status> {
+        match code {
+            1 => Some(Status::Pending),
+            2 => Some(Status::Sent),
+            3 => Some(Status::Delivered),
+            4 => Some(Status::Read),
+            _ => None,
+        }
+    }
+
+    /// The name used in JSON (`"SENT"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Sent => "SENT",
+            Status::Delivered => "DELIVERED",
+            Status::Read => "READ",
+        }
+    }
+}
+
+/// A stored notification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    /// 24 lowercase hex characters, an ObjectId.
+    pub id: String,
+    /// Who it is for.
+    pub recipient: User,
+    /// Per-recipient sequence number, 1, 2, 3 … with no gaps.
+    pub seq: i64,
+    /// What happened, e.g. `product:upload`.
+    pub kind: String,
+    /// Where it is meant to be shown.
+    pub channel: Channel,
+    /// A JSON object, kept as the exact text it was stored as.
+    pub content: String,
+    /// Delivery state.
+    pub status: Status,
+    /// Higher is more urgent.
+    pub priority: i32,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Milliseconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
+/// A notification to be created.
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    /// Who it is for.
+    pub recipient: User,
+    /// What happened, e.g. `product:upload`.
+    pub kind: String,
+    /// Where it is meant to be shown.
+    pub channel: Channel,
+    /// A JSON object as text.
+    pub content: String,
+    /// Higher is more urgent.
+    pub priority: i32,
+    /// The same key for the same recipient returns the first notification.
+    pub idempotency_key: Option<String>,
+}
+
+/// The result of one create.
+#[derive(Clone, Debug)]
+pub struct Created {
+    /// The stored notification (the earlier one on an idempotent repeat).
+    pub notification: Notification,
+    /// False when the idempotency key matched an earlier create.
+    pub fresh: bool,
+}
+
+/// One page of a user's unread inbox.
+#[derive(Clone, Debug)]
+pub struct OfflinePage {
+    /// Newest first.
+    pub items: Vec<Notification>,
+    /// All unread notifications of the user, not only this page.
+    pub total: i64,
+    /// The user's highest seq when the page was read.
+    pub last_seq: i64,
+}
+
+/// What a status change did.
+#[derive(Clone, Debug, Default)]
+pub struct MarkOutcome {
+    /// Ids whose status actually changed.
+    pub updated: Vec<String>,
+    /// The user's unread count afterwards.
+    pub unread: i64,
+    /// When the change was made (ms since the epoch).
+    pub updated_at: i64,
+}
+
+/// A member of a room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomMember {
+    /// Who.
+    pub user: User,
+    /// When the user's last connection closed, if ever (ms since the epoch).
+    pub last_seen_at: Option<i64>,
+}
+
+/// Something committed that open streams should hear about.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A new notification, with its recipient's unread count after it.
+    Created {
+        /// The stored notification.
+        notification: Notification,
+        /// The recipient's unread count right after this insert.
+        unread: i64,
+    },
+    /// Status changes to some of a user's notifications.
+    Updated {
+        /// Whose notifications.
+        user: User,
+        /// Which ones changed.
+        ids: Vec<String>,
+        /// The new status.
+        status: Status,
+        /// When (ms since the epoch).
+        updated_at: i64,
+        /// The user's unread count afterwards.
+        unread: i64,
+    },
+}
+
+/// Page arithmetic shared by the gRPC API and the Socket.IO bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pagination {
+    /// 1-based.
+    pub current_page: u32,
+    /// `None` on the last page.
+    pub next_page: Option<u32>,
+    /// `None` on the first page.
+    pub prev_page: Option<u32>,
+    /// ceil(total_records / limit).
+    pub total_pages: i64,
+    /// Every record, not only this page.
+    pub total_records: i64,
+}
+
+impl Pagination {
+    /// Pages of `limit` over `total_records`, positioned at `page` (≥ 1).
+    pub fn new(page: u32, limit: u32, total_records: i64) -> Pagination {
+        let limit = i64::from(limit.max(1));
+        let total_records = total_records.max(0);
+        let total_pages = (total_records + limit - 1) / limit;
+        let next_page = (i64::from(page) < total_pages).then(|| page + 1);
+        let prev_page = (page > 1).then(|| page - 1);
+        Pagination {
+            current_page: page,
+            next_page,
+            prev_page,
+            total_pages,
+            total_records,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// ISO 8601 UTC with milliseconds (`2025-06-20T10:27:34.307Z`), the one
+/// timestamp format of the contract.
+pub fn format_millis(ms: i64) -> String {
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_keep_milliseconds_even_when_zero() {
+        assert_eq!(format_millis(1_750_415_254_307), "2025-06-20T10:27:34.307Z");
+        assert_eq!(format_millis(1_750_415_254_000), "2025-06-20T10:27:34.000Z");
+    }
+
+    #[test]
+    fn pagination_matches_the_contract() {
+        let empty = Pagination::new(1, 20, 0);
+        assert_eq!(
+            (empty.total_pages, empty.next_page, empty.prev_page),
+            (0, None, None)
+        );
+        let middle = Pagination::new(2, 20, 45);
+        assert_eq!(middle.total_pages, 3);
+        assert_eq!((middle.next_page, middle.prev_page), (Some(3), Some(1)));
+        let last = Pagination::new(3, 20, 45);
+        assert_eq!((last.next_page, last.prev_page), (None, Some(2)));
+        let exact = Pagination::new(1, 20, 20);
+        assert_eq!((exact.total_pages, exact.next_page), (1, None));
+    }
+}

@@ -1,0 +1,207 @@
+//! The in-process fan-out: every committed change goes to each open stream
+//! of its user.
+//!
+//! Each stream has a bounded queue. Publishing never waits: when a queue is
+//! full the event is dropped and the stream is flagged as lagging, and the
+//! stream then catches up from the store by seq. A slow reader therefore
+//! costs its own queue and nothing else, and loses no notification.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use notify_store::{Change, ChangeSink, Notification, Status, User};
+use tokio::sync::{Notify, mpsc};
+
+/// Events one stream can queue before it is flagged as lagging.
+pub const STREAM_QUEUE: usize = 256;
+
+/// What a stream hears about.
+#[derive(Clone, Debug)]
+pub enum HubEvent {
+    /// A notification for the stream's user was committed.
+    Created {
+        /// The stored notification.
+        notification: Arc<Notification>,
+        /// The user's unread count right after it.
+        unread: i64,
+    },
+    /// Some of the user's notifications changed status.
+    Updated {
+        /// Which ones.
+        ids: Arc<[String]>,
+        /// The new status.
+        status: Status,
+        /// When (ms since the epoch).
+        updated_at: i64,
+        /// The user's unread count afterwards.
+        unread: i64,
+    },
+    /// A room peer made their first connection.
+    PeerOnline {
+        /// Who.
+        user: User,
+    },
+    /// A room peer closed their last connection.
+    PeerOffline {
+        /// Who.
+        user: User,
+        /// When (ms since the epoch).
+        last_seen_at: i64,
+    },
+}
+
+struct Subscriber {
+    id: u64,
+    queue: mpsc::Sender<HubEvent>,
+    lagged: Arc<Notify>,
+}
+
+/// The fan-out. Shared as `Arc<Hub>`; the store publishes into it.
+#[derive(Default)]
+pub struct Hub {
+    // A plain mutex: every critical section is a map lookup and a few
+    // non-blocking `try_send`s.
+    subscribers: Mutex<HashMap<User, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+}
+
+/// One stream's end of the hub; unsubscribes when dropped.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    user: User,
+    id: u64,
+    /// Events in publish order.
+    pub events: mpsc::Receiver<HubEvent>,
+    /// Woken when an event was dropped because `events` was full.
+    pub lagged: Arc<Notify>,
+}
+
+impl Hub {
+    /// Starts receiving the user's events. Register before reading the
+    /// store, so nothing committed afterwards can be missed.
+    pub fn subscribe(self: &Arc<Self>, user: User) -> Subscription {
+        let (queue, events) = mpsc::channel(STREAM_QUEUE);
+        let lagged = Arc::new(Notify::new());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().entry(user).or_default().push(Subscriber {
+            id,
+            queue,
+            lagged: lagged.clone(),
+        });
+        Subscription {
+            hub: self.clone(),
+            user,
+            id,
+            events,
+            lagged,
+        }
+    }
+
+    /// Hands the event to every stream of `user`, never waiting.
+    pub fn send(&self, user: User, event: HubEvent) {
+        let subscribers = self.lock();
+        let Some(streams) = subscribers.get(&user) else {
+            return;
+        };
+        for stream in streams {
+            if stream.queue.try_send(event.clone()).is_err() {
+                metrics::counter!("notify_stream_lagged_total").increment(1);
+                stream.lagged.notify_one();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<User, Vec<Subscriber>>> {
+        // A panic while holding this lock cannot leave the map half-updated
+        // (each update is one push or retain), so a poisoned lock is usable.
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ChangeSink for Hub {
+    fn publish(&self, change: Change) {
+        match change {
+            Change::Created {
+                notification,
+                unread,
+            } => self.send(
+                notification.recipient,
+                HubEvent::Created {
+                    notification: Arc::new(notification),
+                    unread,
+                },
+            ),
+            Change::Updated {
+                user,
+                ids,
+                status,
+                updated_at,
+                unread,
+            } => self.send(
+                user,
+                HubEvent::Updated {
+                    ids: ids.into(),
+                    status,
+                    updated_at,
+                    unread,
+                },
+            ),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscribers = self.hub.lock();
+        if let Some(streams) = subscribers.get_mut(&self.user) {
+            streams.retain(|stream| stream.id != self.id);
+            if streams.is_empty() {
+                subscribers.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(seq: i64) -> HubEvent {
+        HubEvent::Updated {
+            ids: vec![seq.to_string()].into(),
+            status: Status::Read,
+            updated_at: 0,
+            unread: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_flags_only_that_stream() {
+        let hub = Arc::new(Hub::default());
+        let user = User::vendor(1);
+        let slow = hub.subscribe(user);
+        let mut fast = hub.subscribe(user);
+        for seq in 0..STREAM_QUEUE as i64 + 1 {
+            hub.send(user, created(seq));
+            fast.events.recv().await.expect("fast stream keeps up");
+        }
+        // The slow stream was flagged once its queue filled; the permit waits.
+        tokio::time::timeout(std::time::Duration::from_secs(1), slow.lagged.notified())
+            .await
+            .expect("slow stream flagged as lagging");
+        assert_eq!(slow.events.len(), STREAM_QUEUE);
+    }
+
+    #[test]
+    fn dropping_a_subscription_unsubscribes() {
+        let hub = Arc::new(Hub::default());
+        let user = User::customer(7);
+        let subscription = hub.subscribe(user);
+        assert_eq!(hub.lock().get(&user).map(Vec::len), Some(1));
+        drop(subscription);
+        assert!(hub.lock().get(&user).is_none());
+    }
+}

@@ -1,0 +1,163 @@
+//! `notify core`: the gRPC notification service.
+//!
+//! - `service`: the gRPC adapter (validation, error mapping, api token).
+//! - `validate`: request checks that name the offending field.
+//! - `convert`: Struct ⇄ stored JSON, store values ⇄ proto messages.
+//! - `hub`: in-process fan-out of committed changes to open streams.
+//! - `stream`: one StreamUserEvents call, replay then live.
+//! - `presence`: who is online here, and telling room peers.
+
+mod convert;
+pub mod hub;
+pub mod presence;
+pub mod service;
+mod stream;
+pub mod validate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use notify_store::{SqliteOptions, SqliteStore, Store, Synchronous};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::proto::{self, notification_service_server::NotificationServiceServer};
+use hub::Hub;
+use presence::Presence;
+use service::{Api, ApiToken};
+
+/// How long open calls may take to finish after a shutdown signal.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// What `notify core` needs besides its listeners.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// `sqlite://path` (created if missing).
+    pub database_url: String,
+    /// Required as `authorization: Bearer <token>` on every call when set.
+    pub api_token: Option<String>,
+    /// SQLite commit durability.
+    pub synchronous: Synchronous,
+}
+
+/// The business side of the core, reachable without gRPC.
+pub struct Core {
+    /// Where notifications live.
+    pub store: Arc<dyn Store>,
+    /// Live fan-out.
+    pub hub: Arc<Hub>,
+    /// Who is online on this core.
+    pub presence: Presence,
+    /// Cancelled when the core shuts down; open streams end on it.
+    pub shutdown: CancellationToken,
+}
+
+/// Opens the store named by `url`, publishing its commits into `hub`.
+pub async fn open_store(
+    url: &str,
+    synchronous: Synchronous,
+    hub: Arc<Hub>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        let options = SqliteOptions {
+            synchronous,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(url, options, hub)
+            .await
+            .with_context(|| format!("cannot open {url}"))?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        bail!("PostgreSQL is not supported by this build yet; use sqlite://FILE");
+    }
+    bail!("unsupported --database-url {url:?}: expected sqlite://FILE")
+}
+
+/// Serves the core on `listener` (and `/metrics` on `metrics_listener`)
+/// until `shutdown` resolves, then drains open calls for at most
+/// [`DRAIN_GRACE`].
+pub async fn run(
+    config: CoreConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let hub = Arc::new(Hub::default());
+    let store = open_store(&config.database_url, config.synchronous, hub.clone()).await?;
+    let token = CancellationToken::new();
+    let core = Arc::new(Core {
+        presence: Presence::new(store.clone(), hub.clone()),
+        store,
+        hub,
+        shutdown: token.clone(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NotificationServiceServer<Api>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let api = InterceptedService::new(
+        NotificationServiceServer::new(Api::new(core.clone())),
+        ApiToken::new(config.api_token.as_deref()),
+    );
+
+    if let Some(metrics_listener) = metrics_listener {
+        tokio::spawn(crate::telemetry::serve_metrics(
+            metrics_listener,
+            token.clone().cancelled_owned(),
+        ));
+    }
+
+    let stop = token.clone();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending streams and draining calls");
+            stop.cancel();
+        });
+    tokio::select! {
+        served = server => served.context("gRPC server failed")?,
+        _ = async { token.cancelled().await; tokio::time::sleep(DRAIN_GRACE).await } => {
+            tracing::warn!(grace = ?DRAIN_GRACE, "calls still open after the grace period; stopping anyway");
+        }
+    }
+    tracing::info!("core stopped");
+    Ok(())
+}
+
+/// Binds the gRPC and metrics listeners for `notify core` and prints the
+/// line scripts wait for: `notify core ready grpc=ADDR metrics=ADDR`.
+pub async fn bind(
+    listen: &str,
+    metrics_listen: &str,
+) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let grpc = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let metrics = TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {metrics_listen} for metrics"))?;
+    let grpc_addr: SocketAddr = grpc.local_addr()?;
+    let metrics_addr: SocketAddr = metrics.local_addr()?;
+    tracing::info!(%grpc_addr, %metrics_addr, "notify core listening");
+    println!("notify core ready grpc={grpc_addr} metrics={metrics_addr}");
+    Ok((grpc, metrics))
+}

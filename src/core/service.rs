@@ -1,0 +1,373 @@
+//! The gRPC adapter: each method validates its request, delegates to the
+//! store or the stream machinery, and maps errors to status codes here and
+//! nowhere else.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use notify_store::{NewNotification, Pagination, StoreError, User};
+use subtle::ConstantTimeEq;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::validate::{self, FieldError};
+use super::{Core, convert, stream};
+use crate::proto::{self, notification_service_server::NotificationService};
+
+/// The `notify.v1.NotificationService` implementation.
+pub struct Api {
+    core: Arc<Core>,
+}
+
+impl Api {
+    /// Serves `core` over gRPC.
+    pub fn new(core: Arc<Core>) -> Api {
+        Api { core }
+    }
+}
+
+/// A bad field as INVALID_ARGUMENT naming it.
+pub fn invalid(error: FieldError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+/// The one mapping from store failures to gRPC codes.
+pub fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(reason) => {
+            Status::unavailable(format!("database unavailable, retry later: {reason}"))
+        }
+        StoreError::Closed => Status::unavailable("the core is shutting down, retry later"),
+        StoreError::Corrupt(reason) => Status::internal(reason),
+    }
+}
+
+/// Records a call's latency and outcome when dropped.
+struct Timer {
+    method: &'static str,
+    started: Instant,
+}
+
+impl Timer {
+    fn start(method: &'static str) -> Timer {
+        Timer {
+            method,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        metrics::histogram!("notify_rpc_seconds", "method" => self.method)
+            .record(self.started.elapsed());
+    }
+}
+
+fn new_notification(
+    recipient: User,
+    kind: &str,
+    channel: i32,
+    content: Option<&prost_types::Struct>,
+    priority: i32,
+    idempotency_key: &str,
+) -> Result<NewNotification, FieldError> {
+    Ok(NewNotification {
+        recipient,
+        kind: validate::kind(kind)?,
+        channel: validate::channel(channel)?,
+        content: validate::content(content)?,
+        priority: validate::priority(priority)?,
+        idempotency_key: validate::idempotency_key(idempotency_key)?,
+    })
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl NotificationService for Api {
+    async fn create_notification(
+        &self,
+        request: Request<proto::CreateNotificationRequest>,
+    ) -> Reply<proto::Notification> {
+        let _timer = Timer::start("CreateNotification");
+        let request = request.into_inner();
+        let new = (|| -> Result<_, FieldError> {
+            let recipient = validate::recipient(request.vendor_id, request.customer_id)?;
+            new_notification(
+                recipient,
+                &request.r#type,
+                request.channel,
+                request.content.as_ref(),
+                request.priority,
+                &request.idempotency_key,
+            )
+        })()
+        .map_err(invalid)?;
+        let created = self
+            .core
+            .store
+            .create(vec![new])
+            .await
+            .map_err(store_status)?;
+        let created = created
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::internal("the store returned no notification"))?;
+        if created.fresh {
+            metrics::counter!("notify_notifications_created_total").increment(1);
+        }
+        Ok(Response::new(convert::notification(&created.notification)))
+    }
+
+    async fn create_notifications(
+        &self,
+        request: Request<proto::CreateNotificationsRequest>,
+    ) -> Reply<proto::CreateNotificationsResponse> {
+        let _timer = Timer::start("CreateNotifications");
+        let request = request.into_inner();
+        let batch = (|| -> Result<_, FieldError> {
+            if request.recipients.is_empty() {
+                return Err(FieldError {
+                    field: "recipients".into(),
+                    reason: "must list at least one recipient".into(),
+                });
+            }
+            if request.recipients.len() > validate::MAX_BULK {
+                return Err(FieldError {
+                    field: "recipients".into(),
+                    reason: format!(
+                        "must list at most {} recipients, got {}",
+                        validate::MAX_BULK,
+                        request.recipients.len()
+                    ),
+                });
+            }
+            let template = new_notification(
+                User::vendor(1),
+                &request.r#type,
+                request.channel,
+                request.content.as_ref(),
+                request.priority,
+                &request.idempotency_key,
+            )?;
+            let mut seen = std::collections::HashSet::with_capacity(request.recipients.len());
+            let mut batch = Vec::with_capacity(request.recipients.len());
+            for (index, recipient) in request.recipients.iter().enumerate() {
+                let user = validate::recipient(recipient.vendor_id, recipient.customer_id)
+                    .map_err(|e| FieldError {
+                        field: format!("recipients[{index}].{}", e.field),
+                        reason: e.reason,
+                    })?;
+                if !seen.insert(user) {
+                    return Err(FieldError {
+                        field: format!("recipients[{index}]"),
+                        reason: format!("{user} is listed twice"),
+                    });
+                }
+                batch.push(NewNotification {
+                    recipient: user,
+                    ..template.clone()
+                });
+            }
+            Ok(batch)
+        })()
+        .map_err(invalid)?;
+        let created = self.core.store.create(batch).await.map_err(store_status)?;
+        let fresh = created.iter().filter(|c| c.fresh).count();
+        metrics::counter!("notify_notifications_created_total").increment(fresh as u64);
+        Ok(Response::new(proto::CreateNotificationsResponse {
+            items: created
+                .iter()
+                .map(|c| convert::notification(&c.notification))
+                .collect(),
+        }))
+    }
+
+    async fn get_notification(
+        &self,
+        request: Request<proto::GetNotificationRequest>,
+    ) -> Reply<proto::Notification> {
+        let _timer = Timer::start("GetNotification");
+        let id = validate::id("id", &request.get_ref().id).map_err(invalid)?;
+        match self.core.store.get(&id).await.map_err(store_status)? {
+            Some(notification) => Ok(Response::new(convert::notification(&notification))),
+            None => Err(Status::not_found(format!("no notification with id {id}"))),
+        }
+    }
+
+    async fn list_offline(
+        &self,
+        request: Request<proto::ListOfflineRequest>,
+    ) -> Reply<proto::ListOfflineResponse> {
+        let _timer = Timer::start("ListOffline");
+        let request = request.into_inner();
+        let (user, page, limit) = (|| -> Result<_, FieldError> {
+            Ok((
+                validate::recipient(request.vendor_id, request.customer_id)?,
+                validate::page(request.page)?,
+                validate::limit(request.limit)?,
+            ))
+        })()
+        .map_err(invalid)?;
+        let offline = self
+            .core
+            .store
+            .list_unread(user, page, limit)
+            .await
+            .map_err(store_status)?;
+        let pagination = Pagination::new(page, limit, offline.total);
+        Ok(Response::new(proto::ListOfflineResponse {
+            items: offline.items.iter().map(convert::notification).collect(),
+            pagination: Some(proto::Pagination {
+                current_page: pagination.current_page as i32,
+                next_page: pagination.next_page.map(|p| p as i32),
+                prev_page: pagination.prev_page.map(|p| p as i32),
+                has_next: pagination.next_page.is_some(),
+                has_prev: pagination.prev_page.is_some(),
+                total_pages: pagination.total_pages,
+                total_records: pagination.total_records,
+            }),
+            last_seq: offline.last_seq,
+        }))
+    }
+
+    async fn mark_notifications(
+        &self,
+        request: Request<proto::MarkNotificationsRequest>,
+    ) -> Reply<proto::MarkNotificationsResponse> {
+        let _timer = Timer::start("MarkNotifications");
+        let request = request.into_inner();
+        let (user, ids, status) = (|| -> Result<_, FieldError> {
+            Ok((
+                validate::recipient(request.vendor_id, request.customer_id)?,
+                validate::ids(&request.ids)?,
+                validate::mark_status(request.status)?,
+            ))
+        })()
+        .map_err(invalid)?;
+        let outcome = self
+            .core
+            .store
+            .mark(user, ids, status)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::MarkNotificationsResponse {
+            updated: outcome.updated.len() as i32,
+        }))
+    }
+
+    type StreamUserEventsStream = ReceiverStream<Result<proto::UserEvent, Status>>;
+
+    async fn stream_user_events(
+        &self,
+        request: Request<proto::StreamUserEventsRequest>,
+    ) -> Reply<Self::StreamUserEventsStream> {
+        let request = request.into_inner();
+        let (user, after_seq) = (|| -> Result<_, FieldError> {
+            Ok((
+                validate::recipient(request.vendor_id, request.customer_id)?,
+                validate::after_seq(request.after_seq)?,
+            ))
+        })()
+        .map_err(invalid)?;
+        if self.core.shutdown.is_cancelled() {
+            return Err(store_status(StoreError::Closed));
+        }
+        let events = stream::open(self.core.clone(), user, after_seq, request.presence);
+        Ok(Response::new(ReceiverStream::new(events)))
+    }
+
+    async fn join_room(&self, request: Request<proto::RoomRequest>) -> Reply<proto::RoomResponse> {
+        let _timer = Timer::start("JoinRoom");
+        let (room, user) = room_request(request.get_ref()).map_err(invalid)?;
+        self.core
+            .store
+            .join_room(&room, user)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::RoomResponse {}))
+    }
+
+    async fn leave_room(&self, request: Request<proto::RoomRequest>) -> Reply<proto::RoomResponse> {
+        let _timer = Timer::start("LeaveRoom");
+        let (room, user) = room_request(request.get_ref()).map_err(invalid)?;
+        self.core
+            .store
+            .leave_room(&room, user)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::RoomResponse {}))
+    }
+
+    async fn list_room_members(
+        &self,
+        request: Request<proto::ListRoomMembersRequest>,
+    ) -> Reply<proto::ListRoomMembersResponse> {
+        let _timer = Timer::start("ListRoomMembers");
+        let room = validate::room(&request.get_ref().room).map_err(invalid)?;
+        let members = self
+            .core
+            .store
+            .room_members(&room)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::ListRoomMembersResponse {
+            members: members
+                .into_iter()
+                .map(|member| proto::RoomMember {
+                    vendor_id: member.user.vendor_id(),
+                    customer_id: member.user.customer_id(),
+                    online: self.core.presence.is_online(member.user),
+                    last_seen_at: member
+                        .last_seen_at
+                        .map(notify_store::format_millis)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn room_request(request: &proto::RoomRequest) -> Result<(String, User), FieldError> {
+    Ok((
+        validate::room(&request.room)?,
+        validate::recipient(request.vendor_id, request.customer_id)?,
+    ))
+}
+
+/// Checks `authorization: Bearer <token>` in constant time when a token is
+/// configured. The token never appears in logs or errors.
+#[derive(Clone)]
+pub struct ApiToken {
+    expected: Option<Arc<[u8]>>,
+}
+
+impl ApiToken {
+    /// `None` lets every call through.
+    pub fn new(token: Option<&str>) -> ApiToken {
+        ApiToken {
+            expected: token.map(|t| format!("Bearer {t}").into_bytes().into()),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for ApiToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        if bool::from(given.ct_eq(expected)) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong api token: send metadata `authorization: Bearer <token>`",
+            ))
+        }
+    }
+}

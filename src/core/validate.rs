@@ -1,0 +1,281 @@
+//! Request checks. Each failure names the field as the contract's JSON
+//! spells it, so `INVALID_ARGUMENT: type: must not be empty` tells the
+//! caller what to fix.
+
+use notify_store::{Channel, Status, User, parse_object_id};
+use prost_types::Struct;
+
+use super::convert::{ContentError, struct_to_json};
+
+/// Longest `type`, in characters.
+pub const MAX_TYPE_CHARS: usize = 128;
+/// Largest `content`, in bytes of JSON text.
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+/// Lowest and highest `priority`.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = 0..=10;
+/// Largest `limit` of a page.
+pub const MAX_PAGE_LIMIT: i32 = 100;
+/// Page size when `limit` is unset.
+pub const DEFAULT_PAGE_LIMIT: u32 = 20;
+/// Most recipients of one CreateNotifications call and most ids of one mark.
+pub const MAX_BULK: usize = 1000;
+/// Longest room name and idempotency key, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// A bad field: turned into INVALID_ARGUMENT at the gRPC edge and into
+/// `appError` 400 at the Socket.IO edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, as spelled in JSON (`vendorId`, `ids[2]`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Exactly one of `vendorId`, `customerId`, a positive id.
+pub fn recipient(vendor_id: Option<i64>, customer_id: Option<i64>) -> Result<User, FieldError> {
+    match (vendor_id, customer_id) {
+        (Some(_), Some(_)) => Err(FieldError::new(
+            "vendorId",
+            "set exactly one of vendorId and customerId, not both",
+        )),
+        (None, None) => Err(FieldError::new(
+            "vendorId",
+            "one of vendorId or customerId is required",
+        )),
+        (Some(id), None) if id > 0 => Ok(User::vendor(id)),
+        (Some(_), None) => Err(FieldError::new("vendorId", "must be a positive integer")),
+        (None, Some(id)) if id > 0 => Ok(User::customer(id)),
+        (None, Some(_)) => Err(FieldError::new("customerId", "must be a positive integer")),
+    }
+}
+
+/// Non-empty, at most 128 characters, no control characters.
+pub fn kind(text: &str) -> Result<String, FieldError> {
+    if text.trim().is_empty() {
+        return Err(FieldError::new("type", "must not be empty"));
+    }
+    if text.chars().count() > MAX_TYPE_CHARS {
+        return Err(FieldError::new(
+            "type",
+            format!("must be at most {MAX_TYPE_CHARS} characters"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "type",
+            "must not contain control characters",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// A known channel; unset means PUSH.
+pub fn channel(value: i32) -> Result<Channel, FieldError> {
+    if value == 0 {
+        return Ok(Channel::Push);
+    }
+    Channel::from_code(i64::from(value)).ok_or_else(|| {
+        FieldError::new(
+            "channel",
+            format!("unknown value {value}; use PUSH, IN_APP, EMAIL or SMS"),
+        )
+    })
+}
+
+/// A JSON object of at most 64 KiB, as the text to store.
+pub fn content(value: Option<&Struct>) -> Result<String, FieldError> {
+    let Some(value) = value else {
+        return Err(FieldError::new("content", "required: a JSON object"));
+    };
+    let json = struct_to_json(value).map_err(|error| match error {
+        ContentError::NonFinite => FieldError::new("content", "numbers must be finite"),
+    })?;
+    let text = serde_json::to_string(&json)
+        .map_err(|e| FieldError::new("content", format!("not serializable: {e}")))?;
+    if text.len() > MAX_CONTENT_BYTES {
+        return Err(FieldError::new(
+            "content",
+            format!(
+                "must be at most {MAX_CONTENT_BYTES} bytes of JSON, got {}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// 0 ..= 10.
+pub fn priority(value: i32) -> Result<i32, FieldError> {
+    if PRIORITY_RANGE.contains(&value) {
+        Ok(value)
+    } else {
+        Err(FieldError::new(
+            "priority",
+            format!(
+                "must be between {} and {}, got {value}",
+                PRIORITY_RANGE.start(),
+                PRIORITY_RANGE.end()
+            ),
+        ))
+    }
+}
+
+/// Empty means none; otherwise at most 128 characters.
+pub fn idempotency_key(text: &str) -> Result<Option<String>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > MAX_NAME_CHARS {
+        return Err(FieldError::new(
+            "idempotencyKey",
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// A 24-hex-digit id, in canonical lowercase.
+pub fn id(field: &str, text: &str) -> Result<String, FieldError> {
+    parse_object_id(text).ok_or_else(|| {
+        let shown: String = text.chars().take(32).collect();
+        FieldError::new(
+            field,
+            format!("{shown:?} is not a valid id (24 hexadecimal characters)"),
+        )
+    })
+}
+
+/// 1 ..= 1,000 valid ids, duplicates removed.
+pub fn ids(list: &[String]) -> Result<Vec<String>, FieldError> {
+    if list.is_empty() {
+        return Err(FieldError::new("ids", "must list at least one id"));
+    }
+    if list.len() > MAX_BULK {
+        return Err(FieldError::new(
+            "ids",
+            format!("must list at most {MAX_BULK} ids, got {}", list.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (index, text) in list.iter().enumerate() {
+        let id = id(&format!("ids[{index}]"), text)?;
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// 1-based page; unset means 1.
+pub fn page(value: Option<i32>) -> Result<u32, FieldError> {
+    match value {
+        None => Ok(1),
+        Some(page) if page >= 1 => Ok(page as u32),
+        Some(page) => Err(FieldError::new(
+            "page",
+            format!("must be 1 or more, got {page}"),
+        )),
+    }
+}
+
+/// 1 ..= 100; unset means 20.
+pub fn limit(value: Option<i32>) -> Result<u32, FieldError> {
+    match value {
+        None => Ok(DEFAULT_PAGE_LIMIT),
+        Some(limit) if (1..=MAX_PAGE_LIMIT).contains(&limit) => Ok(limit as u32),
+        Some(limit) => Err(FieldError::new(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE_LIMIT}, got {limit}"),
+        )),
+    }
+}
+
+/// The statuses a client may set: DELIVERED or READ.
+pub fn mark_status(value: i32) -> Result<Status, FieldError> {
+    match Status::from_code(i64::from(value)) {
+        Some(status @ (Status::Delivered | Status::Read)) => Ok(status),
+        _ => Err(FieldError::new(
+            "status",
+            format!("must be DELIVERED or READ, got {value}"),
+        )),
+    }
+}
+
+/// A replay start: 0 or more.
+pub fn after_seq(value: Option<i64>) -> Result<Option<i64>, FieldError> {
+    match value {
+        Some(seq) if seq < 0 => Err(FieldError::new(
+            "afterSeq",
+            format!("must be 0 or more, got {seq}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// 1 ..= 128 characters, no control characters.
+pub fn room(text: &str) -> Result<String, FieldError> {
+    if text.is_empty() {
+        return Err(FieldError::new("room", "must not be empty"));
+    }
+    if text.chars().count() > MAX_NAME_CHARS {
+        return Err(FieldError::new(
+            "room",
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "room",
+            "must not contain control characters",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipient_needs_exactly_one_positive_id() {
+        assert_eq!(recipient(Some(5), None), Ok(User::vendor(5)));
+        assert_eq!(recipient(None, Some(12)), Ok(User::customer(12)));
+        assert_eq!(recipient(Some(5), Some(12)).unwrap_err().field, "vendorId");
+        assert_eq!(recipient(None, None).unwrap_err().field, "vendorId");
+        assert_eq!(recipient(None, Some(-1)).unwrap_err().field, "customerId");
+    }
+
+    #[test]
+    fn type_length_counts_characters_not_bytes() {
+        assert!(kind(&"é".repeat(128)).is_ok());
+        assert!(kind(&"é".repeat(129)).is_err());
+        assert!(kind("   ").is_err());
+        assert!(kind("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn page_and_limit_edges() {
+        assert_eq!(page(None), Ok(1));
+        assert!(page(Some(0)).is_err());
+        assert_eq!(limit(None), Ok(20));
+        assert_eq!(limit(Some(100)), Ok(100));
+        assert!(limit(Some(101)).is_err());
+        assert!(limit(Some(0)).is_err());
+    }
+}
