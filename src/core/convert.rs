@@ -71,7 +71,8 @@ pub fn json_text_to_struct(text: &str) -> Struct {
     }
 }
 
-fn map_to_struct(map: Map<String, Json>) -> Struct {
+/// A JSON object as a Struct.
+pub fn map_to_struct(map: Map<String, Json>) -> Struct {
     Struct {
         fields: map
             .into_iter()

@@ -7,7 +7,7 @@
 //! - `stream`: one StreamUserEvents call, replay then live.
 //! - `presence`: who is online here, and telling room peers.
 
-mod convert;
+pub mod convert;
 pub mod hub;
 pub mod presence;
 pub mod service;

@@ -1,0 +1,128 @@
+//! The core as people inspect it: the real `grpcurl` binary, through
+//! reflection, with no proto file.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::harness::{CoreProcess, grpcurl};
+use crate::simple;
+
+const SERVICE: &str = "notify.v1.NotificationService";
+
+async fn call(core: &CoreProcess, method: &str, body: &str) -> Value {
+    let output = Command::new(grpcurl())
+        .args(["-plaintext", "-d", body, &core.addr.to_string()])
+        .arg(format!("{SERVICE}/{method}"))
+        .output()
+        .await
+        .expect("run grpcurl");
+    assert!(
+        output.status.success(),
+        "grpcurl {method} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("grpcurl prints JSON")
+}
+
+#[tokio::test]
+async fn grpcurl_lists_creates_lists_offline_and_streams_after_seq() {
+    let core = CoreProcess::start();
+    let listed = Command::new(grpcurl())
+        .args(["-plaintext", &core.addr.to_string(), "list"])
+        .output()
+        .await
+        .expect("run grpcurl list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains(SERVICE), "{listed}");
+    assert!(listed.contains("grpc.health.v1.Health"), "{listed}");
+
+    let described = Command::new(grpcurl())
+        .args(["-plaintext", &core.addr.to_string(), "describe", SERVICE])
+        .output()
+        .await
+        .unwrap();
+    let described = String::from_utf8_lossy(&described.stdout);
+    for method in [
+        "CreateNotifications",
+        "ListOffline",
+        "StreamUserEvents",
+        "ListRoomMembers",
+    ] {
+        assert!(described.contains(method), "{described}");
+    }
+
+    let created = call(
+        &core,
+        "CreateNotification",
+        r#"{"vendorId":5,"type":"product:upload","channel":"PUSH",
+            "content":{"message":"Product has been uploaded successfully","data":{"id":63,"isAvailable":true}},
+            "priority":1}"#,
+    )
+    .await;
+    assert_eq!(created["vendorId"], "5");
+    assert_eq!(created["seq"], "1");
+    assert_eq!(created["channel"], "PUSH");
+    assert_eq!(created["status"], "SENT");
+    assert_eq!(created["content"]["data"]["id"].to_string(), "63");
+    assert!(created.get("customerId").is_none());
+    let second = call(
+        &core,
+        "CreateNotification",
+        r#"{"vendorId":5,"type":"order:paid","content":{"orderId":881}}"#,
+    )
+    .await;
+    assert_eq!(second["seq"], "2");
+
+    let offline = call(
+        &core,
+        "ListOffline",
+        r#"{"vendorId":5,"page":1,"limit":20}"#,
+    )
+    .await;
+    assert_eq!(offline["items"].as_array().unwrap().len(), 2);
+    assert_eq!(offline["items"][0]["id"], second["id"]);
+    assert_eq!(offline["pagination"]["totalRecords"], "2");
+    assert_eq!(offline["pagination"]["currentPage"], 1);
+    assert!(offline["pagination"].get("nextPage").is_none());
+
+    let empty = call(&core, "ListOffline", r#"{"customerId":5}"#).await;
+    assert_eq!(empty["pagination"]["currentPage"], 1);
+    assert!(empty.get("items").is_none());
+
+    // Replay after seq 1, then a live one created while grpcurl listens.
+    let stream = Command::new(grpcurl())
+        .args([
+            "-plaintext",
+            "-max-time",
+            "4",
+            "-d",
+            r#"{"vendorId":5,"afterSeq":"1"}"#,
+        ])
+        .arg(core.addr.to_string())
+        .arg(format!("{SERVICE}/StreamUserEvents"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut client = core.client().await;
+    let live = client
+        .create_notification(simple(5, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let output = stream.wait_with_output().await.unwrap();
+    let events: Vec<Value> = serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("grpcurl prints one JSON object per event");
+    let seqs: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["notification"]["seq"].as_str())
+        .collect();
+    assert_eq!(seqs, ["2", "3"], "{events:?}");
+    assert_eq!(events[1]["notification"]["id"], live.id.as_str());
+}

@@ -1,0 +1,154 @@
+//! Starts real `notify core` processes on ephemeral loopback ports, each on
+//! its own database in a temporary directory, and gives typed clients.
+//! Set `TEST_LOG=1` to see the processes' logs.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use notify::proto::notification_service_client::NotificationServiceClient;
+use tonic::transport::Channel;
+
+/// A gRPC client for the core.
+pub type Client = NotificationServiceClient<Channel>;
+
+/// A running core process.
+pub struct CoreProcess {
+    child: Child,
+    /// The gRPC address.
+    pub addr: SocketAddr,
+    /// The `/metrics` address.
+    pub metrics_addr: SocketAddr,
+    database_url: String,
+    extra: Vec<String>,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl CoreProcess {
+    /// A core on a fresh SQLite database.
+    pub fn start() -> CoreProcess {
+        Self::start_with(&[])
+    }
+
+    /// A core on a fresh SQLite database with extra flags.
+    pub fn start_with(extra: &[&str]) -> CoreProcess {
+        let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        let database_url = format!("sqlite://{}", dir.path().join("notify.db").display());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, addr, metrics_addr) = spawn(&database_url, &extra);
+        CoreProcess {
+            child,
+            addr,
+            metrics_addr,
+            database_url,
+            extra,
+            _dir: dir,
+        }
+    }
+
+    /// `http://addr` for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        let channel = Channel::from_shared(self.url())
+            .expect("valid url")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to core");
+        NotificationServiceClient::new(channel)
+    }
+
+    /// SIGKILL: no goodbye, no flush, no checkpoint.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("core did not exit within 15 s of SIGTERM");
+    }
+
+    /// Starts the core again on the same database (on a new port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        let (child, addr, metrics_addr) = spawn(&self.database_url, &self.extra);
+        self.child = child;
+        self.addr = addr;
+        self.metrics_addr = metrics_addr;
+    }
+}
+
+impl Drop for CoreProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn(database_url: &str, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
+    let log = std::env::var_os("TEST_LOG").is_some();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
+        .arg("core")
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--database-url", database_url])
+        .args(extra)
+        .env_remove("NOTIFY_API_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .expect("spawn notify core");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("notify core ready") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("core printed its ready line (run with TEST_LOG=1 to see why not)");
+    let field = |name: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|part| part.strip_prefix(name))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    (child, field("grpc="), field("metrics="))
+}
+
+/// The grpcurl binary: `$GRPCURL`, then `.venv/bin/grpcurl` (installed by
+/// `scripts/test`), then `PATH`.
+pub fn grpcurl() -> PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/grpcurl");
+    if venv.exists() {
+        return venv;
+    }
+    let found = Command::new("sh")
+        .args(["-c", "command -v grpcurl"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    found.expect("grpcurl not found: run scripts/test, which installs it into .venv")
+}

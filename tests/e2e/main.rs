@@ -1,0 +1,66 @@
+//! End-to-end tests: real `notify core` processes on loopback, driven by a
+//! tonic client and by the real `grpcurl` binary. One test binary, so it
+//! links once.
+
+mod api;
+mod bad_input;
+mod durability;
+mod grpcurl;
+mod harness;
+mod ordering;
+mod presence;
+
+use notify::proto;
+use serde_json::{Value, json};
+
+/// A CreateNotification request for `vendor_id` with JSON `content`.
+pub fn create_for_vendor(vendor_id: i64, content: Value) -> proto::CreateNotificationRequest {
+    proto::CreateNotificationRequest {
+        vendor_id: Some(vendor_id),
+        r#type: "product:upload".into(),
+        channel: proto::Channel::Push as i32,
+        content: Some(to_struct(content)),
+        priority: 1,
+        ..Default::default()
+    }
+}
+
+/// A small valid request.
+pub fn simple(vendor_id: i64, n: i64) -> proto::CreateNotificationRequest {
+    create_for_vendor(
+        vendor_id,
+        json!({"message": format!("notification {n}"), "n": n}),
+    )
+}
+
+/// JSON object → Struct.
+pub fn to_struct(value: Value) -> prost_types::Struct {
+    let Value::Object(map) = value else {
+        panic!("content must be a JSON object")
+    };
+    notify::core::convert::map_to_struct(map)
+}
+
+/// Struct → JSON object.
+pub fn to_json(content: &prost_types::Struct) -> Value {
+    Value::Object(notify::core::convert::struct_to_json(content).expect("finite numbers"))
+}
+
+/// Reads stream events until `count` notifications arrived (10 s at most).
+pub async fn read_notifications(
+    stream: &mut tonic::Streaming<proto::UserEvent>,
+    count: usize,
+) -> Vec<proto::Notification> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} notifications arrived", out.len()))
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(proto::user_event::Event::Notification(n)) = event.event {
+            out.push(n);
+        }
+    }
+    out
+}

@@ -1,0 +1,138 @@
+//! Presence: a user is online while one of their `presence: true` streams is
+//! open; room peers hear of the first open and the last close, once each.
+
+use std::time::Duration;
+
+use notify::proto::{self, StreamUserEventsRequest, user_event::Event};
+use tonic::Streaming;
+
+use crate::harness::{Client, CoreProcess};
+
+async fn join(client: &mut Client, room: &str, vendor: Option<i64>, customer: Option<i64>) {
+    client
+        .join_room(proto::RoomRequest {
+            room: room.into(),
+            vendor_id: vendor,
+            customer_id: customer,
+        })
+        .await
+        .expect("join");
+}
+
+async fn open(
+    client: &mut Client,
+    vendor: Option<i64>,
+    customer: Option<i64>,
+    presence: bool,
+) -> Streaming<proto::UserEvent> {
+    client
+        .stream_user_events(StreamUserEventsRequest {
+            vendor_id: vendor,
+            customer_id: customer,
+            presence,
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+        .into_inner()
+}
+
+/// Presence events that arrive within `window`.
+async fn presence_events(stream: &mut Streaming<proto::UserEvent>, window: Duration) -> Vec<Event> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
+        let event = message.expect("stream ok").expect("stream open").event;
+        if let Some(event @ (Event::UserOnline(_) | Event::UserOffline(_))) = event {
+            events.push(event);
+        }
+    }
+    events
+}
+
+async fn members(client: &mut Client, room: &str) -> Vec<proto::RoomMember> {
+    client
+        .list_room_members(proto::ListRoomMembersRequest { room: room.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .members
+}
+
+#[tokio::test]
+async fn two_streams_one_online_and_the_last_close_one_offline_per_peer() {
+    let core = CoreProcess::start();
+    let mut client = core.client().await;
+    // Vendor 5 shares two rooms with customer 12 (still one event each) and
+    // one with customer 13; customer 14 shares none.
+    join(&mut client, "order:881", Some(5), None).await;
+    join(&mut client, "order:882", Some(5), None).await;
+    join(&mut client, "order:881", None, Some(12)).await;
+    join(&mut client, "order:882", None, Some(12)).await;
+    join(&mut client, "order:882", None, Some(13)).await;
+    join(&mut client, "order:999", None, Some(14)).await;
+    let mut peer12 = open(&mut client, None, Some(12), false).await;
+    let mut peer13 = open(&mut client, None, Some(13), false).await;
+    let mut stranger = open(&mut client, None, Some(14), false).await;
+
+    let first = open(&mut client, Some(5), None, true).await;
+    let second = open(&mut client, Some(5), None, true).await;
+    let window = Duration::from_millis(700);
+    for peer in [&mut peer12, &mut peer13] {
+        let events = presence_events(peer, window).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        let Event::UserOnline(online) = &events[0] else {
+            panic!("expected userOnline, got {events:?}")
+        };
+        assert_eq!((online.vendor_id, online.customer_id), (Some(5), None));
+    }
+    let online = members(&mut client, "order:881").await;
+    assert!(online.iter().any(|m| m.vendor_id == Some(5) && m.online));
+
+    drop(first);
+    for peer in [&mut peer12, &mut peer13] {
+        let events = presence_events(peer, window).await;
+        assert!(
+            events.is_empty(),
+            "closing one of two streams says nothing: {events:?}"
+        );
+    }
+
+    drop(second);
+    for peer in [&mut peer12, &mut peer13] {
+        let events = presence_events(peer, window).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        let Event::UserOffline(offline) = &events[0] else {
+            panic!("expected userOffline, got {events:?}")
+        };
+        assert_eq!((offline.vendor_id, offline.customer_id), (Some(5), None));
+        assert!(offline.last_seen_at.ends_with('Z'), "{offline:?}");
+    }
+    assert!(presence_events(&mut stranger, window).await.is_empty());
+
+    let after = members(&mut client, "order:881").await;
+    let vendor = after.iter().find(|m| m.vendor_id == Some(5)).unwrap();
+    assert!(!vendor.online);
+    assert!(!vendor.last_seen_at.is_empty());
+}
+
+#[tokio::test]
+async fn observer_streams_do_not_count_as_online() {
+    let core = CoreProcess::start();
+    let mut client = core.client().await;
+    join(&mut client, "order:1", Some(5), None).await;
+    join(&mut client, "order:1", None, Some(12)).await;
+    let mut peer = open(&mut client, None, Some(12), false).await;
+    let observer = open(&mut client, Some(5), None, false).await;
+    assert!(
+        presence_events(&mut peer, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    drop(observer);
+    assert!(
+        presence_events(&mut peer, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+}
