@@ -7,7 +7,7 @@
 //!   run, so the machine's noise falls on both alike. Reports creates/s and
 //!   call latency, medians over rounds.
 //! - `list`: 1,000,000 stored notifications over 10,000 users, then
-//!   ListOffline on random users and pages from 16 clients: p50/p99.
+//!   ListOffline on random users and pages from 1 client, then 16: p50/p99.
 //!
 //! Knobs (environment): `BENCH_SECONDS` per round (default 5), `BENCH_ROUNDS`
 //! (default 3), `BENCH_LIST_USERS` (10,000), `BENCH_LIST_PER_USER` (100).
@@ -38,7 +38,13 @@ impl Core {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
-            .args(["core", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "core",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--database-url", &url, "--sqlite-synchronous", synchronous])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -178,8 +184,18 @@ async fn creates(seconds: u64, rounds: u64) -> serde_json::Value {
     let mut medians = Vec::new();
     for (mode, collected) in &per_mode {
         let rate = median(&mut collected.iter().map(|r| r.per_second).collect::<Vec<_>>());
-        let p50 = median(&mut collected.iter().map(|r| r.p50_us as f64).collect::<Vec<_>>());
-        let p99 = median(&mut collected.iter().map(|r| r.p99_us as f64).collect::<Vec<_>>());
+        let p50 = median(
+            &mut collected
+                .iter()
+                .map(|r| r.p50_us as f64)
+                .collect::<Vec<_>>(),
+        );
+        let p99 = median(
+            &mut collected
+                .iter()
+                .map(|r| r.p99_us as f64)
+                .collect::<Vec<_>>(),
+        );
         medians.push(rate);
         table.push(format!(
             "| {} | {rate:.0} | {:.2} | {:.2} |",
@@ -256,13 +272,36 @@ async fn list(seconds: u64) -> serde_json::Value {
         stored as f64 / seed_seconds
     );
 
+    let mut phases = serde_json::Map::new();
+    println!("\n### ListOffline, {stored} stored over {users} users, {seconds} s per phase\n");
+    println!("| clients | calls/s | p50 ms | p99 ms |\n| --- | --- | --- | --- |");
+    for clients in [1u64, 16] {
+        let (rate, p50, p99) = list_phase(&client, clients, users, per_user, seconds).await;
+        println!("| {clients} | {rate:.0} | {p50:.2} | {p99:.2} |");
+        phases.insert(
+            format!("clients_{clients}"),
+            json!({"calls_per_second": rate, "p50_ms": p50, "p99_ms": p99}),
+        );
+    }
+    json!({"stored": stored, "users": users, "seed_per_second": stored as f64 / seed_seconds,
+           "phases": phases})
+}
+
+/// `clients` concurrent callers reading random users and pages.
+async fn list_phase(
+    client: &Client,
+    clients: u64,
+    users: i64,
+    per_user: u64,
+    seconds: u64,
+) -> (f64, f64, f64) {
     let until = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for worker in 0..16u64 {
+    for worker in 0..clients {
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).unwrap();
-            let mut state = worker.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut state = (worker + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             while Instant::now() < until {
                 // xorshift: cheap, repeatable user and page choice.
                 state ^= state << 13;
@@ -291,14 +330,11 @@ async fn list(seconds: u64) -> serde_json::Value {
     for task in tasks {
         histogram.add(task.await.unwrap()).unwrap();
     }
-    let p50 = histogram.value_at_quantile(0.5) as f64 / 1000.0;
-    let p99 = histogram.value_at_quantile(0.99) as f64 / 1000.0;
-    let rate = histogram.len() as f64 / seconds as f64;
-    println!("\n### ListOffline, {stored} stored over {users} users, 16 clients, {seconds} s\n");
-    println!("| calls/s | p50 ms | p99 ms |\n| --- | --- | --- |");
-    println!("| {rate:.0} | {p50:.2} | {p99:.2} |");
-    json!({"stored": stored, "users": users, "calls_per_second": rate, "p50_ms": p50, "p99_ms": p99,
-           "seed_per_second": stored as f64 / seed_seconds})
+    (
+        histogram.len() as f64 / seconds as f64,
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0,
+    )
 }
 
 fn main() {

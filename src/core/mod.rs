@@ -22,14 +22,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use notify_store::{SqliteOptions, SqliteStore, Store, Synchronous};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 
 use crate::proto::{self, notification_service_server::NotificationServiceServer};
 use hub::Hub;
 use presence::Presence;
 use service::{Api, ApiToken};
+
+/// Concurrent calls one HTTP/2 connection may carry. A bridge holds one
+/// stream per connected user, so hyper's default of 200 would cap it.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100_000;
 
 /// How long open calls may take to finish after a shutdown signal.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -124,15 +128,20 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            tracing::info!("shutting down: ending streams and draining calls");
-            stop.cancel();
-        });
+        // Without TCP_NODELAY a small reply can wait 40 ms for a delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: ending streams and draining calls");
+                stop.cancel();
+            },
+        );
     tokio::select! {
         served = server => served.context("gRPC server failed")?,
         _ = async { token.cancelled().await; tokio::time::sleep(DRAIN_GRACE).await } => {
