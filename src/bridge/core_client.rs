@@ -1,0 +1,112 @@
+//! The bridge's connections to the core.
+//!
+//! Every connected user holds one StreamUserEvents call. Calls are spread
+//! over a few HTTP/2 connections, chosen by user, so no single connection's
+//! window or stream limit caps the bridge; the core allows 100,000 streams
+//! per connection. Channels connect lazily and reconnect by themselves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use notify_store::User;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::notification_service_client::NotificationServiceClient;
+
+/// A client for one call; cheap to make.
+pub type CoreApi = NotificationServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Adds `authorization: Bearer <api token>` when one is configured.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A small pool of lazily connected channels to one core.
+#[derive(Clone)]
+pub struct CoreClient {
+    channels: Arc<[Channel]>,
+    token: BearerToken,
+    ready: Arc<AtomicBool>,
+}
+
+impl CoreClient {
+    /// `connections` channels to `url`; nothing connects until first use.
+    pub fn new(url: &str, api_token: Option<&str>, connections: usize) -> anyhow::Result<CoreClient> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("invalid --core-url {url:?}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .initial_connection_window_size(Some(16 * 1024 * 1024))
+            .initial_stream_window_size(Some(1024 * 1024));
+        let channels = (0..connections.max(1))
+            .map(|_| endpoint.connect_lazy())
+            .collect();
+        let token = match api_token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .context("--api-token must be printable ASCII")?,
+            ),
+            None => None,
+        };
+        Ok(CoreClient {
+            channels,
+            token: BearerToken(token),
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// A client on the user's channel.
+    pub fn for_user(&self, user: User) -> CoreApi {
+        let index = (user.id.unsigned_abs() as usize ^ user.role.code() as usize) % self.channels.len();
+        NotificationServiceClient::with_interceptor(self.channels[index].clone(), self.token.clone())
+            .max_decoding_message_size(16 * 1024 * 1024)
+    }
+
+    /// Whether the last health check reached the core.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Checks the core's health every second until `stop`, for `/readyz`.
+    pub async fn watch_health(self, stop: tokio_util::sync::CancellationToken) {
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+        let mut health = HealthClient::new(self.channels[0].clone());
+        loop {
+            let check = health.check(HealthCheckRequest {
+                service: "notify.v1.NotificationService".into(),
+            });
+            let serving = matches!(
+                tokio::time::timeout(Duration::from_secs(2), check).await,
+                Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
+            );
+            if serving != self.ready.swap(serving, Ordering::Relaxed) {
+                if serving {
+                    tracing::info!("core reachable");
+                } else {
+                    tracing::warn!("core unreachable");
+                }
+            }
+            metrics::gauge!("notify_bridge_core_ready").set(if serving { 1.0 } else { 0.0 });
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! `notify bridge`: the core's streams, re-emitted to browsers over
+//! Socket.IO on the `/notification` namespace.
+//!
+//! - `auth`: JWT checks and issuing (`notify token`).
+//! - `payload`: the Socket.IO JSON of the seed, and the `appError` mapping.
+//! - `core_client`: the connections to the core, and its health for `/readyz`.
+//! - `feed`: one core stream per connected user, shared by their sockets.
+//! - this file: the namespace's handlers, HTTP routes and `run`.
+
+pub mod auth;
+pub mod core_client;
+mod feed;
+pub mod payload;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::routing::get;
+use notify_store::{Pagination, User};
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::validate::{self, FieldError};
+use crate::proto;
+use auth::{Jwt, TokenError};
+use core_client::CoreClient;
+use feed::{Feeds, emit};
+use payload::{AppError, Envelope, NotificationJson, Page, UnreadCount, Updated};
+
+/// The Socket.IO namespace of the contract.
+pub const NAMESPACE: &str = "/notification";
+
+/// What `notify bridge` needs besides its listener.
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    /// `http://host:port` of the core.
+    pub core_url: String,
+    /// HS256 secret for client tokens.
+    pub jwt_secret: String,
+    /// Sent to the core as `authorization: Bearer` when set.
+    pub api_token: Option<String>,
+    /// HTTP/2 connections to the core.
+    pub core_connections: usize,
+}
+
+/// Shared by every handler.
+pub struct Bridge {
+    jwt: Jwt,
+    core: CoreClient,
+    feeds: Feeds,
+    receipts: mpsc::Sender<(User, Vec<String>)>,
+    shutdown: CancellationToken,
+}
+
+/// Serves the bridge on `listener` until `shutdown`, then closes sockets
+/// politely and stops.
+pub async fn run(
+    config: BridgeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let core = CoreClient::new(
+        &config.core_url,
+        config.api_token.as_deref(),
+        config.core_connections,
+    )?;
+    let token = CancellationToken::new();
+    let (receipts, receipts_rx) = mpsc::channel(16 * 1024);
+    let bridge = Arc::new(Bridge {
+        jwt: Jwt::new(config.jwt_secret.as_bytes()),
+        core: core.clone(),
+        feeds: Feeds::default(),
+        receipts,
+        shutdown: token.clone(),
+    });
+    tokio::spawn(core.clone().watch_health(token.clone()));
+    tokio::spawn(send_receipts(core.clone(), receipts_rx));
+
+    let (layer, io) = SocketIo::builder()
+        .with_state(bridge.clone())
+        .max_buffer_size(1024)
+        .ack_timeout(Duration::from_secs(10))
+        .build_layer();
+    io.ns(NAMESPACE, on_connect.with(authenticate));
+
+    let ready = core.clone();
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "core unreachable")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async { crate::telemetry::metrics_handle().render() }),
+        )
+        .layer(layer);
+
+    let stopping = token.clone();
+    let closing_io = io.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing sockets");
+            closing_io.close().await;
+            stopping.cancel();
+        })
+        .await
+        .context("HTTP server failed")?;
+    token.cancel();
+    tracing::info!("bridge stopped");
+    Ok(())
+}
+
+/// Binds the bridge's listener and prints `notify bridge ready http=ADDR`.
+pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, "notify bridge listening");
+    println!("notify bridge ready http={addr}");
+    Ok(listener)
+}
+
+/// Connect middleware: a valid token or no connection. The refusal's text
+/// is the JSON envelope, which socket.io-client hands over as `err.message`.
+async fn authenticate(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(bridge): State<Arc<Bridge>>,
+) -> Result<(), AppError> {
+    let from_auth = auth
+        .ok()
+        .and_then(|auth| auth.get("token").and_then(Value::as_str).map(str::to_owned));
+    let from_header = || {
+        socket
+            .req_parts()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|token| token.trim().to_owned())
+    };
+    let token = from_auth
+        .filter(|t| !t.is_empty())
+        .or_else(from_header)
+        .ok_or(TokenError::Missing);
+    match token.and_then(|token| bridge.jwt.verify(&token)) {
+        Ok(user) => {
+            socket.extensions.insert(user);
+            Ok(())
+        }
+        Err(error) => {
+            metrics::counter!("notify_bridge_refused_total").increment(1);
+            Err(AppError::new(401, error.to_string()))
+        }
+    }
+}
+
+async fn on_connect(socket: SocketRef, State(bridge): State<Arc<Bridge>>) {
+    let Some(user) = socket.extensions.get::<User>() else {
+        let _ = socket.disconnect();
+        return;
+    };
+    metrics::gauge!("notify_bridge_sockets").increment(1.0);
+    socket.on("offlineNotifications", on_offline_page);
+    socket.on("markAsRead", on_mark_as_read);
+    socket.on_disconnect(async |socket: SocketRef, State(bridge): State<Arc<Bridge>>| {
+        metrics::gauge!("notify_bridge_sockets").decrement(1.0);
+        if let Some(user) = socket.extensions.get::<User>() {
+            bridge.feeds.detach(user, socket.id);
+        }
+    });
+
+    // The feed's stream is open before the list is read, so a notification
+    // created meanwhile is in the list, live, or both; never in neither.
+    let feed = bridge.feeds.attach(&bridge, socket.clone(), user);
+    if !feed.is_connected()
+        && tokio::time::timeout(Duration::from_secs(2), feed.wait_connected())
+            .await
+            .is_err()
+    {
+        emit(&socket, "appError", &AppError::core_unavailable());
+        feed.wait_connected().await;
+    }
+    if !socket.connected() {
+        return;
+    }
+    match offline_page(&bridge, user, 1, validate::DEFAULT_PAGE_LIMIT).await {
+        Ok((envelope, ids)) => {
+            let count = envelope.data.pagination.total_records;
+            send_offline_page(&bridge, &socket, user, &envelope, ids);
+            emit(&socket, "unreadCount", &Envelope::ok(UnreadCount { count }));
+        }
+        Err(error) => emit(&socket, "appError", &error),
+    }
+}
+
+/// Emits the page with an ack request; the ack marks its items DELIVERED.
+fn send_offline_page(
+    bridge: &Bridge,
+    socket: &SocketRef,
+    user: User,
+    envelope: &Envelope<Page>,
+    ids: Vec<String>,
+) {
+    match socket.emit_with_ack::<_, Value>("offlineNotifications", envelope) {
+        Ok(ack) => {
+            metrics::counter!("notify_bridge_emits_total", "event" => "offlineNotifications")
+                .increment(1);
+            let receipts = bridge.receipts.clone();
+            tokio::spawn(async move {
+                if ack.await.is_ok() && !ids.is_empty() {
+                    metrics::counter!("notify_bridge_acks_total").increment(1);
+                    let _ = receipts.send((user, ids)).await;
+                }
+            });
+        }
+        Err(error) => tracing::debug!(sid = %socket.id, %error, "offline page emit failed"),
+    }
+}
+
+/// One page of the user's unread inbox, and its ids.
+async fn offline_page(
+    bridge: &Bridge,
+    user: User,
+    page: u32,
+    limit: u32,
+) -> Result<(Envelope<Page>, Vec<String>), AppError> {
+    let response = bridge
+        .core
+        .for_user(user)
+        .list_offline(proto::ListOfflineRequest {
+            vendor_id: user.vendor_id(),
+            customer_id: user.customer_id(),
+            page: Some(page as i32),
+            limit: Some(limit as i32),
+        })
+        .await?
+        .into_inner();
+    let total = response
+        .pagination
+        .map(|p| p.total_records)
+        .unwrap_or_default();
+    let ids = response.items.iter().map(|n| n.id.clone()).collect();
+    let page = Page {
+        items: response.items.iter().map(NotificationJson::from).collect(),
+        pagination: Pagination::new(page, limit, total).into(),
+    };
+    Ok((Envelope::ok(page), ids))
+}
+
+/// Answers a client event: the envelope through the ack, and on failure
+/// also an `appError` emit.
+fn answer<T: serde::Serialize>(
+    socket: &SocketRef,
+    ack: AckSender,
+    result: Result<Envelope<T>, AppError>,
+) {
+    let sent = match &result {
+        Ok(envelope) => ack.send(envelope),
+        Err(error) => {
+            emit(socket, "appError", error);
+            ack.send(error)
+        }
+    };
+    if let Err(error) = sent {
+        tracing::debug!(sid = %socket.id, %error, "ack not sent");
+    }
+}
+
+fn user_of(socket: &SocketRef) -> Result<User, AppError> {
+    socket
+        .extensions
+        .get::<User>()
+        .ok_or_else(|| AppError::new(401, "not authenticated"))
+}
+
+/// An optional integer field of a client payload.
+fn optional_int(payload: &Value, field: &str) -> Result<Option<i32>, FieldError> {
+    match payload.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| FieldError {
+                field: field.into(),
+                reason: format!("must be an integer, got {value}"),
+            }),
+    }
+}
+
+/// A client payload that must be a JSON object (absent means `{}`).
+fn object(payload: Result<Value, impl std::fmt::Display>) -> Result<Value, AppError> {
+    match payload {
+        Ok(Value::Null) => Ok(Value::Object(Default::default())),
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(other) => Err(AppError::new(
+            400,
+            format!("payload must be a JSON object, got {other}"),
+        )),
+        Err(error) => Err(AppError::new(400, format!("unreadable payload: {error}"))),
+    }
+}
+
+async fn on_offline_page(
+    socket: SocketRef,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(bridge): State<Arc<Bridge>>,
+) {
+    let result = async {
+        let user = user_of(&socket)?;
+        let payload = object(payload)?;
+        let page = validate::page(optional_int(&payload, "page")?)?;
+        let limit = validate::limit(optional_int(&payload, "limit")?)?;
+        let (envelope, _ids) = offline_page(&bridge, user, page, limit).await?;
+        Ok(envelope)
+    }
+    .await;
+    answer(&socket, ack, result);
+}
+
+async fn on_mark_as_read(
+    socket: SocketRef,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(bridge): State<Arc<Bridge>>,
+) {
+    let result = async {
+        let user = user_of(&socket)?;
+        let payload = object(payload)?;
+        let ids: Vec<String> = match payload.get("ids") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| {
+                    item.as_str().map(str::to_owned).ok_or_else(|| FieldError {
+                        field: format!("ids[{index}]"),
+                        reason: format!("must be a string, got {item}"),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(AppError::new(
+                    400,
+                    format!("ids: must be an array of ids, got {other}"),
+                ));
+            }
+            None => return Err(AppError::new(400, "ids: required")),
+        };
+        let ids = validate::ids(&ids)?;
+        let updated = bridge
+            .core
+            .for_user(user)
+            .mark_notifications(proto::MarkNotificationsRequest {
+                vendor_id: user.vendor_id(),
+                customer_id: user.customer_id(),
+                ids,
+                status: proto::Status::Read as i32,
+            })
+            .await?
+            .into_inner()
+            .updated;
+        Ok(Envelope::ok(Updated { updated }))
+    }
+    .await;
+    answer(&socket, ack, result);
+}
+
+/// Turns acks into DELIVERED marks, grouped per user: under load many acks
+/// share one call.
+async fn send_receipts(core: CoreClient, mut receipts: mpsc::Receiver<(User, Vec<String>)>) {
+    let mut batch = Vec::new();
+    while receipts.recv_many(&mut batch, 4096).await > 0 {
+        let mut by_user: HashMap<User, Vec<String>> = HashMap::new();
+        for (user, ids) in batch.drain(..) {
+            by_user.entry(user).or_default().extend(ids);
+        }
+        for (user, ids) in by_user {
+            for chunk in ids.chunks(validate::MAX_BULK) {
+                let request = proto::MarkNotificationsRequest {
+                    vendor_id: user.vendor_id(),
+                    customer_id: user.customer_id(),
+                    ids: chunk.to_vec(),
+                    status: proto::Status::Delivered as i32,
+                };
+                if let Err(status) = core.for_user(user).mark_notifications(request).await {
+                    // The notification stays SENT; it is still delivered
+                    // and stays in the offline list until read.
+                    tracing::warn!(%user, error = %status.message(), "delivery receipt not recorded");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The Socket.IO JSON, exactly as the seed documents it: camelCase,
+//! `vendorId`/`customerId` numbers or null, ISO 8601 UTC with milliseconds.
+
+use notify_store::{Channel, Pagination, Status};
+use serde::Serialize;
+use serde_json::Value;
+use tonic::Code;
+
+use crate::core::convert::struct_to_json;
+use crate::core::validate::FieldError;
+use crate::proto;
+
+/// A notification as browsers see it (the seed's shape, plus `seq`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationJson {
+    /// 24 hex characters.
+    pub id: String,
+    /// Set for a vendor's notification, null otherwise.
+    pub vendor_id: Option<i64>,
+    /// Set for a customer's notification, null otherwise.
+    pub customer_id: Option<i64>,
+    /// e.g. `product:upload`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `PUSH`, `IN_APP`, `EMAIL` or `SMS`.
+    pub channel: &'static str,
+    /// Exactly as created.
+    pub content: Value,
+    /// `SENT`, `DELIVERED`, `READ` (or `PENDING`).
+    pub status: &'static str,
+    /// Higher is more urgent.
+    pub priority: i32,
+    /// ISO 8601 UTC with milliseconds.
+    pub created_at: String,
+    /// ISO 8601 UTC with milliseconds.
+    pub updated_at: String,
+    /// Per-user sequence number; `id` is the key to drop a repeat.
+    pub seq: i64,
+}
+
+impl From<&proto::Notification> for NotificationJson {
+    fn from(n: &proto::Notification) -> Self {
+        NotificationJson {
+            id: n.id.clone(),
+            vendor_id: n.vendor_id,
+            customer_id: n.customer_id,
+            kind: n.r#type.clone(),
+            channel: Channel::from_code(i64::from(n.channel))
+                .unwrap_or(Channel::Push)
+                .name(),
+            content: n
+                .content
+                .as_ref()
+                .and_then(|c| struct_to_json(c).ok())
+                .map(Value::Object)
+                .unwrap_or_else(|| Value::Object(Default::default())),
+            status: Status::from_code(i64::from(n.status))
+                .unwrap_or(Status::Sent)
+                .name(),
+            priority: n.priority,
+            created_at: n.created_at.clone(),
+            updated_at: n.updated_at.clone(),
+            seq: n.seq,
+        }
+    }
+}
+
+/// The success envelope: `{"statusCode":200,"error":false,"message":…,"data":…}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope<T> {
+    /// Always 200.
+    pub status_code: u16,
+    /// Always false.
+    pub error: bool,
+    /// null, or a sentence for presence events.
+    pub message: Option<&'static str>,
+    /// The payload.
+    pub data: T,
+}
+
+impl<T> Envelope<T> {
+    /// A 200 envelope with no message.
+    pub fn ok(data: T) -> Envelope<T> {
+        Envelope {
+            status_code: 200,
+            error: false,
+            message: None,
+            data,
+        }
+    }
+
+    /// A 200 envelope with a message.
+    pub fn with_message(message: &'static str, data: T) -> Envelope<T> {
+        Envelope {
+            message: Some(message),
+            ..Envelope::ok(data)
+        }
+    }
+}
+
+/// The error envelope, for `appError`, refused connections and failed acks.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppError {
+    /// Always true.
+    pub error: bool,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// An HTTP status: 400, 401, 403, 404, 429, 500 or 503.
+    pub status_code: u16,
+}
+
+impl AppError {
+    /// An error with that status and message.
+    pub fn new(status_code: u16, message: impl Into<String>) -> AppError {
+        AppError {
+            error: true,
+            message: message.into(),
+            status_code,
+        }
+    }
+
+    /// The core is unreachable.
+    pub fn core_unavailable() -> AppError {
+        AppError::new(
+            503,
+            "notification service unavailable; reconnecting, nothing is lost",
+        )
+    }
+}
+
+impl std::fmt::Display for AppError {
+    /// The JSON text, so a refused connection's `message` parses as the envelope.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_string(self) {
+            Ok(json) => f.write_str(&json),
+            Err(_) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl From<FieldError> for AppError {
+    fn from(error: FieldError) -> Self {
+        AppError::new(400, error.to_string())
+    }
+}
+
+impl From<tonic::Status> for AppError {
+    /// The one mapping from core status codes to `appError` codes.
+    fn from(status: tonic::Status) -> Self {
+        let code = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => 400,
+            Code::PermissionDenied => 403,
+            Code::NotFound => 404,
+            Code::ResourceExhausted => 429,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                return AppError::core_unavailable();
+            }
+            _ => 500,
+        };
+        AppError::new(code, status.message())
+    }
+}
+
+/// A page of the unread inbox.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    /// Newest first.
+    pub items: Vec<NotificationJson>,
+    /// Where this page sits.
+    pub pagination: PaginationJson,
+}
+
+/// The seed's pagination block.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaginationJson {
+    /// 1-based.
+    pub current_page: u32,
+    /// null on the last page.
+    pub next_page: Option<u32>,
+    /// null on the first page.
+    pub prev_page: Option<u32>,
+    /// Whether a next page exists.
+    pub has_next: bool,
+    /// Whether a previous page exists.
+    pub has_prev: bool,
+    /// ceil(totalRecords / limit).
+    pub total_pages: i64,
+    /// Every unread notification of the user.
+    pub total_records: i64,
+}
+
+impl From<Pagination> for PaginationJson {
+    fn from(p: Pagination) -> Self {
+        PaginationJson {
+            current_page: p.current_page,
+            next_page: p.next_page,
+            prev_page: p.prev_page,
+            has_next: p.next_page.is_some(),
+            has_prev: p.prev_page.is_some(),
+            total_pages: p.total_pages,
+            total_records: p.total_records,
+        }
+    }
+}
+
+/// `unreadCount`'s data.
+#[derive(Debug, Serialize)]
+pub struct UnreadCount {
+    /// Exact, never capped.
+    pub count: i64,
+}
+
+/// `markAsRead`'s data.
+#[derive(Debug, Serialize)]
+pub struct Updated {
+    /// Status changes made.
+    pub updated: i32,
+}
+
+/// `userIsOffline` / `userIsOnline` data.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceJson {
+    /// The peer, if a vendor.
+    pub vendor_id: Option<i64>,
+    /// The peer, if a customer.
+    pub customer_id: Option<i64>,
+    /// When the peer was last connected (offline events only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<String>,
+}
+
+/// The envelope order of the seed's `userIsOffline` example.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceEnvelope {
+    /// Always false.
+    pub error: bool,
+    /// "User has gone offline" / "User is online".
+    pub message: &'static str,
+    /// Who.
+    pub data: PresenceJson,
+    /// Always 200.
+    pub status_code: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_error_displays_as_its_json() {
+        let error = AppError::new(401, "token expired");
+        let parsed: Value = serde_json::from_str(&error.to_string()).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"error": true, "message": "token expired", "statusCode": 401})
+        );
+    }
+
+    #[test]
+    fn notification_json_has_the_seed_shape() {
+        let n = proto::Notification {
+            id: "68553796000745d4620985bc".into(),
+            vendor_id: Some(5),
+            customer_id: None,
+            r#type: "product:upload".into(),
+            channel: 1,
+            content: Some(crate::core::convert::map_to_struct(
+                serde_json::json!({"id": 63}).as_object().unwrap().clone(),
+            )),
+            status: 2,
+            priority: 1,
+            created_at: "2025-06-20T10:27:34.307Z".into(),
+            updated_at: "2025-06-20T10:27:34.307Z".into(),
+            seq: 1,
+        };
+        let json = serde_json::to_value(NotificationJson::from(&n)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": "68553796000745d4620985bc", "vendorId": 5, "customerId": null,
+                "type": "product:upload", "channel": "PUSH", "content": {"id": 63},
+                "status": "SENT", "priority": 1, "createdAt": "2025-06-20T10:27:34.307Z",
+                "updatedAt": "2025-06-20T10:27:34.307Z", "seq": 1
+            })
+        );
+    }
+}
