@@ -3,11 +3,13 @@
 //! - `proto`: the generated `notify.v1` gRPC types (from `proto/`).
 //! - `core`: `notify core`, the gRPC service that stores notifications and
 //!   streams them live (store in the `notify-store` crate).
+//! - `bridge`: `notify bridge`, Socket.IO for browsers, fed by the core.
 //! - `telemetry`: logging and the Prometheus recorder.
 //! - `shutdown`: SIGINT/SIGTERM as one future.
 //!
 //! `main.rs` only parses the command line and calls into these.
 
+pub mod bridge;
 pub mod core;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,8 +1,14 @@
 //! The `notify` command line: parses flags and hands over to the library.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use notify::telemetry::{self, LogFormat};
-use notify_store::Synchronous;
+use notify_store::{Synchronous, User};
+use tokio_util::sync::CancellationToken;
+
+/// The secret `notify dev` signs tokens with. Development only.
+const DEV_JWT_SECRET: &str = "notify-dev-secret-do-not-use-in-production";
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +34,13 @@ struct Cli {
 enum Command {
     /// Run the gRPC notification core.
     Core(CoreArgs),
+    /// Run the Socket.IO bridge in front of a core.
+    Bridge(BridgeArgs),
+    /// Run core and bridge in one process on the embedded SQLite default,
+    /// with a development secret; prints a ready token and the page's URL.
+    Dev(DevArgs),
+    /// Print a signed token for one user.
+    Token(TokenArgs),
 }
 
 #[derive(clap::Args)]
@@ -35,6 +48,18 @@ struct CoreArgs {
     /// Address for gRPC (port 0 picks a free one).
     #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Require `authorization: Bearer <token>` on every NotificationService call.
+    #[arg(long, env = "NOTIFY_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Address for Prometheus `GET /metrics`.
+    #[arg(long, env = "NOTIFY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
     /// `sqlite://FILE` (created if missing).
     #[arg(
         long,
@@ -42,12 +67,6 @@ struct CoreArgs {
         default_value = "sqlite://notify.db"
     )]
     database_url: String,
-    /// Require `authorization: Bearer <token>` on every NotificationService call.
-    #[arg(long, env = "NOTIFY_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
-    /// Address for Prometheus `GET /metrics`.
-    #[arg(long, env = "NOTIFY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
-    metrics_listen: String,
     /// SQLite durability: `full` survives power loss, `normal` only a process crash.
     #[arg(
         long,
@@ -56,6 +75,64 @@ struct CoreArgs {
         default_value = "full"
     )]
     sqlite_synchronous: SyncArg,
+}
+
+#[derive(clap::Args)]
+struct BridgeArgs {
+    /// Address for HTTP and Socket.IO (port 0 picks a free one).
+    #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: String,
+    /// The core's gRPC URL.
+    #[arg(
+        long,
+        env = "NOTIFY_CORE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    core_url: String,
+    /// HS256 secret that client tokens are signed with.
+    #[arg(long, env = "NOTIFY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// Sent to the core as `authorization: Bearer <token>`.
+    #[arg(long, env = "NOTIFY_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// HTTP/2 connections to the core; users' streams are spread over them.
+    #[arg(long, env = "NOTIFY_CORE_CONNECTIONS", default_value_t = 4)]
+    core_connections: usize,
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Address of the bridge (HTTP and Socket.IO).
+    #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: String,
+    /// Address of the core's gRPC.
+    #[arg(long, env = "NOTIFY_CORE_LISTEN", default_value = "127.0.0.1:50051")]
+    core_listen: String,
+    /// Address for the core's Prometheus `GET /metrics`.
+    #[arg(long, env = "NOTIFY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The vendor whose token is printed.
+    #[arg(long, default_value_t = 1)]
+    vendor: i64,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("user").required(true).args(["vendor", "customer"])))]
+struct TokenArgs {
+    /// A vendor id.
+    #[arg(long)]
+    vendor: Option<i64>,
+    /// A customer id.
+    #[arg(long)]
+    customer: Option<i64>,
+    /// HS256 secret (the bridge's --jwt-secret).
+    #[arg(long, env = "NOTIFY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// How long the token is valid, e.g. 24h, 30m, 7d.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,10 +156,21 @@ async fn main() {
     telemetry::init_logging(cli.log_format);
     let result = match cli.command {
         Command::Core(args) => run_core(args).await,
+        Command::Bridge(args) => run_bridge(args).await,
+        Command::Dev(args) => run_dev(args).await,
+        Command::Token(args) => print_token(args),
     };
     if let Err(error) = result {
         eprintln!("notify: {error:#}");
         std::process::exit(2);
+    }
+}
+
+fn core_config(store: StoreArgs, api_token: Option<String>) -> notify::core::CoreConfig {
+    notify::core::CoreConfig {
+        database_url: store.database_url,
+        api_token,
+        synchronous: store.sqlite_synchronous.into(),
     }
 }
 
@@ -92,10 +180,84 @@ async fn run_core(args: CoreArgs) -> anyhow::Result<()> {
     }
     telemetry::metrics_handle();
     let (grpc, metrics) = notify::core::bind(&args.listen, &args.metrics_listen).await?;
-    let config = notify::core::CoreConfig {
-        database_url: args.database_url,
-        api_token: args.api_token,
-        synchronous: args.sqlite_synchronous.into(),
-    };
+    let config = core_config(args.store, args.api_token);
     notify::core::run(config, grpc, Some(metrics), notify::shutdown::signal()).await
+}
+
+async fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
+    if args.jwt_secret.len() < 16 {
+        anyhow::bail!("--jwt-secret must be at least 16 bytes");
+    }
+    telemetry::metrics_handle();
+    let listener = notify::bridge::bind(&args.listen).await?;
+    let config = notify::bridge::BridgeConfig {
+        core_url: args.core_url,
+        jwt_secret: args.jwt_secret,
+        api_token: args.api_token.filter(|t| !t.is_empty()),
+        core_connections: args.core_connections,
+    };
+    notify::bridge::run(config, listener, notify::shutdown::signal()).await
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    telemetry::metrics_handle();
+    let (grpc, metrics) = notify::core::bind(&args.core_listen, &args.metrics_listen).await?;
+    let core_url = format!("http://{}", grpc.local_addr()?);
+    let listener = notify::bridge::bind(&args.listen).await?;
+    let page = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let token = notify::bridge::auth::Jwt::new(DEV_JWT_SECRET.as_bytes())
+        .issue(User::vendor(args.vendor), Duration::from_secs(24 * 3600));
+    println!("development secret: {DEV_JWT_SECRET}");
+    println!("token for vendor {}: {token}", args.vendor);
+    println!("open {page}/#token={token}");
+    // Either half failing stops the other; so does a signal.
+    let core = async {
+        let result = notify::core::run(
+            core_config(args.store, None),
+            grpc,
+            Some(metrics),
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        stop.cancel();
+        result
+    };
+    let bridge = async {
+        let result = notify::bridge::run(
+            notify::bridge::BridgeConfig {
+                core_url,
+                jwt_secret: DEV_JWT_SECRET.into(),
+                api_token: None,
+                core_connections: 1,
+            },
+            listener,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        stop.cancel();
+        result
+    };
+    let signal = async {
+        tokio::select! {
+            _ = notify::shutdown::signal() => stop.cancel(),
+            _ = stop.cancelled() => {}
+        }
+    };
+    let (core, bridge, ()) = tokio::join!(core, bridge, signal);
+    bridge.and(core)
+}
+
+fn print_token(args: TokenArgs) -> anyhow::Result<()> {
+    let user = match (args.vendor, args.customer) {
+        (Some(id), None) => User::vendor(id),
+        (None, Some(id)) => User::customer(id),
+        _ => anyhow::bail!("give exactly one of --vendor and --customer"),
+    };
+    if user.id <= 0 {
+        anyhow::bail!("the user id must be a positive integer");
+    }
+    let jwt = notify::bridge::auth::Jwt::new(args.jwt_secret.as_bytes());
+    println!("{}", jwt.issue(user, args.ttl));
+    Ok(())
 }

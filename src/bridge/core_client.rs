@@ -25,9 +25,14 @@ pub type CoreApi = NotificationServiceClient<InterceptedService<Channel, BearerT
 pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(token) = &self.0 {
-            request.metadata_mut().insert("authorization", token.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         Ok(request)
     }
@@ -43,7 +48,11 @@ pub struct CoreClient {
 
 impl CoreClient {
     /// `connections` channels to `url`; nothing connects until first use.
-    pub fn new(url: &str, api_token: Option<&str>, connections: usize) -> anyhow::Result<CoreClient> {
+    pub fn new(
+        url: &str,
+        api_token: Option<&str>,
+        connections: usize,
+    ) -> anyhow::Result<CoreClient> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .with_context(|| format!("invalid --core-url {url:?}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -73,9 +82,13 @@ impl CoreClient {
 
     /// A client on the user's channel.
     pub fn for_user(&self, user: User) -> CoreApi {
-        let index = (user.id.unsigned_abs() as usize ^ user.role.code() as usize) % self.channels.len();
-        NotificationServiceClient::with_interceptor(self.channels[index].clone(), self.token.clone())
-            .max_decoding_message_size(16 * 1024 * 1024)
+        let index =
+            (user.id.unsigned_abs() as usize ^ user.role.code() as usize) % self.channels.len();
+        NotificationServiceClient::with_interceptor(
+            self.channels[index].clone(),
+            self.token.clone(),
+        )
+        .max_decoding_message_size(16 * 1024 * 1024)
     }
 
     /// Whether the last health check reached the core.
@@ -85,7 +98,9 @@ impl CoreClient {
 
     /// Checks the core's health every second until `stop`, for `/readyz`.
     pub async fn watch_health(self, stop: tokio_util::sync::CancellationToken) {
-        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
         let mut health = HealthClient::new(self.channels[0].clone());
         loop {
             let check = health.check(HealthCheckRequest {

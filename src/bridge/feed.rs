@@ -123,7 +123,9 @@ pub fn emit<T: serde::Serialize + ?Sized>(socket: &SocketRef, event: &'static st
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);

@@ -185,12 +185,14 @@ async fn on_connect(socket: SocketRef, State(bridge): State<Arc<Bridge>>) {
     metrics::gauge!("notify_bridge_sockets").increment(1.0);
     socket.on("offlineNotifications", on_offline_page);
     socket.on("markAsRead", on_mark_as_read);
-    socket.on_disconnect(async |socket: SocketRef, State(bridge): State<Arc<Bridge>>| {
-        metrics::gauge!("notify_bridge_sockets").decrement(1.0);
-        if let Some(user) = socket.extensions.get::<User>() {
-            bridge.feeds.detach(user, socket.id);
-        }
-    });
+    socket.on_disconnect(
+        async |socket: SocketRef, State(bridge): State<Arc<Bridge>>| {
+            metrics::gauge!("notify_bridge_sockets").decrement(1.0);
+            if let Some(user) = socket.extensions.get::<User>() {
+                bridge.feeds.detach(user, socket.id);
+            }
+        },
+    );
 
     // The feed's stream is open before the list is read, so a notification
     // created meanwhile is in the list, live, or both; never in neither.

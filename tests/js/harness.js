@@ -1,0 +1,195 @@
+// Starts real `notify core` and `notify bridge` processes on ephemeral
+// loopback ports and gives the tests real clients: socket.io-client for the
+// bridge, @grpc/grpc-js for the core. TEST_LOG=1 shows the processes' logs.
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+import grpc from "@grpc/grpc-js";
+import protoLoader from "@grpc/proto-loader";
+import { io } from "socket.io-client";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const BIN = process.env.NOTIFY_BIN ?? join(root, "target", "debug", "notify");
+export const SECRET = "test-secret-of-at-least-16-bytes";
+
+const definition = protoLoader.loadSync(join(root, "proto", "notify", "v1", "notify.proto"), {
+  longs: String,
+  enums: String,
+  defaults: false,
+  oneofs: true,
+});
+const NotificationService = grpc.loadPackageDefinition(definition).notify.v1.NotificationService;
+
+function startProcess(args, readyPrefix) {
+  const child = spawn(BIN, args, {
+    stdio: ["ignore", "pipe", process.env.TEST_LOG ? "inherit" : "ignore"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${args[0]} did not start`)), 30_000);
+    const lines = createInterface({ input: child.stdout });
+    lines.on("line", (line) => {
+      if (line.startsWith(readyPrefix)) {
+        clearTimeout(timer);
+        const fields = Object.fromEntries(
+          line.slice(readyPrefix.length).trim().split(/\s+/).map((kv) => kv.split("=")),
+        );
+        resolve({ child, fields });
+      }
+    });
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${args[0]} exited with ${code}`));
+    });
+  });
+}
+
+function stopProcess(child, signal = "SIGKILL") {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.once("exit", () => resolve());
+    child.kill(signal);
+  });
+}
+
+/** A core process on its own SQLite file; restartable on the same file. */
+export class Core {
+  static async start(extra = []) {
+    const core = new Core();
+    core.dir = mkdtempSync(join(tmpdir(), "notify-js-"));
+    core.extra = extra;
+    await core.spawn("127.0.0.1:0");
+    return core;
+  }
+
+  async spawn(listen) {
+    const { child, fields } = await startProcess(
+      ["core", "--listen", listen, "--metrics-listen", "127.0.0.1:0",
+        "--database-url", `sqlite://${join(this.dir, "notify.db")}`, ...this.extra],
+      "notify core ready",
+    );
+    this.child = child;
+    this.addr = fields.grpc;
+    this.client?.close();
+    this.client = new NotificationService(this.addr, grpc.credentials.createInsecure());
+  }
+
+  /** Calls a unary method, resolving with the response or rejecting with the status. */
+  call(method, request) {
+    return new Promise((resolve, reject) => {
+      this.client[method](request, (error, response) => (error ? reject(error) : resolve(response)));
+    });
+  }
+
+  create(request) {
+    return this.call("CreateNotification", {
+      type: "product:upload",
+      channel: "PUSH",
+      content: toStruct({ message: "hello" }),
+      priority: 1,
+      ...request,
+    });
+  }
+
+  async kill() {
+    await stopProcess(this.child);
+  }
+
+  /** Starts again on the same database and the same port. */
+  async restart() {
+    await this.spawn(this.addr);
+  }
+
+  async stop() {
+    this.client?.close();
+    await stopProcess(this.child);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** A bridge process in front of `core`. */
+export class Bridge {
+  static async start(core, extra = []) {
+    const bridge = new Bridge();
+    const { child, fields } = await startProcess(
+      ["bridge", "--listen", "127.0.0.1:0", "--core-url", `http://${core.addr}`,
+        "--jwt-secret", SECRET, ...extra],
+      "notify bridge ready",
+    );
+    bridge.child = child;
+    bridge.url = `http://${fields.http}`;
+    return bridge;
+  }
+
+  async stop() {
+    await stopProcess(this.child);
+  }
+}
+
+/** A token signed by `notify token`. */
+export function token({ vendor, customer, ttl = "1h", secret = SECRET }) {
+  const who = vendor !== undefined ? ["--vendor", String(vendor)] : ["--customer", String(customer)];
+  return execFileSync(BIN, ["token", ...who, "--ttl", ttl, "--jwt-secret", secret]).toString().trim();
+}
+
+/**
+ * A socket.io-client socket on /notification that records every event.
+ * Resolves once connected (or rejects with the connect_error).
+ */
+export function connect(bridge, { auth, transports = ["websocket"], extraHeaders, reconnection = false } = {}) {
+  const socket = io(`${bridge.url}/notification`, {
+    auth,
+    transports,
+    extraHeaders,
+    reconnection,
+    forceNew: true,
+  });
+  socket.received = [];
+  socket.onAny((event, ...args) => socket.received.push({ event, data: args[0] }));
+  return new Promise((resolve, reject) => {
+    socket.once("connect", () => resolve(socket));
+    socket.once("connect_error", (error) => {
+      socket.close();
+      reject(error);
+    });
+  });
+}
+
+/** Waits until `predicate(socket.received)` holds (10 s at most). */
+export async function until(socket, predicate, what = "condition", timeout = 10_000) {
+  const deadline = Date.now() + timeout;
+  while (Date.now() < deadline) {
+    const result = predicate(socket.received);
+    if (result) return result;
+    await sleep(20);
+  }
+  throw new Error(`timed out waiting for ${what}; received ${JSON.stringify(socket.received.map((r) => r.event))}`);
+}
+
+/** The received events named `event`. */
+export function events(socket, event) {
+  return socket.received.filter((r) => r.event === event).map((r) => r.data);
+}
+
+/** Emits a client event and resolves with the ack. */
+export function request(socket, event, payload) {
+  return socket.timeout(10_000).emitWithAck(event, payload);
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A JSON object as a google.protobuf.Struct for grpc-js. */
+export function toStruct(object) {
+  const value = (v) => {
+    if (v === null) return { nullValue: "NULL_VALUE" };
+    if (typeof v === "boolean") return { boolValue: v };
+    if (typeof v === "number") return { numberValue: v };
+    if (typeof v === "string") return { stringValue: v };
+    if (Array.isArray(v)) return { listValue: { values: v.map(value) } };
+    return { structValue: toStruct(v) };
+  };
+  return { fields: Object.fromEntries(Object.entries(object).map(([k, v]) => [k, value(v)])) };
+}
