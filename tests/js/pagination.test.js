@@ -1,0 +1,61 @@
+// 45 notifications: page 1 on connect, pages 2 and 3 through the ack.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { Core, Bridge, token, connect, until, events, request } from "./harness.js";
+
+let core;
+let bridge;
+before(async () => {
+  core = await Core.start();
+  bridge = await Bridge.start(core);
+});
+after(async () => {
+  await bridge?.stop();
+  await core?.stop();
+});
+
+test("45 notifications page as 20, 20, 5, newest first", async () => {
+  const ids = [];
+  for (let i = 0; i < 45; i++) ids.push((await core.create({ vendorId: 7 })).id);
+  const newestFirst = [...ids].reverse();
+  const socket = await connect(bridge, { auth: { token: token({ vendor: 7 }) } });
+  try {
+    await until(socket, () => events(socket, "offlineNotifications").length, "offlineNotifications");
+    const [first] = events(socket, "offlineNotifications");
+    assert.equal(first.data.items.length, 20);
+    assert.deepEqual(first.data.items.map((n) => n.id), newestFirst.slice(0, 20));
+    assert.deepEqual(first.data.pagination, {
+      currentPage: 1, nextPage: 2, prevPage: null, hasNext: true, hasPrev: false,
+      totalPages: 3, totalRecords: 45,
+    });
+
+    const second = await request(socket, "offlineNotifications", { page: 2, limit: 20 });
+    assert.deepEqual(second.data.items.map((n) => n.id), newestFirst.slice(20, 40));
+    assert.deepEqual(second.data.pagination, {
+      currentPage: 2, nextPage: 3, prevPage: 1, hasNext: true, hasPrev: true,
+      totalPages: 3, totalRecords: 45,
+    });
+
+    const third = await request(socket, "offlineNotifications", { page: 3, limit: 20 });
+    assert.equal(third.statusCode, 200);
+    assert.equal(third.error, false);
+    assert.deepEqual(third.data.items.map((n) => n.id), newestFirst.slice(40));
+    assert.deepEqual(third.data.pagination, {
+      currentPage: 3, nextPage: null, prevPage: 2, hasNext: false, hasPrev: true,
+      totalPages: 3, totalRecords: 45,
+    });
+
+    const beyond = await request(socket, "offlineNotifications", { page: 4 });
+    assert.deepEqual(beyond.data.items, []);
+    assert.equal(beyond.data.pagination.nextPage, null);
+
+    const defaults = await request(socket, "offlineNotifications", {});
+    assert.equal(defaults.data.items.length, 20);
+    assert.equal(defaults.data.pagination.currentPage, 1);
+
+    // unreadCount equals totalRecords.
+    assert.equal(events(socket, "unreadCount")[0].data.count, 45);
+  } finally {
+    socket.close();
+  }
+});
