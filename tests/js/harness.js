@@ -65,6 +65,14 @@ export class Core {
     return core;
   }
 
+  /** A client for a core started elsewhere (no process of its own). */
+  static attach(addr) {
+    const core = new Core();
+    core.addr = addr;
+    core.client = new NotificationService(addr, grpc.credentials.createInsecure());
+    return core;
+  }
+
   async spawn(listen) {
     const { child, fields } = await startProcess(
       ["core", "--listen", listen, "--metrics-listen", "127.0.0.1:0",
@@ -105,8 +113,8 @@ export class Core {
 
   async stop() {
     this.client?.close();
-    await stopProcess(this.child);
-    rmSync(this.dir, { recursive: true, force: true });
+    if (this.child) await stopProcess(this.child);
+    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
