@@ -166,23 +166,19 @@ async fn follow(
     outage: &mut bool,
 ) -> Result<(), tonic::Status> {
     let mut client = bridge.core.for_user(feed.user);
-    let after = match *last_seq {
-        Some(seq) => seq,
-        // Start after the newest existing notification: sockets get older
-        // ones from their offline list, which they fetch after this point.
-        None => {
-            client
-                .list_offline(proto::ListOfflineRequest {
-                    vendor_id: feed.user.vendor_id(),
-                    customer_id: feed.user.customer_id(),
-                    page: Some(1),
-                    limit: Some(1),
-                })
-                .await?
-                .into_inner()
-                .last_seq
-        }
-    };
+    let head = client
+        .list_offline(proto::ListOfflineRequest {
+            vendor_id: feed.user.vendor_id(),
+            customer_id: feed.user.customer_id(),
+            page: Some(1),
+            limit: Some(1),
+        })
+        .await?
+        .into_inner();
+    // First time: start after the newest existing notification, since
+    // sockets get older ones from their offline list, fetched after this.
+    // After an outage: resume where the feed stopped.
+    let after = last_seq.unwrap_or(head.last_seq);
     *last_seq = Some(after);
     let mut stream = client
         .stream_user_events(proto::StreamUserEventsRequest {
@@ -196,6 +192,10 @@ async fn follow(
     feed.connected.send_replace(true);
     if std::mem::take(outage) {
         tracing::info!(user = %feed.user, after, "stream to the core resumed");
+        // Tells the sockets the service is back, with the count as it is now.
+        let unread = head.pagination.map(|p| p.total_records).unwrap_or_default();
+        *lock(&feed.last_unread) = None;
+        feed.unread_changed(unread);
     }
     loop {
         let message = tokio::select! {

@@ -5,11 +5,13 @@
 //! - `payload`: the Socket.IO JSON of the seed, and the `appError` mapping.
 //! - `core_client`: the connections to the core, and its health for `/readyz`.
 //! - `feed`: one core stream per connected user, shared by their sockets.
+//! - `page`: the embedded inbox page served at `/`.
 //! - this file: the namespace's handlers, HTTP routes and `run`.
 
 pub mod auth;
 pub mod core_client;
 mod feed;
+mod page;
 pub mod payload;
 
 use std::collections::HashMap;
@@ -94,7 +96,7 @@ pub async fn run(
     io.ns(NAMESPACE, on_connect.with(authenticate));
 
     let ready = core.clone();
-    let app = axum::Router::new()
+    let app = page::routes()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

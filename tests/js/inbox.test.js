@@ -1,0 +1,165 @@
+// The inbox page in a real browser: Debian's chromium driven by
+// playwright-core. Screenshots (desk and phone width) go to
+// target/screenshots/.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { Core, Bridge, token, toStruct, sleep } from "./harness.js";
+
+const shots = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "target", "screenshots");
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+let core;
+let bridge;
+let browser;
+before(async () => {
+  mkdirSync(shots, { recursive: true });
+  core = await Core.start();
+  bridge = await Bridge.start(core);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+after(async () => {
+  await browser?.close();
+  await bridge?.stop();
+  await core?.stop();
+});
+
+async function eventually(check, what, timeout = 10_000) {
+  const deadline = Date.now() + timeout;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (error) {
+      last = error;
+    }
+    await sleep(50);
+  }
+  assert.fail(`timed out waiting for ${what} (last: ${last})`);
+}
+
+const stateOf = (page) => page.locator("#state").getAttribute("data-state");
+const badgeOf = (page) => page.locator("#badge").textContent();
+
+test("the inbox shows, pages, marks and survives a core restart", async () => {
+  const vendor = 31;
+  for (let i = 1; i <= 25; i++) {
+    await core.create({
+      vendorId: vendor,
+      type: i % 2 ? "order:shipped" : "product:upload",
+      content: toStruct({ message: `Order #${1000 + i} has shipped`, data: { orderId: 1000 + i, items: [{ sku: "MAC-13", qty: 1 }] } }),
+    });
+  }
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (error) => problems.push(error.message));
+  await page.goto(`${bridge.url}/#token=${token({ vendor })}`);
+
+  await eventually(async () => (await stateOf(page)) === "live", "live state");
+  await eventually(async () => (await page.locator("#list > li").count()) === 20, "20 items");
+  assert.equal(await badgeOf(page), "25");
+  assert.equal(await page.locator("#list > li .message").first().textContent(), "Order #1025 has shipped");
+  assert.ok(!page.url().includes("token="), "the token leaves the address bar");
+  const when = page.locator("#list > li .when").first();
+  assert.equal(await when.textContent(), "just now");
+  assert.match(await when.getAttribute("title"), /Z\)$/);
+
+  // A live notification arrives at the top, highlighted and announced.
+  await core.create({ vendorId: vendor, type: "payment:received", content: toStruct({ message: "Payment received for order #1026", amount: 63 }) });
+  await eventually(async () => (await page.locator("#list > li .message").first().textContent()) === "Payment received for order #1026", "live item on top");
+  assert.ok(await page.locator("#list > li").first().evaluate((li) => li.classList.contains("fresh")));
+  assert.match(await page.locator("#announcer").textContent(), /Payment received/);
+  await eventually(async () => (await badgeOf(page)) === "26", "badge 26");
+
+  // The rest of the content folds open on demand.
+  const details = page.locator("#list > li .more").first();
+  assert.equal(await details.locator("pre").isVisible(), false);
+  await details.locator("summary").click();
+  assert.match(await details.locator("pre").textContent(), /"amount": 63/);
+
+  await page.screenshot({ path: join(shots, "inbox-desk.png"), fullPage: true });
+
+  // Paging through the offline list.
+  await page.locator("#next").click();
+  await eventually(async () => (await page.locator("#page-label").textContent()) === "Page 2 of 2", "page 2");
+  assert.equal(await page.locator("#list > li").count(), 6);
+  assert.equal(await page.locator("#list > li .message").last().textContent(), "Order #1001 has shipped");
+  await page.locator("#prev").click();
+  await eventually(async () => (await page.locator("#page-label").textContent()) === "Page 1 of 2", "page 1");
+
+  // Mark one read: the badge follows.
+  await page.locator("#list > li .mark").first().click();
+  await eventually(async () => (await badgeOf(page)) === "25", "badge 25");
+  assert.ok(await page.locator("#list > li").first().evaluate((li) => li.classList.contains("read")));
+
+  // appError is shown and can be dismissed.
+  await page.evaluate(() => view.socket.emit("markAsRead", { ids: ["nope"] }, () => {}));
+  const error = page.locator("#errors .error");
+  await eventually(async () => (await error.count()) === 1, "an error message");
+  assert.match(await error.textContent(), /ids\[0\].*400/);
+  await error.locator("button").click();
+  assert.equal(await error.count(), 0);
+
+  // Keyboard: Tab reaches the controls, Enter works them.
+  await page.keyboard.press("Tab");
+  assert.ok(["BUTTON", "SUMMARY"].includes(await page.evaluate(() => document.activeElement?.tagName)));
+  await page.locator("#list > li .mark").nth(1).focus();
+  await page.keyboard.press("Enter");
+  await eventually(async () => (await badgeOf(page)) === "24", "badge 24 after Enter");
+
+  // The core dies: the page says it is reconnecting; it comes back live.
+  await core.kill();
+  await eventually(async () => (await stateOf(page)) === "reconnecting", "reconnecting state");
+  assert.match(await page.locator("#state").textContent(), /Reconnecting/);
+  await core.restart();
+  await core.create({ vendorId: vendor, content: toStruct({ message: "Back after the restart" }) });
+  await eventually(async () => (await stateOf(page)) === "live", "live again", 20_000);
+  await eventually(async () => (await page.locator("#list > li .message").first().textContent()) === "Back after the restart", "notification after restart");
+
+  // Mark all read empties the inbox.
+  await page.locator("#mark-all").click();
+  await eventually(async () => (await page.locator("#empty").isVisible()), "empty inbox");
+  assert.equal(await page.locator("#badge").isVisible(), false);
+
+  // Phone width.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const small = await phone.newPage();
+  for (let i = 1; i <= 4; i++) {
+    await core.create({ vendorId: vendor, content: toStruct({ message: `Phone check ${i}: a longer line that has to wrap on a narrow screen`, n: i }) });
+  }
+  await small.goto(`${bridge.url}/#token=${token({ vendor })}`);
+  await eventually(async () => (await small.locator("#list > li").count()) === 4, "4 items on the phone");
+  const overflow = await small.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(overflow <= 0, `no sideways scrolling on a phone (overflow ${overflow}px)`);
+  await small.screenshot({ path: join(shots, "inbox-phone.png"), fullPage: true });
+  await phone.close();
+
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test("sign in by pasting a token; a bad token is refused with the reason", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${bridge.url}/`);
+  await eventually(async () => page.locator("#sign-in").isVisible(), "sign-in form");
+  await page.locator("#token").fill("not-a-token");
+  await page.locator("#sign-in-form button").click();
+  await eventually(async () => (await stateOf(page)) === "refused", "refused state");
+  assert.match(await page.locator("#state").textContent(), /invalid token/);
+
+  await page.locator("#token").fill(token({ customer: 44 }));
+  await page.locator("#sign-in-form button").click();
+  await eventually(async () => (await stateOf(page)) === "live", "live after signing in");
+  await eventually(async () => page.locator("#empty").isVisible(), "empty inbox");
+  await context.close();
+});
