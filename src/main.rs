@@ -53,9 +53,9 @@ struct CoreArgs {
     /// Require `authorization: Bearer <token>` on every NotificationService call.
     #[arg(long, env = "NOTIFY_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
-    /// Address for Prometheus `GET /metrics`.
-    #[arg(long, env = "NOTIFY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
-    metrics_listen: String,
+    /// Address for Prometheus `GET /metrics` [default: 127.0.0.1:9464, skipped if busy].
+    #[arg(long, env = "NOTIFY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -89,7 +89,7 @@ struct BridgeArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     core_url: String,
-    /// HS256 secret that client tokens are signed with.
+    /// HS256 secret that client tokens are signed with (32 random bytes or more).
     #[arg(long, env = "NOTIFY_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
     /// Sent to the core as `authorization: Bearer <token>`.
@@ -108,9 +108,9 @@ struct DevArgs {
     /// Address of the core's gRPC.
     #[arg(long, env = "NOTIFY_CORE_LISTEN", default_value = "127.0.0.1:50051")]
     core_listen: String,
-    /// Address for the core's Prometheus `GET /metrics`.
-    #[arg(long, env = "NOTIFY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
-    metrics_listen: String,
+    /// Address for the core's Prometheus `GET /metrics` [default: 127.0.0.1:9464, skipped if busy].
+    #[arg(long, env = "NOTIFY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
     /// The vendor whose token is printed.
@@ -179,14 +179,19 @@ async fn run_core(args: CoreArgs) -> anyhow::Result<()> {
         anyhow::bail!("--api-token must not be empty");
     }
     telemetry::metrics_handle();
-    let (grpc, metrics) = notify::core::bind(&args.listen, &args.metrics_listen).await?;
+    let (grpc, metrics) = notify::core::bind(&args.listen, args.metrics_listen.as_deref()).await?;
     let config = core_config(args.store, args.api_token);
-    notify::core::run(config, grpc, Some(metrics), notify::shutdown::signal()).await
+    notify::core::run(config, grpc, metrics, notify::shutdown::signal()).await
 }
 
 async fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
-    if args.jwt_secret.len() < 16 {
-        anyhow::bail!("--jwt-secret must be at least 16 bytes");
+    if args.jwt_secret.is_empty() {
+        anyhow::bail!("--jwt-secret must not be empty");
+    }
+    if args.jwt_secret.len() < 32 {
+        tracing::warn!(
+            "--jwt-secret is shorter than 32 bytes; use a long random secret in production"
+        );
     }
     telemetry::metrics_handle();
     let listener = notify::bridge::bind(&args.listen).await?;
@@ -201,7 +206,8 @@ async fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     telemetry::metrics_handle();
-    let (grpc, metrics) = notify::core::bind(&args.core_listen, &args.metrics_listen).await?;
+    let (grpc, metrics) =
+        notify::core::bind(&args.core_listen, args.metrics_listen.as_deref()).await?;
     let core_url = format!("http://{}", grpc.local_addr()?);
     let listener = notify::bridge::bind(&args.listen).await?;
     let page = format!("http://{}", listener.local_addr()?);
@@ -216,7 +222,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         let result = notify::core::run(
             core_config(args.store, None),
             grpc,
-            Some(metrics),
+            metrics,
             stop.clone().cancelled_owned(),
         )
         .await;

@@ -152,20 +152,42 @@ pub async fn run(
     Ok(())
 }
 
+/// Where `/metrics` listens when `--metrics-listen` is not given.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
 /// Binds the gRPC and metrics listeners for `notify core` and prints the
 /// line scripts wait for: `notify core ready grpc=ADDR metrics=ADDR`.
+///
+/// An explicit `metrics_listen` that cannot be bound is an error. When it is
+/// not given, the default port is tried, and if another process (another
+/// core on this machine, say) holds it, the core runs without `/metrics`
+/// and says so (`metrics=off`) rather than refusing to start.
 pub async fn bind(
     listen: &str,
-    metrics_listen: &str,
-) -> anyhow::Result<(TcpListener, TcpListener)> {
+    metrics_listen: Option<&str>,
+) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
     let grpc = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let metrics = TcpListener::bind(metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {metrics_listen} for metrics"))?;
+    let metrics = match metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => match TcpListener::bind(DEFAULT_METRICS_LISTEN).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(addr = DEFAULT_METRICS_LISTEN, %error, "metrics port busy; serving without /metrics (set --metrics-listen)");
+                None
+            }
+        },
+    };
     let grpc_addr: SocketAddr = grpc.local_addr()?;
-    let metrics_addr: SocketAddr = metrics.local_addr()?;
+    let metrics_addr = match &metrics {
+        Some(listener) => listener.local_addr()?.to_string(),
+        None => "off".to_owned(),
+    };
     tracing::info!(%grpc_addr, %metrics_addr, "notify core listening");
     println!("notify core ready grpc={grpc_addr} metrics={metrics_addr}");
     Ok((grpc, metrics))
