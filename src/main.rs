@@ -75,6 +75,10 @@ struct StoreArgs {
         default_value = "full"
     )]
     sqlite_synchronous: SyncArg,
+    /// How long a core's presence entries outlive it if it dies without a
+    /// goodbye; then its users go offline.
+    #[arg(long, env = "NOTIFY_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    presence_ttl: Duration,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +175,7 @@ fn core_config(store: StoreArgs, api_token: Option<String>) -> notify::core::Cor
         database_url: store.database_url,
         api_token,
         synchronous: store.sqlite_synchronous.into(),
+        presence_ttl: store.presence_ttl,
     }
 }
 

@@ -51,6 +51,17 @@ pub enum HubEvent {
     },
 }
 
+/// A user's presence across every node changed (from [`Change::Presence`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PresenceChange {
+    /// Who.
+    pub user: User,
+    /// Online now, or offline.
+    pub online: bool,
+    /// When (ms since the epoch).
+    pub at: i64,
+}
+
 struct Subscriber {
     id: u64,
     queue: mpsc::Sender<HubEvent>,
@@ -58,12 +69,14 @@ struct Subscriber {
 }
 
 /// The fan-out. Shared as `Arc<Hub>`; the store publishes into it.
-#[derive(Default)]
 pub struct Hub {
     // A plain mutex: every critical section is a map lookup and a few
     // non-blocking `try_send`s.
     subscribers: Mutex<HashMap<User, Vec<Subscriber>>>,
     next_id: AtomicU64,
+    // Unbounded: presence changes come at the pace of connections opening
+    // and closing, and the announcer only reads room peers for each.
+    presence: mpsc::UnboundedSender<PresenceChange>,
 }
 
 /// One stream's end of the hub; unsubscribes when dropped.
@@ -78,6 +91,26 @@ pub struct Subscription {
 }
 
 impl Hub {
+    /// A hub, and the presence changes it receives, for the announcer.
+    pub fn new() -> (Hub, mpsc::UnboundedReceiver<PresenceChange>) {
+        let (presence, changes) = mpsc::unbounded_channel();
+        let hub = Hub {
+            subscribers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            presence,
+        };
+        (hub, changes)
+    }
+
+    /// Makes every stream catch up from the store, as after an overflow.
+    pub fn resync_all(&self) {
+        for streams in self.lock().values() {
+            for stream in streams {
+                stream.lagged.notify_one();
+            }
+        }
+    }
+
     /// Starts receiving the user's events. Register before reading the
     /// store, so nothing committed afterwards can be missed.
     pub fn subscribe(self: &Arc<Self>, user: User) -> Subscription {
@@ -149,6 +182,10 @@ impl ChangeSink for Hub {
                     unread,
                 },
             ),
+            Change::Presence { user, online, at } => {
+                let _ = self.presence.send(PresenceChange { user, online, at });
+            }
+            Change::Resync => self.resync_all(),
         }
     }
 }
@@ -180,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_flags_only_that_stream() {
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new().0);
         let user = User::vendor(1);
         let slow = hub.subscribe(user);
         let mut fast = hub.subscribe(user);
@@ -197,7 +234,7 @@ mod tests {
 
     #[test]
     fn dropping_a_subscription_unsubscribes() {
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new().0);
         let user = User::customer(7);
         let subscription = hub.subscribe(user);
         assert_eq!(hub.lock().get(&user).map(Vec::len), Some(1));

@@ -17,6 +17,7 @@ pub mod validate;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -47,6 +48,8 @@ pub struct CoreConfig {
     pub api_token: Option<String>,
     /// SQLite commit durability.
     pub synchronous: Synchronous,
+    /// How long presence entries outlive a core that stopped refreshing them.
+    pub presence_ttl: Duration,
 }
 
 /// The business side of the core, reachable without gRPC.
@@ -55,10 +58,12 @@ pub struct Core {
     pub store: Arc<dyn Store>,
     /// Live fan-out.
     pub hub: Arc<Hub>,
-    /// Who is online on this core.
-    pub presence: Presence,
+    /// Presence streams on this core.
+    pub presence: Arc<Presence>,
     /// Cancelled when the core shuts down; open streams end on it.
     pub shutdown: CancellationToken,
+    /// Stream tasks still running (they end shortly after `shutdown`).
+    pub open_streams: AtomicUsize,
 }
 
 /// Opens the store named by `url`, publishing its commits into `hub`.
@@ -92,14 +97,22 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let hub = Arc::new(Hub::default());
+    let (hub, presence_changes) = Hub::new();
+    let hub = Arc::new(hub);
     let store = open_store(&config.database_url, config.synchronous, hub.clone()).await?;
     let token = CancellationToken::new();
     let core = Arc::new(Core {
-        presence: Presence::new(store.clone(), hub.clone()),
+        presence: Presence::start(
+            store.clone(),
+            hub.clone(),
+            presence_changes,
+            config.presence_ttl,
+            token.clone(),
+        ),
         store,
         hub,
         shutdown: token.clone(),
+        open_streams: AtomicUsize::new(0),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -148,6 +161,15 @@ pub async fn run(
             tracing::warn!(grace = ?DRAIN_GRACE, "calls still open after the grace period; stopping anyway");
         }
     }
+    // Stream tasks end right after the cancel; give them a moment, then make
+    // sure their users' presence entries are gone before exiting.
+    for _ in 0..100 {
+        if core.open_streams.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    core.presence.flush().await;
     tracing::info!("core stopped");
     Ok(())
 }

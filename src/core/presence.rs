@@ -1,134 +1,208 @@
-//! Who is online on this core: a user is online while at least one of their
-//! `presence: true` streams is open.
+//! Presence: a user is online while at least one of their `presence: true`
+//! streams is open on any core sharing the database.
 //!
-//! Going online (first stream) and offline (last stream closed) are
-//! transitions. Each transition gets an epoch; its event goes out to room
-//! peers only if it is still the user's latest transition once the peers
-//! are known, so a quick close-and-reopen never tells peers "offline" after
-//! the user is back, and each real offline is announced once.
+//! This core counts its own streams per user, in memory. When a user's count
+//! here goes from 0 to 1 or back, a background task writes the new count to
+//! the store as this node's entry (batched, in order). The store decides
+//! whether that made the user online or offline across every node, and
+//! publishes the change once; the announcer below passes it to the room
+//! peers' streams on this core. Entries are refreshed as a heartbeat and
+//! expire when a core dies without a goodbye, after which the user still
+//! goes offline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use notify_store::{Store, User, now_millis};
+use notify_store::{Store, User, new_object_id};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-use super::hub::{Hub, HubEvent};
+use super::hub::{Hub, HubEvent, PresenceChange};
 
-#[derive(Default)]
-struct Entry {
-    streams: usize,
-    epoch: u64,
+/// How long a node's presence entries live without a heartbeat.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+
+enum Pending {
+    User(User),
+    Flush(oneshot::Sender<()>),
 }
 
-#[derive(Default)]
-struct State {
-    users: HashMap<User, Entry>,
-    next_epoch: u64,
-    online: usize,
-}
-
-/// Counts presence streams per user and announces transitions to room peers.
+/// This core's presence streams, and the tasks that share them.
 pub struct Presence {
-    state: Mutex<State>,
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
+    node: String,
+    streams: Mutex<HashMap<User, u32>>,
+    pending: mpsc::UnboundedSender<Pending>,
 }
 
 impl Presence {
-    /// Presence announced through `hub`, room peers read from `store`.
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>) -> Presence {
-        Presence {
-            state: Mutex::new(State::default()),
-            store,
-            hub,
+    /// Starts the writer, heartbeat and announcer tasks; they stop with `stop`
+    /// (the writer once it has written what is pending).
+    pub fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        changes: mpsc::UnboundedReceiver<PresenceChange>,
+        ttl: Duration,
+        stop: CancellationToken,
+    ) -> Arc<Presence> {
+        let (pending, pending_rx) = mpsc::unbounded_channel();
+        let presence = Arc::new(Presence {
+            node: new_object_id(),
+            streams: Mutex::new(HashMap::new()),
+            pending,
+        });
+        tokio::spawn(write_entries(
+            presence.clone(),
+            store.clone(),
+            pending_rx,
+            ttl,
+        ));
+        tokio::spawn(heartbeat(presence.node.clone(), store.clone(), ttl, stop));
+        tokio::spawn(announce(store, hub, changes));
+        presence
+    }
+
+    /// A presence stream of `user` opened here.
+    pub fn connect(&self, user: User) {
+        let first = {
+            let mut streams = lock(&self.streams);
+            let count = streams.entry(user).or_insert(0);
+            *count += 1;
+            let first = *count == 1;
+            metrics::gauge!("notify_online_users").set(streams.len() as f64);
+            first
+        };
+        if first {
+            let _ = self.pending.send(Pending::User(user));
         }
     }
 
-    /// Whether the user has a presence stream open here.
-    pub fn is_online(&self, user: User) -> bool {
-        self.lock().users.get(&user).is_some_and(|e| e.streams > 0)
-    }
-
-    /// A presence stream of `user` opened.
-    pub async fn connect(&self, user: User) {
-        let epoch = {
-            let mut state = self.lock();
-            let epoch = state.next_epoch;
-            state.next_epoch += 1;
-            let entry = state.users.entry(user).or_default();
-            entry.streams += 1;
-            if entry.streams > 1 {
-                return;
+    /// A presence stream of `user` closed here.
+    pub fn disconnect(&self, user: User) {
+        let last = {
+            let mut streams = lock(&self.streams);
+            match streams.get_mut(&user) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    streams.remove(&user);
+                    metrics::gauge!("notify_online_users").set(streams.len() as f64);
+                    true
+                }
+                None => false,
             }
-            entry.epoch = epoch;
-            state.online += 1;
-            metrics::gauge!("notify_online_users").set(state.online as f64);
-            epoch
         };
-        self.announce(user, epoch, HubEvent::PeerOnline { user })
-            .await;
-    }
-
-    /// A presence stream of `user` closed.
-    pub async fn disconnect(&self, user: User) {
-        let at = now_millis();
-        let epoch = {
-            let mut state = self.lock();
-            let epoch = state.next_epoch;
-            state.next_epoch += 1;
-            let Some(entry) = state.users.get_mut(&user) else {
-                return;
-            };
-            entry.streams = entry.streams.saturating_sub(1);
-            if entry.streams > 0 {
-                return;
-            }
-            entry.epoch = epoch;
-            state.online = state.online.saturating_sub(1);
-            metrics::gauge!("notify_online_users").set(state.online as f64);
-            epoch
-        };
-        if let Err(error) = self.store.set_last_seen(user, at).await {
-            tracing::warn!(%user, %error, "could not store last seen time");
+        if last {
+            let _ = self.pending.send(Pending::User(user));
         }
-        self.announce(
-            user,
-            epoch,
-            HubEvent::PeerOffline {
-                user,
-                last_seen_at: at,
-            },
-        )
-        .await;
     }
 
-    async fn announce(&self, user: User, epoch: u64, event: HubEvent) {
-        let peers = match self.store.room_peers(user).await {
+    /// Waits until every change so far is in the store.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.pending.send(Pending::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    fn count(&self, user: User) -> u32 {
+        lock(&self.streams).get(&user).copied().unwrap_or(0)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes changed counts in batches, in order. Each write carries the count
+/// as it is when written, so a quick close-and-reopen ends in the right
+/// state whatever the interleaving.
+async fn write_entries(
+    presence: Arc<Presence>,
+    store: Arc<dyn Store>,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    ttl: Duration,
+) {
+    let mut batch = Vec::new();
+    while pending.recv_many(&mut batch, 1024).await > 0 {
+        let mut users: Vec<User> = Vec::new();
+        let mut flushes = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                Pending::User(user) if !users.contains(&user) => users.push(user),
+                Pending::User(_) => {}
+                Pending::Flush(done) => flushes.push(done),
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        while !users.is_empty() {
+            let streams: Vec<(User, u32)> = users.iter().map(|&u| (u, presence.count(u))).collect();
+            match store.set_presence(&presence.node, streams, ttl).await {
+                Ok(()) => break,
+                Err(error) => {
+                    // Entries not written yet are retried; until then the
+                    // user keeps their previous state.
+                    tracing::warn!(%error, users = users.len(), "presence not stored; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Refreshes this node's entries and expires everybody's stale ones, three
+/// times per `ttl`.
+async fn heartbeat(node: String, store: Arc<dyn Store>, ttl: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = store.refresh_presence(&node, ttl).await {
+            tracing::warn!(%error, "presence heartbeat failed");
+        }
+        if let Err(error) = store.expire_presence().await {
+            tracing::warn!(%error, "presence expiry failed");
+        }
+    }
+}
+
+/// Passes each presence change to the streams of the user's room peers on
+/// this core, in the order the store published them.
+async fn announce(
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    mut changes: mpsc::UnboundedReceiver<PresenceChange>,
+) {
+    while let Some(change) = changes.recv().await {
+        metrics::counter!("notify_presence_changes_total", "online" => change.online.to_string())
+            .increment(1);
+        let peers = match store.room_peers(change.user).await {
             Ok(peers) => peers,
             Err(error) => {
-                tracing::warn!(%user, %error, "could not read room peers; presence change not announced");
-                Vec::new()
+                tracing::warn!(user = %change.user, %error, "room peers unreadable; presence change not announced");
+                continue;
             }
         };
-        let mut state = self.lock();
-        let Some(entry) = state.users.get(&user) else {
-            return;
+        let event = if change.online {
+            HubEvent::PeerOnline { user: change.user }
+        } else {
+            HubEvent::PeerOffline {
+                user: change.user,
+                last_seen_at: change.at,
+            }
         };
-        if entry.epoch != epoch {
-            return; // a later transition superseded this one
-        }
-        // Sent under the lock so a later transition's event cannot overtake it.
         for peer in peers {
-            self.hub.send(peer, event.clone());
+            hub.send(peer, event.clone());
         }
-        if entry.streams == 0 {
-            state.users.remove(&user);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -318,7 +318,7 @@ impl NotificationService for Api {
                 .map(|member| proto::RoomMember {
                     vendor_id: member.user.vendor_id(),
                     customer_id: member.user.customer_id(),
-                    online: self.core.presence.is_online(member.user),
+                    online: member.online,
                     last_seen_at: member
                         .last_seen_at
                         .map(notify_store::format_millis)

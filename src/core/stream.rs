@@ -9,6 +9,7 @@
 //! published, so the store always has what the hub announces.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use notify_store::{Store, User};
 use tokio::sync::mpsc;
@@ -36,15 +37,17 @@ pub fn open(
     let (out, receiver) = mpsc::channel(OUTBOUND_QUEUE);
     // Subscribe now, before any store read, so nothing falls between.
     let subscription = core.hub.subscribe(user);
+    core.open_streams.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         metrics::gauge!("notify_open_streams").increment(1.0);
         if presence {
-            core.presence.connect(user).await;
+            core.presence.connect(user);
         }
         let outcome = run(&core, user, after_seq, subscription, &out).await;
         if presence {
-            core.presence.disconnect(user).await;
+            core.presence.disconnect(user);
         }
+        core.open_streams.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("notify_open_streams").decrement(1.0);
         if let Err(status) = outcome {
             tracing::warn!(%user, error = %status.message(), "stream ended by an error");

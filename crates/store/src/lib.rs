@@ -14,6 +14,8 @@ mod model;
 mod object_id;
 mod sqlite;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 pub use model::{
@@ -94,12 +96,28 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the user from the room (no-op if not there).
     async fn leave_room(&self, room: &str, user: User) -> Result<(), StoreError>;
 
-    /// The room's members, ordered by role and id.
+    /// The room's members, ordered by role and id, with their presence.
     async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError>;
 
     /// Every other user sharing at least one room with `user`, each once.
     async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError>;
 
-    /// Records when the user's last connection closed.
-    async fn set_last_seen(&self, user: User, at: i64) -> Result<(), StoreError>;
+    /// Records how many presence streams `node` now holds for each user (0
+    /// removes the node's entry). A user is online while any node has an
+    /// entry; the first entry and the removal of the last are published as
+    /// [`Change::Presence`], once, whichever node caused them. Entries expire
+    /// `ttl` after their last refresh, so a node that dies without a goodbye
+    /// does not keep its users online.
+    async fn set_presence(
+        &self,
+        node: &str,
+        streams: Vec<(User, u32)>,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Extends every entry of `node` by `ttl` from now (a heartbeat).
+    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Removes expired entries of any node; users left with none go offline.
+    async fn expire_presence(&self) -> Result<(), StoreError>;
 }

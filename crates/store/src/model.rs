@@ -252,6 +252,8 @@ pub struct MarkOutcome {
 pub struct RoomMember {
     /// Who.
     pub user: User,
+    /// Whether any node holds a presence stream of the user.
+    pub online: bool,
     /// When the user's last connection closed, if ever (ms since the epoch).
     pub last_seen_at: Option<i64>,
 }
@@ -279,6 +281,19 @@ pub enum Change {
         /// The user's unread count afterwards.
         unread: i64,
     },
+    /// A user came online on the first node or went offline on the last,
+    /// counted across every node sharing the database.
+    Presence {
+        /// Who.
+        user: User,
+        /// Online now (first connection) or offline (last one closed).
+        online: bool,
+        /// When (ms since the epoch); the `lastSeenAt` of an offline change.
+        at: i64,
+    },
+    /// Changes may have been missed (the database feed reconnected): every
+    /// stream should catch up from the store.
+    Resync,
 }
 
 /// Page arithmetic shared by the gRPC API and the Socket.IO bridge.

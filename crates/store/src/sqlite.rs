@@ -82,10 +82,16 @@ enum WriteOp {
         room: String,
         user: User,
     },
-    LastSeen {
-        user: User,
-        at: i64,
+    Presence {
+        node: String,
+        streams: Vec<(User, u32)>,
+        ttl_ms: i64,
     },
+    RefreshPresence {
+        node: String,
+        ttl_ms: i64,
+    },
+    ExpirePresence,
 }
 
 enum Outcome {
@@ -267,16 +273,35 @@ async fn apply(
                 .await?;
                 outcomes.push(Outcome::Done);
             }
-            WriteOp::LastSeen { user, at } => {
-                sqlx::query(
-                    "INSERT INTO users (role, id, last_seen_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (role, id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
-                )
-                .bind(user.role.code())
-                .bind(user.id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+            WriteOp::Presence {
+                node,
+                streams,
+                ttl_ms,
+            } => {
+                for (user, count) in streams {
+                    set_presence(
+                        &mut tx,
+                        node,
+                        *user,
+                        *count,
+                        now,
+                        now + ttl_ms,
+                        &mut changes,
+                    )
+                    .await?;
+                }
+                outcomes.push(Outcome::Done);
+            }
+            WriteOp::RefreshPresence { node, ttl_ms } => {
+                sqlx::query("UPDATE presence SET expires_at = $1 WHERE node = $2")
+                    .bind(now + ttl_ms)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+                outcomes.push(Outcome::Done);
+            }
+            WriteOp::ExpirePresence => {
+                expire_presence(&mut tx, now, &mut changes).await?;
                 outcomes.push(Outcome::Done);
             }
         }
@@ -498,6 +523,109 @@ async fn mark(
     })
 }
 
+async fn presence_entries(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: User,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM presence WHERE role = $1 AND user_id = $2")
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// Records the user's offline moment and announces it.
+async fn went_offline(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: User,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO users (role, id, last_seen_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (role, id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+    )
+    .bind(user.role.code())
+    .bind(user.id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    changes.push(Change::Presence {
+        user,
+        online: false,
+        at: now,
+    });
+    Ok(())
+}
+
+async fn set_presence(
+    tx: &mut Transaction<'_, Sqlite>,
+    node: &str,
+    user: User,
+    streams: u32,
+    now: i64,
+    expires_at: i64,
+    changes: &mut Vec<Change>,
+) -> Result<(), sqlx::Error> {
+    let before = presence_entries(tx, user).await?;
+    if streams > 0 {
+        sqlx::query(
+            "INSERT INTO presence (node, role, user_id, streams, expires_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (node, role, user_id) DO UPDATE SET streams = excluded.streams, \
+             expires_at = excluded.expires_at",
+        )
+        .bind(node)
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(i64::from(streams))
+        .bind(expires_at)
+        .execute(&mut **tx)
+        .await?;
+    } else {
+        sqlx::query("DELETE FROM presence WHERE node = $1 AND role = $2 AND user_id = $3")
+            .bind(node)
+            .bind(user.role.code())
+            .bind(user.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let after = presence_entries(tx, user).await?;
+    if before == 0 && after > 0 {
+        changes.push(Change::Presence {
+            user,
+            online: true,
+            at: now,
+        });
+    } else if before > 0 && after == 0 {
+        went_offline(tx, user, now, changes).await?;
+    }
+    Ok(())
+}
+
+async fn expire_presence(
+    tx: &mut Transaction<'_, Sqlite>,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> Result<(), sqlx::Error> {
+    let expired = sqlx::query("SELECT DISTINCT role, user_id FROM presence WHERE expires_at < $1")
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &expired {
+        let user = decode_user(row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+        sqlx::query("DELETE FROM presence WHERE role = $1 AND user_id = $2 AND expires_at < $3")
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        if presence_entries(tx, user).await? == 0 {
+            went_offline(tx, user, now, changes).await?;
+        }
+    }
+    Ok(())
+}
+
 fn decode(row: &SqliteRow) -> Result<Notification, sqlx::Error> {
     let corrupt =
         |what: &str| sqlx::Error::Decode(format!("unknown {what} in a stored row").into());
@@ -660,7 +788,9 @@ impl Store for SqliteStore {
 
     async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError> {
         let rows = sqlx::query(
-            "SELECT m.role, m.user_id, u.last_seen_at FROM room_members m \
+            "SELECT m.role, m.user_id, u.last_seen_at, \
+             EXISTS (SELECT 1 FROM presence p WHERE p.role = m.role AND p.user_id = m.user_id) \
+             FROM room_members m \
              LEFT JOIN users u ON u.role = m.role AND u.id = m.user_id \
              WHERE m.room = $1 ORDER BY m.role, m.user_id",
         )
@@ -672,6 +802,7 @@ impl Store for SqliteStore {
                 Ok(RoomMember {
                     user: decode_user(row)?,
                     last_seen_at: row.try_get(2)?,
+                    online: row.try_get(3)?,
                 })
             })
             .collect()
@@ -691,8 +822,32 @@ impl Store for SqliteStore {
         rows.iter().map(decode_user).collect()
     }
 
-    async fn set_last_seen(&self, user: User, at: i64) -> Result<(), StoreError> {
-        self.write(WriteOp::LastSeen { user, at }).await.map(drop)
+    async fn set_presence(
+        &self,
+        node: &str,
+        streams: Vec<(User, u32)>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::Presence {
+            node: node.to_owned(),
+            streams,
+            ttl_ms: ttl.as_millis() as i64,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.write(WriteOp::RefreshPresence {
+            node: node.to_owned(),
+            ttl_ms: ttl.as_millis() as i64,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn expire_presence(&self) -> Result<(), StoreError> {
+        self.write(WriteOp::ExpirePresence).await.map(drop)
     }
 }
 

@@ -47,3 +47,4 @@ CREATE TABLE room_members (
 ) WITHOUT ROWID;
 
 CREATE INDEX room_members_user ON room_members (role, user_id, room);
+
