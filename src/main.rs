@@ -79,6 +79,13 @@ struct StoreArgs {
     /// goodbye; then its users go offline.
     #[arg(long, env = "NOTIFY_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
     presence_ttl: Duration,
+    /// PostgreSQL: most connections in this core's pool.
+    #[arg(long, env = "NOTIFY_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    db_max_connections: u32,
+    /// PostgreSQL: how long a call waits for a connection before it fails
+    /// with UNAVAILABLE.
+    #[arg(long, env = "NOTIFY_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    db_acquire_timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -176,6 +183,10 @@ fn core_config(store: StoreArgs, api_token: Option<String>) -> notify::core::Cor
         api_token,
         synchronous: store.sqlite_synchronous.into(),
         presence_ttl: store.presence_ttl,
+        postgres: notify_store::PgOptions {
+            max_connections: store.db_max_connections,
+            acquire_timeout: store.db_acquire_timeout,
+        },
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use notify_store::{SqliteOptions, SqliteStore, Store, Synchronous};
+use notify_store::{PgOptions, PgStore, SqliteOptions, SqliteStore, Store, Synchronous};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -42,7 +42,7 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// What `notify core` needs besides its listeners.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
-    /// `sqlite://path` (created if missing).
+    /// `sqlite://path` (created if missing) or `postgres://…`.
     pub database_url: String,
     /// Required as `authorization: Bearer <token>` on every call when set.
     pub api_token: Option<String>,
@@ -50,6 +50,8 @@ pub struct CoreConfig {
     pub synchronous: Synchronous,
     /// How long presence entries outlive a core that stopped refreshing them.
     pub presence_ttl: Duration,
+    /// Pool settings when the database is PostgreSQL.
+    pub postgres: PgOptions,
 }
 
 /// The business side of the core, reachable without gRPC.
@@ -70,6 +72,7 @@ pub struct Core {
 pub async fn open_store(
     url: &str,
     synchronous: Synchronous,
+    pg: PgOptions,
     hub: Arc<Hub>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
@@ -83,9 +86,12 @@ pub async fn open_store(
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        bail!("PostgreSQL is not supported by this build yet; use sqlite://FILE");
+        let store = PgStore::open(url, pg, hub)
+            .await
+            .context("cannot open the PostgreSQL database")?;
+        return Ok(Arc::new(store));
     }
-    bail!("unsupported --database-url {url:?}: expected sqlite://FILE")
+    bail!("unsupported --database-url {url:?}: expected sqlite://FILE or postgres://…")
 }
 
 /// Serves the core on `listener` (and `/metrics` on `metrics_listener`)
@@ -99,7 +105,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (hub, presence_changes) = Hub::new();
     let hub = Arc::new(hub);
-    let store = open_store(&config.database_url, config.synchronous, hub.clone()).await?;
+    let store = open_store(
+        &config.database_url,
+        config.synchronous,
+        config.postgres.clone(),
+        hub.clone(),
+    )
+    .await?;
     let token = CancellationToken::new();
     let core = Arc::new(Core {
         presence: Presence::start(

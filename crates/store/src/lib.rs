@@ -5,6 +5,8 @@
 //! - `object_id`: ids made in-process, sortable by creation.
 //! - `sqlite`: the embedded default, one writer task that commits concurrent
 //!   writes in groups, and a pool of readers.
+//! - `postgres`: several cores on one database; row locks for seqs and
+//!   presence, LISTEN/NOTIFY (ids and seqs only) for the cross-core fan-out.
 //!
 //! Callers hold an `Arc<dyn Store>` and never see which database is behind it.
 //! After each commit a store hands what changed to a [`ChangeSink`] (the core's
@@ -12,6 +14,7 @@
 
 mod model;
 mod object_id;
+mod postgres;
 mod sqlite;
 
 use std::time::Duration;
@@ -23,6 +26,7 @@ pub use model::{
     Role, RoomMember, Status, User, format_millis, now_millis,
 };
 pub use object_id::{new_object_id, parse_object_id};
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Why a store call failed.

@@ -1,0 +1,741 @@
+//! The PostgreSQL store: several cores on one database.
+//!
+//! - Seqs: a create locks its recipients' `users` rows (in a fixed order, so
+//!   concurrent creates cannot deadlock), reads the counters, checks
+//!   idempotency keys, inserts and updates the counters in one transaction.
+//!   Rows locked across every core keep seqs gapless and unique.
+//! - Fan-out: the transaction also sends `NOTIFY notify_changes` with ids,
+//!   seqs and counts, never payloads. Every core (this one included)
+//!   LISTENs, reads the rows by id and publishes them to its hub in commit
+//!   order. If the listening connection drops, the core reconnects and asks
+//!   every open stream to catch up from the table by seq, so a lost NOTIFY
+//!   never loses a notification.
+//! - Presence: entries per core, changed under the user's row lock, so the
+//!   first entry and the removal of the last are announced once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::model::{
+    Change, Channel, Created, MarkOutcome, NewNotification, Notification, OfflinePage, Role,
+    RoomMember, Status, User, now_millis,
+};
+use crate::object_id::new_object_id;
+use crate::{ChangeSink, Store, StoreError};
+
+const CHANNEL: &str = "notify_changes";
+const COLUMNS: &str = "id, recipient_role, recipient_id, seq, type, channel, content, status, \
+                       priority, created_at, updated_at";
+/// Ids per NOTIFY of a status change, well under the 8,000-byte payload limit.
+const IDS_PER_NOTIFY: usize = 200;
+
+/// Pool settings for [`PgStore::open`].
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// Most connections this core opens.
+    pub max_connections: u32,
+    /// How long a call waits for a free connection (or a new one) before it
+    /// fails with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The PostgreSQL implementation of [`Store`].
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects, runs the migrations (an advisory lock makes that safe with
+    /// several cores starting at once) and starts listening for changes.
+    pub async fn open(
+        url: &str,
+        options: PgOptions,
+        sink: Arc<dyn ChangeSink>,
+    ) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        tokio::spawn(listen(pool.clone(), sink));
+        Ok(PgStore { pool })
+    }
+}
+
+/// Follows `notify_changes` for as long as the pool lives.
+async fn listen(pool: PgPool, sink: Arc<dyn ChangeSink>) {
+    let mut connected_before = false;
+    while !pool.is_closed() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for changes; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(CHANNEL).await {
+            tracing::warn!(%error, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        if connected_before {
+            // Whatever was notified while we were not listening is in the
+            // tables: streams catch up by seq.
+            tracing::info!("listening for changes again; resyncing open streams");
+            metrics::counter!("notify_change_feed_resyncs_total").increment(1);
+            sink.publish(Change::Resync);
+        }
+        connected_before = true;
+        loop {
+            let first = match listener.try_recv().await {
+                Ok(Some(notification)) => notification,
+                Ok(None) | Err(_) => {
+                    tracing::warn!("change feed connection lost");
+                    break;
+                }
+            };
+            let mut batch = vec![first.payload().to_owned()];
+            while batch.len() < 1000 {
+                match listener.next_buffered() {
+                    Some(more) => batch.push(more.payload().to_owned()),
+                    None => break,
+                }
+            }
+            if let Err(error) = publish_batch(&pool, &sink, &batch).await {
+                tracing::warn!(%error, "could not read notified rows; resyncing");
+                sink.publish(Change::Resync);
+            }
+        }
+    }
+}
+
+/// Turns NOTIFY payloads into changes, reading created rows by id, and
+/// publishes them in order.
+async fn publish_batch(
+    pool: &PgPool,
+    sink: &Arc<dyn ChangeSink>,
+    payloads: &[String],
+) -> Result<(), sqlx::Error> {
+    let parsed: Vec<Value> = payloads
+        .iter()
+        .filter_map(|p| serde_json::from_str(p).ok())
+        .collect();
+    let ids: Vec<String> = parsed
+        .iter()
+        .filter(|p| p["k"] == "c")
+        .filter_map(|p| p["id"].as_str().map(str::to_owned))
+        .collect();
+    let mut rows: HashMap<String, Notification> = HashMap::new();
+    if !ids.is_empty() {
+        let fetched = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM notifications WHERE id = ANY($1)"
+        )))
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?;
+        for row in &fetched {
+            let notification = decode(row)?;
+            rows.insert(notification.id.clone(), notification);
+        }
+    }
+    for payload in parsed {
+        let user = match (
+            payload["r"].as_i64().and_then(Role::from_code),
+            payload["u"].as_i64(),
+        ) {
+            (Some(role), Some(id)) => User { role, id },
+            _ => continue,
+        };
+        match payload["k"].as_str() {
+            Some("c") => {
+                let Some(notification) = payload["id"].as_str().and_then(|id| rows.remove(id))
+                else {
+                    continue;
+                };
+                sink.publish(Change::Created {
+                    notification,
+                    unread: payload["n"].as_i64().unwrap_or(0),
+                });
+            }
+            Some("m") => sink.publish(Change::Updated {
+                user,
+                ids: payload["ids"]
+                    .as_array()
+                    .map(|ids| {
+                        ids.iter()
+                            .filter_map(|id| id.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                status: payload["st"]
+                    .as_i64()
+                    .and_then(Status::from_code)
+                    .unwrap_or(Status::Read),
+                updated_at: payload["at"].as_i64().unwrap_or(0),
+                unread: payload["n"].as_i64().unwrap_or(0),
+            }),
+            Some("p") => sink.publish(Change::Presence {
+                user,
+                online: payload["on"].as_bool().unwrap_or(false),
+                at: payload["at"].as_i64().unwrap_or(0),
+            }),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Sends the changes with the transaction: PostgreSQL delivers them only
+/// if it commits.
+async fn notify_all(
+    tx: &mut Transaction<'_, Postgres>,
+    payloads: Vec<String>,
+) -> Result<(), sqlx::Error> {
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
+        .bind(CHANNEL)
+        .bind(payloads)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Locks the users' rows, creating missing ones, in (role, id) order.
+/// Returns each user's (last_seq, unread).
+async fn lock_users(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &[User],
+) -> Result<HashMap<User, (i64, i64)>, sqlx::Error> {
+    let mut sorted = users.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let roles: Vec<i64> = sorted.iter().map(|u| u.role.code()).collect();
+    let ids: Vec<i64> = sorted.iter().map(|u| u.id).collect();
+    sqlx::query(
+        "INSERT INTO users (role, id) SELECT * FROM unnest($1::bigint[], $2::bigint[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&roles)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT role, id, last_seq, unread FROM users \
+         WHERE (role, id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
+         ORDER BY role, id FOR UPDATE",
+    )
+    .bind(&roles)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut counters = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        counters.insert(decode_user(row)?, (row.try_get(2)?, row.try_get(3)?));
+    }
+    Ok(counters)
+}
+
+fn decode(row: &PgRow) -> Result<Notification, sqlx::Error> {
+    let corrupt =
+        |what: &str| sqlx::Error::Decode(format!("unknown {what} in a stored row").into());
+    Ok(Notification {
+        id: row.try_get(0)?,
+        recipient: User {
+            role: Role::from_code(row.try_get(1)?).ok_or_else(|| corrupt("role"))?,
+            id: row.try_get(2)?,
+        },
+        seq: row.try_get(3)?,
+        kind: row.try_get(4)?,
+        channel: Channel::from_code(row.try_get(5)?).ok_or_else(|| corrupt("channel"))?,
+        content: row.try_get(6)?,
+        status: Status::from_code(row.try_get(7)?).ok_or_else(|| corrupt("status"))?,
+        priority: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        updated_at: row.try_get(10)?,
+    })
+}
+
+fn decode_user(row: &PgRow) -> Result<User, sqlx::Error> {
+    let role: i64 = row.try_get(0)?;
+    Ok(User {
+        role: Role::from_code(role)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))?,
+        id: row.try_get(1)?,
+    })
+}
+
+fn decode_all(rows: &[PgRow]) -> Result<Vec<Notification>, StoreError> {
+    rows.iter()
+        .map(|row| decode(row).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .collect()
+}
+
+fn presence_payload(user: User, online: bool, at: i64) -> String {
+    json!({"k": "p", "r": user.role.code(), "u": user.id, "on": online, "at": at}).to_string()
+}
+
+async fn presence_entries(
+    tx: &mut Transaction<'_, Postgres>,
+    user: User,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM presence WHERE role = $1 AND user_id = $2")
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+async fn went_offline(
+    tx: &mut Transaction<'_, Postgres>,
+    user: User,
+    now: i64,
+    payloads: &mut Vec<String>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET last_seen_at = $1 WHERE role = $2 AND id = $3")
+        .bind(now)
+        .bind(user.role.code())
+        .bind(user.id)
+        .execute(&mut **tx)
+        .await?;
+    payloads.push(presence_payload(user, false, now));
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<Created>, StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let recipients: Vec<User> = batch.iter().map(|n| n.recipient).collect();
+        let mut counters = lock_users(&mut tx, &recipients).await?;
+
+        // Idempotency, checked under the users' locks so two cores cannot
+        // both miss the same key.
+        let keyed: Vec<(User, &str)> = batch
+            .iter()
+            .filter_map(|n| n.idempotency_key.as_deref().map(|k| (n.recipient, k)))
+            .collect();
+        let mut existing: HashMap<(User, String), Notification> = HashMap::new();
+        if !keyed.is_empty() {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS}, idempotency_key FROM notifications \
+                 WHERE (recipient_role, recipient_id, idempotency_key) IN \
+                 (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]))"
+            )))
+            .bind(keyed.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
+            .bind(keyed.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
+            .bind(keyed.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                let notification = decode(row)?;
+                let key: String = row.try_get(11)?;
+                existing.insert((notification.recipient, key), notification);
+            }
+        }
+
+        let mut results = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<(Notification, Option<String>)> = Vec::new();
+        let mut payloads = Vec::new();
+        for new in &batch {
+            if let Some(key) = &new.idempotency_key
+                && let Some(found) = existing.get(&(new.recipient, key.clone()))
+            {
+                results.push(Created {
+                    notification: found.clone(),
+                    fresh: false,
+                });
+                continue;
+            }
+            let (last_seq, unread) = counters
+                .get_mut(&new.recipient)
+                .expect("every recipient's row is locked");
+            *last_seq += 1;
+            *unread += 1;
+            let notification = Notification {
+                id: new_object_id(),
+                recipient: new.recipient,
+                seq: *last_seq,
+                kind: new.kind.clone(),
+                channel: new.channel,
+                content: new.content.clone(),
+                status: Status::Sent,
+                priority: new.priority,
+                created_at: now,
+                updated_at: now,
+            };
+            payloads.push(
+                json!({"k": "c", "r": new.recipient.role.code(), "u": new.recipient.id,
+                       "s": notification.seq, "id": notification.id, "n": *unread})
+                .to_string(),
+            );
+            if let Some(key) = &new.idempotency_key {
+                existing.insert((new.recipient, key.clone()), notification.clone());
+            }
+            results.push(Created {
+                notification: notification.clone(),
+                fresh: true,
+            });
+            fresh.push((notification, new.idempotency_key.clone()));
+        }
+
+        if !fresh.is_empty() {
+            let column = |f: fn(&(Notification, Option<String>)) -> i64| -> Vec<i64> {
+                fresh.iter().map(f).collect()
+            };
+            sqlx::query(
+                "INSERT INTO notifications (id, recipient_role, recipient_id, seq, type, channel, \
+                 content, status, priority, created_at, updated_at, idempotency_key) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                 $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::int[], $10::bigint[], \
+                 $11::bigint[], $12::text[])",
+            )
+            .bind(fresh.iter().map(|(n, _)| n.id.clone()).collect::<Vec<_>>())
+            .bind(column(|(n, _)| n.recipient.role.code()))
+            .bind(column(|(n, _)| n.recipient.id))
+            .bind(column(|(n, _)| n.seq))
+            .bind(
+                fresh
+                    .iter()
+                    .map(|(n, _)| n.kind.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(|(n, _)| n.channel.code()))
+            .bind(
+                fresh
+                    .iter()
+                    .map(|(n, _)| n.content.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(column(|(n, _)| n.status.code()))
+            .bind(fresh.iter().map(|(n, _)| n.priority).collect::<Vec<_>>())
+            .bind(column(|(n, _)| n.created_at))
+            .bind(column(|(n, _)| n.updated_at))
+            .bind(fresh.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            let users: Vec<(User, (i64, i64))> = counters.into_iter().collect();
+            sqlx::query(
+                "UPDATE users SET last_seq = v.last_seq, unread = v.unread \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+                 AS v(role, id, last_seq, unread) WHERE users.role = v.role AND users.id = v.id",
+            )
+            .bind(users.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
+            .bind(users.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
+            .bind(users.iter().map(|(_, c)| c.0).collect::<Vec<_>>())
+            .bind(users.iter().map(|(_, c)| c.1).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            notify_all(&mut tx, payloads).await?;
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM notifications WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(decode_all(&rows)?.pop())
+    }
+
+    async fn list_unread(
+        &self,
+        user: User,
+        page: u32,
+        limit: u32,
+    ) -> Result<OfflinePage, StoreError> {
+        // One snapshot for the count, the page and last_seq.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let counters =
+            sqlx::query("SELECT unread, last_seq FROM users WHERE role = $1 AND id = $2")
+                .bind(user.role.code())
+                .bind(user.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (total, last_seq): (i64, i64) = match counters {
+            Some(row) => (row.try_get(0)?, row.try_get(1)?),
+            None => (0, 0),
+        };
+        let offset = i64::from(page.saturating_sub(1)) * i64::from(limit);
+        let rows = if offset < total {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM notifications \
+                 WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
+                 ORDER BY seq DESC LIMIT $3 OFFSET $4"
+            )))
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(i64::from(limit))
+            .bind(offset)
+            .fetch_all(&mut *tx)
+            .await?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await?;
+        Ok(OfflinePage {
+            items: decode_all(&rows)?,
+            total,
+            last_seq,
+        })
+    }
+
+    async fn after_seq(
+        &self,
+        user: User,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM notifications \
+             WHERE recipient_role = $1 AND recipient_id = $2 AND seq > $3 \
+             ORDER BY seq LIMIT $4"
+        )))
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        decode_all(&rows)
+    }
+
+    async fn last_seq(&self, user: User) -> Result<i64, StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM users WHERE role = $1 AND id = $2")
+                .bind(user.role.code())
+                .bind(user.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(last.unwrap_or(0))
+    }
+
+    async fn mark(
+        &self,
+        user: User,
+        ids: Vec<String>,
+        status: Status,
+    ) -> Result<MarkOutcome, StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let counters = lock_users(&mut tx, &[user]).await?;
+        let updated: Vec<String> = sqlx::query_scalar(
+            "UPDATE notifications SET status = $1, updated_at = $2 \
+             WHERE recipient_role = $3 AND recipient_id = $4 AND status < $1 AND id = ANY($5) \
+             RETURNING id",
+        )
+        .bind(status.code())
+        .bind(now)
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let before = counters.get(&user).map(|c| c.1).unwrap_or(0);
+        let unread = if status == Status::Read && !updated.is_empty() {
+            let unread: i64 = sqlx::query_scalar(
+                "UPDATE users SET unread = unread - $1 WHERE role = $2 AND id = $3 RETURNING unread",
+            )
+            .bind(updated.len() as i64)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            unread
+        } else {
+            before
+        };
+        let payloads = updated
+            .chunks(IDS_PER_NOTIFY)
+            .map(|chunk| {
+                json!({"k": "m", "r": user.role.code(), "u": user.id, "ids": chunk,
+                       "st": status.code(), "at": now, "n": unread})
+                .to_string()
+            })
+            .collect();
+        notify_all(&mut tx, payloads).await?;
+        tx.commit().await?;
+        Ok(MarkOutcome {
+            updated,
+            unread,
+            updated_at: now,
+        })
+    }
+
+    async fn join_room(&self, room: &str, user: User) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO room_members (room, role, user_id, joined_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(room)
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn leave_room(&self, room: &str, user: User) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM room_members WHERE room = $1 AND role = $2 AND user_id = $3")
+            .bind(room)
+            .bind(user.role.code())
+            .bind(user.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.role, m.user_id, u.last_seen_at, \
+             EXISTS (SELECT 1 FROM presence p WHERE p.role = m.role AND p.user_id = m.user_id) \
+             FROM room_members m \
+             LEFT JOIN users u ON u.role = m.role AND u.id = m.user_id \
+             WHERE m.room = $1 ORDER BY m.role, m.user_id",
+        )
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RoomMember {
+                    user: decode_user(row)?,
+                    last_seen_at: row.try_get(2)?,
+                    online: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
+             JOIN room_members peer ON peer.room = me.room \
+             WHERE me.role = $1 AND me.user_id = $2 \
+             AND NOT (peer.role = $1 AND peer.user_id = $2)",
+        )
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
+    }
+
+    async fn set_presence(
+        &self,
+        node: &str,
+        streams: Vec<(User, u32)>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        let expires_at = now + ttl.as_millis() as i64;
+        let mut tx = self.pool.begin().await?;
+        let users: Vec<User> = streams.iter().map(|(u, _)| *u).collect();
+        lock_users(&mut tx, &users).await?;
+        let mut payloads = Vec::new();
+        for (user, count) in streams {
+            let before = presence_entries(&mut tx, user).await?;
+            if count > 0 {
+                sqlx::query(
+                    "INSERT INTO presence (node, role, user_id, streams, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (node, role, user_id) \
+                     DO UPDATE SET streams = excluded.streams, expires_at = excluded.expires_at",
+                )
+                .bind(node)
+                .bind(user.role.code())
+                .bind(user.id)
+                .bind(i64::from(count))
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query("DELETE FROM presence WHERE node = $1 AND role = $2 AND user_id = $3")
+                    .bind(node)
+                    .bind(user.role.code())
+                    .bind(user.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let after = presence_entries(&mut tx, user).await?;
+            if before == 0 && after > 0 {
+                payloads.push(presence_payload(user, true, now));
+            } else if before > 0 && after == 0 {
+                went_offline(&mut tx, user, now, &mut payloads).await?;
+            }
+        }
+        notify_all(&mut tx, payloads).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        sqlx::query("UPDATE presence SET expires_at = $1 WHERE node = $2")
+            .bind(now_millis() + ttl.as_millis() as i64)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn expire_presence(&self) -> Result<(), StoreError> {
+        let now = now_millis();
+        let rows = sqlx::query("SELECT DISTINCT role, user_id FROM presence WHERE expires_at < $1")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &rows {
+            let user = decode_user(row)?;
+            // Per user, under the user's lock: of several cores expiring the
+            // same entries, only the one that removes the last announces it.
+            let mut tx = self.pool.begin().await?;
+            lock_users(&mut tx, &[user]).await?;
+            let removed = sqlx::query(
+                "DELETE FROM presence WHERE role = $1 AND user_id = $2 AND expires_at < $3",
+            )
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let mut payloads = Vec::new();
+            if removed > 0 && presence_entries(&mut tx, user).await? == 0 {
+                went_offline(&mut tx, user, now, &mut payloads).await?;
+            }
+            notify_all(&mut tx, payloads).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,434 @@
+//! One test suite for every Store implementation, so SQLite and PostgreSQL
+//! cannot drift apart. Each case runs against a fresh SQLite file and a
+//! fresh PostgreSQL database. The PostgreSQL half needs
+//! `NOTIFY_TEST_POSTGRES_URL` (an admin URL; `scripts/test` starts a server
+//! and sets it); without it those cases say so and pass, unless
+//! `NOTIFY_REQUIRE_POSTGRES=1`, which `scripts/test` also sets.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify_store::{
+    Change, ChangeSink, Channel, NewNotification, PgOptions, PgStore, SqliteOptions, SqliteStore,
+    Status, Store, User, new_object_id,
+};
+use sqlx::Connection;
+
+#[derive(Default)]
+struct Changes(Mutex<Vec<Change>>);
+
+impl ChangeSink for Changes {
+    fn publish(&self, change: Change) {
+        self.0.lock().unwrap().push(change);
+    }
+}
+
+impl Changes {
+    /// Waits (PostgreSQL delivers through LISTEN) until `pick` finds `count`.
+    async fn wait_for<T>(&self, count: usize, pick: impl Fn(&Change) -> Option<T>) -> Vec<T> {
+        for _ in 0..200 {
+            let found: Vec<T> = self.0.lock().unwrap().iter().filter_map(&pick).collect();
+            if found.len() >= count {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.0.lock().unwrap().iter().filter_map(&pick).collect()
+    }
+}
+
+struct Backend {
+    store: Arc<dyn Store>,
+    changes: Arc<Changes>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let changes = Arc::new(Changes::default());
+    let url = format!("sqlite://{}", dir.path().join("suite.db").display());
+    let store = SqliteStore::open(&url, SqliteOptions::default(), changes.clone())
+        .await
+        .unwrap();
+    Backend {
+        store: Arc::new(store),
+        changes,
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh database on the test server, or `None` if there is no server.
+pub async fn postgres_database() -> Option<String> {
+    let Ok(admin) = std::env::var("NOTIFY_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("NOTIFY_REQUIRE_POSTGRES").is_none(),
+            "NOTIFY_REQUIRE_POSTGRES is set but NOTIFY_TEST_POSTGRES_URL is not"
+        );
+        eprintln!("PostgreSQL case not run: set NOTIFY_TEST_POSTGRES_URL (scripts/test does)");
+        return None;
+    };
+    let name = format!("t_{}", new_object_id());
+    let mut connection = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    Some(format!("{base}/{name}"))
+}
+
+async fn postgres() -> Option<Backend> {
+    let url = postgres_database().await?;
+    let changes = Arc::new(Changes::default());
+    let store = PgStore::open(&url, PgOptions::default(), changes.clone())
+        .await
+        .unwrap();
+    Some(Backend {
+        store: Arc::new(store),
+        changes,
+        _dir: None,
+    })
+}
+
+fn new(user: User, n: i64) -> NewNotification {
+    NewNotification {
+        recipient: user,
+        kind: "order:paid".into(),
+        channel: Channel::Push,
+        content: format!(r#"{{"n":{n},"price":"22","ok":true}}"#),
+        priority: 1,
+        idempotency_key: None,
+    }
+}
+
+/// Runs each case against both backends.
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                super::$case(super::sqlite().await).await;
+            })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if let Some(backend) = super::postgres().await {
+                    super::$case(backend).await;
+                }
+            })*
+        }
+    };
+}
+
+suite!(
+    seqs_are_gapless_under_concurrency,
+    content_comes_back_exactly_and_changes_are_published,
+    idempotency_keys_are_unique_per_recipient,
+    marking_moves_forward_and_keeps_the_unread_count,
+    pages_are_newest_first_with_one_snapshot,
+    rooms_and_peers,
+    presence_counts_every_node_and_expires,
+);
+
+async fn seqs_are_gapless_under_concurrency(b: Backend) {
+    let user = User::vendor(7);
+    let mut tasks = Vec::new();
+    for task in 0..16 {
+        let store = b.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for n in 0..25 {
+                // Mixed single and multi-recipient calls.
+                let batch = if n % 5 == 0 {
+                    vec![new(user, task * 100 + n), new(User::customer(7), n)]
+                } else {
+                    vec![new(user, task * 100 + n)]
+                };
+                for created in b_create(&store, batch).await {
+                    if created.0 == user {
+                        seqs.push(created.1);
+                    }
+                }
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.extend(task.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=400).collect::<Vec<i64>>());
+    assert_eq!(b.store.last_seq(user).await.unwrap(), 400);
+    assert_eq!(b.store.last_seq(User::customer(7)).await.unwrap(), 80);
+    let stored: Vec<i64> = b
+        .store
+        .after_seq(user, 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.seq)
+        .collect();
+    assert_eq!(stored, (1..=400).collect::<Vec<i64>>());
+}
+
+async fn b_create(store: &Arc<dyn Store>, batch: Vec<NewNotification>) -> Vec<(User, i64)> {
+    store
+        .create(batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| (c.notification.recipient, c.notification.seq))
+        .collect()
+}
+
+async fn content_comes_back_exactly_and_changes_are_published(b: Backend) {
+    let user = User::customer(12);
+    let content = r#"{"data":{"id":63,"list":[1,null,true,"é"],"x":3244.9},"message":"hi"}"#;
+    let created = b
+        .store
+        .create(vec![NewNotification {
+            content: content.into(),
+            ..new(user, 0)
+        }])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(created.fresh);
+    assert_eq!(created.notification.status, Status::Sent);
+    let fetched = b
+        .store
+        .get(&created.notification.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.content, content);
+    assert_eq!(fetched, created.notification);
+    assert_eq!(b.store.get(&new_object_id()).await.unwrap(), None);
+    let published = b
+        .changes
+        .wait_for(1, |c| match c {
+            Change::Created {
+                notification,
+                unread,
+            } => Some((notification.id.clone(), *unread)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(published, vec![(created.notification.id.clone(), 1)]);
+}
+
+async fn idempotency_keys_are_unique_per_recipient(b: Backend) {
+    let keyed = |user, n| NewNotification {
+        idempotency_key: Some("order-881".into()),
+        ..new(user, n)
+    };
+    let first = b
+        .store
+        .create(vec![keyed(User::vendor(5), 1)])
+        .await
+        .unwrap();
+    let again = b
+        .store
+        .create(vec![keyed(User::vendor(5), 2)])
+        .await
+        .unwrap();
+    assert_eq!(first[0].notification, again[0].notification);
+    assert!(!again[0].fresh);
+    let other = b
+        .store
+        .create(vec![keyed(User::customer(5), 1)])
+        .await
+        .unwrap();
+    assert!(other[0].fresh);
+    // Twice in one batch: one row.
+    let twice = b
+        .store
+        .create(vec![keyed(User::vendor(6), 1), keyed(User::vendor(6), 2)])
+        .await
+        .unwrap();
+    assert_eq!(twice[0].notification.id, twice[1].notification.id);
+    assert_eq!(b.store.last_seq(User::vendor(5)).await.unwrap(), 1);
+    assert_eq!(b.store.last_seq(User::vendor(6)).await.unwrap(), 1);
+}
+
+async fn marking_moves_forward_and_keeps_the_unread_count(b: Backend) {
+    let user = User::vendor(9);
+    let ids: Vec<String> = b
+        .store
+        .create((0..5).map(|n| new(user, n)).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.notification.id)
+        .collect();
+    let delivered = b
+        .store
+        .mark(user, ids[..2].to_vec(), Status::Delivered)
+        .await
+        .unwrap();
+    assert_eq!((delivered.updated.len(), delivered.unread), (2, 5));
+    let read = b
+        .store
+        .mark(user, ids[..3].to_vec(), Status::Read)
+        .await
+        .unwrap();
+    assert_eq!((read.updated.len(), read.unread), (3, 2));
+    let backwards = b
+        .store
+        .mark(user, ids.clone(), Status::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(backwards.updated.len(), 2, "only the two still SENT move");
+    let stranger = b
+        .store
+        .mark(User::customer(9), ids.clone(), Status::Read)
+        .await
+        .unwrap();
+    assert!(stranger.updated.is_empty());
+    assert_eq!(
+        b.store.get(&ids[0]).await.unwrap().unwrap().status,
+        Status::Read
+    );
+    let page = b.store.list_unread(user, 1, 20).await.unwrap();
+    assert_eq!(page.total, 2);
+    assert_eq!(page.items.len(), 2);
+    let updates = b
+        .changes
+        .wait_for(3, |c| match c {
+            Change::Updated { status, unread, .. } => Some((*status, *unread)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        updates,
+        vec![
+            (Status::Delivered, 5),
+            (Status::Read, 2),
+            (Status::Delivered, 2)
+        ]
+    );
+}
+
+async fn pages_are_newest_first_with_one_snapshot(b: Backend) {
+    let user = User::customer(3);
+    b.store
+        .create((0..45).map(|n| new(user, n)).collect())
+        .await
+        .unwrap();
+    let first = b.store.list_unread(user, 1, 20).await.unwrap();
+    assert_eq!((first.total, first.last_seq), (45, 45));
+    assert_eq!(
+        first.items.iter().map(|n| n.seq).collect::<Vec<_>>(),
+        (26..=45).rev().collect::<Vec<_>>()
+    );
+    let third = b.store.list_unread(user, 3, 20).await.unwrap();
+    assert_eq!(
+        third.items.iter().map(|n| n.seq).collect::<Vec<_>>(),
+        (1..=5).rev().collect::<Vec<_>>()
+    );
+    assert!(
+        b.store
+            .list_unread(user, 4, 20)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let nobody = b.store.list_unread(User::vendor(3), 1, 20).await.unwrap();
+    assert_eq!(
+        (nobody.total, nobody.last_seq, nobody.items.len()),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        b.store
+            .after_seq(user, 40, 3)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.seq)
+            .collect::<Vec<_>>(),
+        vec![41, 42, 43]
+    );
+}
+
+async fn rooms_and_peers(b: Backend) {
+    let (vendor, alice, bob) = (User::vendor(5), User::customer(12), User::customer(13));
+    for (room, user) in [
+        ("order:1", vendor),
+        ("order:1", alice),
+        ("order:2", vendor),
+        ("order:2", alice),
+        ("order:2", bob),
+        ("order:3", bob),
+    ] {
+        b.store.join_room(room, user).await.unwrap();
+    }
+    b.store.join_room("order:1", alice).await.unwrap();
+    let mut peers = b.store.room_peers(vendor).await.unwrap();
+    peers.sort();
+    assert_eq!(peers, vec![alice, bob]);
+    b.store.leave_room("order:2", bob).await.unwrap();
+    assert_eq!(b.store.room_peers(vendor).await.unwrap(), vec![alice]);
+    let members = b.store.room_members("order:1").await.unwrap();
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| (m.user, m.online))
+            .collect::<Vec<_>>(),
+        vec![(vendor, false), (alice, false)]
+    );
+}
+
+async fn presence_counts_every_node_and_expires(b: Backend) {
+    let user = User::vendor(5);
+    let ttl = Duration::from_secs(60);
+    let presence = |c: &Change| match c {
+        Change::Presence { user, online, .. } => Some((*user, *online)),
+        _ => None,
+    };
+    b.store
+        .set_presence("a", vec![(user, 2)], ttl)
+        .await
+        .unwrap();
+    b.store
+        .set_presence("b", vec![(user, 1)], ttl)
+        .await
+        .unwrap();
+    b.store
+        .set_presence("a", vec![(user, 0)], ttl)
+        .await
+        .unwrap();
+    assert_eq!(b.changes.wait_for(1, presence).await, vec![(user, true)]);
+    b.store.join_room("r", user).await.unwrap();
+    assert!(b.store.room_members("r").await.unwrap()[0].online);
+    b.store
+        .set_presence("b", vec![(user, 0)], ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.changes.wait_for(2, presence).await,
+        vec![(user, true), (user, false)]
+    );
+    let member = b.store.room_members("r").await.unwrap().remove(0);
+    assert!(!member.online);
+    assert!(member.last_seen_at.is_some());
+
+    // A node that stops refreshing: its entries expire and the user goes
+    // offline, once, however many nodes run the expiry.
+    let other = User::customer(8);
+    b.store
+        .set_presence("dead", vec![(other, 1)], Duration::from_millis(200))
+        .await
+        .unwrap();
+    b.store.refresh_presence("alive", ttl).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (one, two) = tokio::join!(b.store.expire_presence(), b.store.expire_presence());
+    one.unwrap();
+    two.unwrap();
+    let seen = b.changes.wait_for(4, presence).await;
+    assert_eq!(seen[2..], [(other, true), (other, false)]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.changes.wait_for(5, presence).await.len(), 4);
+}
