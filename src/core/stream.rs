@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use notify_store::{Store, User};
 use tokio::sync::mpsc;
@@ -81,7 +82,7 @@ async fn run(
                 _ = out.closed() => return Err(Stop::ClientGone),
                 _ = core.shutdown.cancelled() => return Ok(()),
                 _ = subscription.lagged.notified() => {
-                    catch_up(core.store.as_ref(), user, &mut last, out).await?;
+                    catch_up_patiently(core.store.as_ref(), user, &mut last, out).await?;
                 }
                 event = subscription.events.recv() => {
                     let Some(event) = event else { return Ok(()) };
@@ -111,6 +112,38 @@ async fn send(out: &Outbound, event: Event, unread_count: Option<i64>) -> Result
 }
 
 /// Sends every stored notification with seq > `last`, advancing `last`.
+/// How long a live stream waits for the database to come back before it
+/// gives up with UNAVAILABLE.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// [`catch_up`] that rides out a short database outage (a restart, a
+/// failover) instead of ending the stream: the client keeps its stream and
+/// gets what it missed once the database answers again.
+async fn catch_up_patiently(
+    store: &dyn Store,
+    user: User,
+    last: &mut i64,
+    out: &Outbound,
+) -> Result<(), Stop> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match catch_up(store, user, last, out).await {
+            Err(Stop::Failed(status))
+                if status.code() == tonic::Code::Unavailable
+                    && started.elapsed() < STORE_PATIENCE =>
+            {
+                tokio::select! {
+                    _ = out.closed() => return Err(Stop::ClientGone),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn catch_up(
     store: &dyn Store,
     user: User,
@@ -155,7 +188,7 @@ async fn live(
             }
             if notification.seq > *last + 1 {
                 metrics::counter!("notify_stream_gap_reads_total").increment(1);
-                return catch_up(store, user, last, out).await;
+                return catch_up_patiently(store, user, last, out).await;
             }
             *last = notification.seq;
             send(

@@ -35,8 +35,15 @@ impl CoreProcess {
 
     /// A core on a fresh SQLite database with extra flags.
     pub fn start_with(extra: &[&str]) -> CoreProcess {
-        let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        let dir = tempfile::tempdir().expect("temp dir");
         let database_url = format!("sqlite://{}", dir.path().join("notify.db").display());
+        Self::start_on(&database_url, extra, dir)
+    }
+
+    /// A core on `database_url` (several cores may share a PostgreSQL one).
+    pub fn start_on(database_url: &str, extra: &[&str], dir: tempfile::TempDir) -> CoreProcess {
+        let dir = std::sync::Arc::new(dir);
+        let database_url = database_url.to_owned();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, addr, metrics_addr) = spawn(&database_url, &extra);
         CoreProcess {
@@ -151,4 +158,81 @@ pub fn grpcurl() -> PathBuf {
         .filter(|out| out.status.success())
         .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
     found.expect("grpcurl not found: run scripts/test, which installs it into .venv")
+}
+
+/// The test PostgreSQL server's admin URL (`scripts/test` starts one), or
+/// `None` when there is none and none is required.
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("NOTIFY_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var_os("NOTIFY_REQUIRE_POSTGRES").is_none(),
+                "NOTIFY_REQUIRE_POSTGRES is set but NOTIFY_TEST_POSTGRES_URL is not"
+            );
+            eprintln!("PostgreSQL test not run: set NOTIFY_TEST_POSTGRES_URL (scripts/test does)");
+            None
+        }
+    }
+}
+
+/// A fresh, empty database on the server at `admin_url`.
+pub async fn create_database(admin_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("t_{}", notify_store::new_object_id());
+    let mut connection = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut connection)
+        .await
+        .expect("create a test database");
+    let base = admin_url.rsplit_once('/').expect("url has a path").0;
+    format!("{base}/{name}")
+}
+
+/// A PostgreSQL server of the test's own (for tests that restart it),
+/// through `scripts/postgres`; stopped when dropped.
+pub struct OwnPostgres {
+    /// Admin URL.
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl OwnPostgres {
+    /// Starts one on a free loopback port.
+    pub fn start() -> OwnPostgres {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The server runs as `postgres`, which must reach its data directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        let url = postgres_script("start", &dir);
+        OwnPostgres { url, dir }
+    }
+
+    /// Restarts it (fast shutdown: open connections are cut).
+    pub fn restart(&self) {
+        postgres_script("restart", &self.dir);
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        postgres_script("stop", &self.dir);
+    }
+}
+
+fn postgres_script(action: &str, dir: &tempfile::TempDir) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres");
+    let output = Command::new(script)
+        .args([action, &dir.path().join("pg").display().to_string()])
+        .output()
+        .expect("run scripts/postgres");
+    assert!(
+        output.status.success(),
+        "scripts/postgres {action}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }

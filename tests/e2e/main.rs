@@ -7,6 +7,7 @@ mod bad_input;
 mod durability;
 mod grpcurl;
 mod harness;
+mod multinode;
 mod ordering;
 mod presence;
 

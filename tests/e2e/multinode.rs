@@ -1,0 +1,259 @@
+//! Several cores on one PostgreSQL database: cross-core fan-out, gapless
+//! seqs under contention, presence across cores (and its expiry when a core
+//! is killed), and a PostgreSQL restart under load.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use notify::proto::{self, StreamUserEventsRequest, user_event::Event};
+use tonic::Streaming;
+
+use crate::harness::{Client, CoreProcess, OwnPostgres, create_database, postgres_admin_url};
+use crate::{read_notifications, simple};
+
+fn core_on(url: &str, extra: &[&str]) -> CoreProcess {
+    CoreProcess::start_on(url, extra, tempfile::tempdir().unwrap())
+}
+
+async fn stream(
+    client: &mut Client,
+    user: (Option<i64>, Option<i64>),
+    after: Option<i64>,
+    presence: bool,
+) -> Streaming<proto::UserEvent> {
+    client
+        .stream_user_events(StreamUserEventsRequest {
+            vendor_id: user.0,
+            customer_id: user.1,
+            after_seq: after,
+            presence,
+        })
+        .await
+        .expect("stream")
+        .into_inner()
+}
+
+/// Presence events within `window`.
+async fn presence_events(stream: &mut Streaming<proto::UserEvent>, window: Duration) -> Vec<Event> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
+        let Ok(Some(message)) = message else { break };
+        if let Some(event @ (Event::UserOnline(_) | Event::UserOffline(_))) = message.event {
+            events.push(event);
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_cores_give_gapless_seqs_and_each_sees_the_others_creates() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let url = create_database(&admin).await;
+    let cores: Vec<CoreProcess> = (0..4).map(|_| core_on(&url, &[])).collect();
+    let mut watcher = cores[0].client().await;
+    let mut live = stream(&mut watcher, (Some(7), None), Some(0), false).await;
+    let mut tasks = Vec::new();
+    for core in &cores {
+        for task in 0..8 {
+            let mut client = core.client().await;
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for n in 0..25 {
+                    let created = client
+                        .create_notification(simple(7, task * 100 + n))
+                        .await
+                        .expect("create");
+                    seqs.push(created.into_inner().seq);
+                }
+                seqs
+            }));
+        }
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.extend(task.await.unwrap());
+    }
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=800).collect::<Vec<i64>>(),
+        "4 cores × 8 tasks × 25: gapless, no duplicate"
+    );
+    // Created on all four cores, streamed from core 0, in seq order.
+    let received: Vec<i64> = read_notifications(&mut live, 800)
+        .await
+        .iter()
+        .map(|n| n.seq)
+        .collect();
+    assert_eq!(received, (1..=800).collect::<Vec<i64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_on_two_cores_is_offline_once_when_both_streams_close() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let url = create_database(&admin).await;
+    let (a, b) = (core_on(&url, &[]), core_on(&url, &[]));
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    for (vendor, customer) in [(Some(5), None), (None, Some(12))] {
+        on_a.join_room(proto::RoomRequest {
+            room: "order:881".into(),
+            vendor_id: vendor,
+            customer_id: customer,
+        })
+        .await
+        .unwrap();
+    }
+    let mut peer = stream(&mut on_b, (None, Some(12)), None, false).await;
+    let first = stream(&mut on_a, (Some(5), None), None, true).await;
+    let second = stream(&mut on_b, (Some(5), None), None, true).await;
+    let window = Duration::from_millis(1500);
+    let events = presence_events(&mut peer, window).await;
+    assert!(
+        matches!(events.as_slice(), [Event::UserOnline(p)] if p.vendor_id == Some(5)),
+        "{events:?}"
+    );
+    drop(first);
+    assert!(
+        presence_events(&mut peer, window).await.is_empty(),
+        "still online through core B"
+    );
+    drop(second);
+    let events = presence_events(&mut peer, window).await;
+    assert!(
+        matches!(events.as_slice(), [Event::UserOffline(p)] if p.vendor_id == Some(5) && !p.last_seen_at.is_empty()),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presence_of_a_killed_core_expires_and_peers_hear_it_once() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let url = create_database(&admin).await;
+    let ttl = ["--presence-ttl", "2s"];
+    let (mut a, b) = (core_on(&url, &ttl), core_on(&url, &ttl));
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    for (vendor, customer) in [(Some(5), None), (None, Some(12))] {
+        on_b.join_room(proto::RoomRequest {
+            room: "order:9".into(),
+            vendor_id: vendor,
+            customer_id: customer,
+        })
+        .await
+        .unwrap();
+    }
+    let mut peer = stream(&mut on_b, (None, Some(12)), None, false).await;
+    let _doomed = stream(&mut on_a, (Some(5), None), None, true).await;
+    let events = presence_events(&mut peer, Duration::from_millis(1500)).await;
+    assert!(
+        matches!(events.as_slice(), [Event::UserOnline(_)]),
+        "{events:?}"
+    );
+    a.kill9();
+    // Entries live 2 s past the last heartbeat; the expiry runs every 2/3 s.
+    let events = presence_events(&mut peer, Duration::from_secs(6)).await;
+    assert!(
+        matches!(events.as_slice(), [Event::UserOffline(p)] if p.vendor_id == Some(5)),
+        "{events:?}"
+    );
+    let members = on_b
+        .list_room_members(proto::ListRoomMembersRequest {
+            room: "order:9".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert!(members.iter().all(|m| !m.online), "{members:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_loses_nothing_acknowledged() {
+    if postgres_admin_url().is_none() {
+        return;
+    }
+    // A server of this test's own: restarting the shared one would disturb
+    // the other tests.
+    let server = OwnPostgres::start();
+    let url = create_database(&server.url).await;
+    let core = core_on(&url, &["--db-acquire-timeout", "1s"]);
+    let client = core.client().await;
+    let mut watcher = client.clone();
+    let mut live = stream(&mut watcher, (Some(4), None), Some(0), false).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut writers = Vec::new();
+    for writer in 0..6 {
+        let mut client = client.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0);
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                n += 1;
+                match client
+                    .create_notification(simple(4, writer * 100_000 + n))
+                    .await
+                {
+                    Ok(created) => acked.push(created.into_inner()),
+                    Err(status) => {
+                        assert!(
+                            matches!(status.code(), tonic::Code::Unavailable),
+                            "{status:?}"
+                        );
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (acked, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for writer in writers {
+        let (a, r) = writer.await.unwrap();
+        acked.extend(a);
+        refused += r;
+    }
+    eprintln!(
+        "{} acknowledged, {refused} refused with UNAVAILABLE during the restart",
+        acked.len()
+    );
+    // The core recovered by itself: it creates again.
+    let mut client = client.clone();
+    let after = client
+        .create_notification(simple(4, 0))
+        .await
+        .expect("the core recovers")
+        .into_inner();
+    let mut ids = HashSet::new();
+    for notification in &acked {
+        let stored = client
+            .get_notification(proto::GetNotificationRequest {
+                id: notification.id.clone(),
+            })
+            .await
+            .expect("acknowledged is stored")
+            .into_inner();
+        assert_eq!(&stored, notification);
+        ids.insert(notification.id.clone());
+    }
+    assert_eq!(
+        after.seq,
+        acked.len() as i64 + 1,
+        "seqs stayed gapless across the restart"
+    );
+    // The stream opened before the restart ends up with every one of them.
+    let received = read_notifications(&mut live, acked.len() + 1).await;
+    let seqs: Vec<i64> = received.iter().map(|n| n.seq).collect();
+    assert_eq!(seqs, (1..=acked.len() as i64 + 1).collect::<Vec<_>>());
+}
