@@ -8,6 +8,10 @@
 //!   call latency, medians over rounds.
 //! - `list`: 1,000,000 stored notifications over 10,000 users, then
 //!   ListOffline on random users and pages from 1 client, then 16: p50/p99.
+//! - `postgres` (only when named): the same 64-client creates on SQLite
+//!   (FULL), on PostgreSQL with one core and with two cores sharing the
+//!   database, round by round; it starts its own server with
+//!   `scripts/postgres`.
 //!
 //! Knobs (environment): `BENCH_SECONDS` per round (default 5), `BENCH_ROUNDS`
 //! (default 3), `BENCH_LIST_USERS` (10,000), `BENCH_LIST_PER_USER` (100).
@@ -35,8 +39,15 @@ struct Core {
 
 impl Core {
     fn start(synchronous: &str) -> Core {
+        Core::start_on(None, synchronous)
+    }
+
+    /// A core on `url`, or on a fresh SQLite file when `None`.
+    fn start_on(url: Option<&str>, synchronous: &str) -> Core {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        let url = url
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
             .args([
                 "core",
@@ -122,11 +133,15 @@ struct CreatesRound {
 
 /// 64 clients, each on its own connection, creating flat out for `seconds`.
 async fn creates_round(synchronous: &str, seconds: u64) -> CreatesRound {
+    creates_on(&[Core::start(synchronous)], seconds).await
+}
+
+/// 64 clients spread over `cores`, creating flat out for `seconds`.
+async fn creates_on(cores: &[Core], seconds: u64) -> CreatesRound {
     const CLIENTS: usize = 64;
-    let core = Core::start(synchronous);
     let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        clients.push(core.client().await);
+    for index in 0..CLIENTS {
+        clients.push(cores[index % cores.len()].client().await);
     }
     let warmup = Duration::from_secs(1);
     let started = Instant::now();
@@ -337,6 +352,108 @@ async fn list_phase(
     )
 }
 
+/// A throwaway PostgreSQL server (scripts/postgres), stopped on drop.
+struct Postgres {
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let url = Self::script("start", &dir);
+        Postgres { url, dir }
+    }
+
+    fn script(action: &str, dir: &tempfile::TempDir) -> String {
+        let output = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres"))
+            .args([action, &dir.path().join("pg").display().to_string()])
+            .output()
+            .expect("scripts/postgres");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    async fn database(&self) -> String {
+        use sqlx::Connection;
+        let name = format!("bench_{}", notify_store::new_object_id());
+        let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        format!("{}/{name}", self.url.rsplit_once('/').unwrap().0)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        Self::script("stop", &self.dir);
+    }
+}
+
+/// SQLite (FULL) against PostgreSQL with one and two cores, round by round.
+async fn postgres(seconds: u64, rounds: u64) -> serde_json::Value {
+    let server = Postgres::start();
+    let setups = [
+        "sqlite FULL, 1 core",
+        "postgres, 1 core",
+        "postgres, 2 cores",
+    ];
+    let mut collected: Vec<Vec<CreatesRound>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (index, setup) in setups.iter().enumerate() {
+            let result = match index {
+                0 => creates_round("full", seconds).await,
+                1 => {
+                    let url = server.database().await;
+                    creates_on(&[Core::start_on(Some(&url), "full")], seconds).await
+                }
+                _ => {
+                    let url = server.database().await;
+                    let cores = [
+                        Core::start_on(Some(&url), "full"),
+                        Core::start_on(Some(&url), "full"),
+                    ];
+                    creates_on(&cores, seconds).await
+                }
+            };
+            eprintln!(
+                "backends round {round} {setup}: {:.0}/s p50 {} µs p99 {} µs",
+                result.per_second, result.p50_us, result.p99_us
+            );
+            collected[index].push(result);
+        }
+    }
+    println!("\n### creates by backend, 64 clients ({rounds} rounds of {seconds} s, medians)\n");
+    println!("| setup | creates/s | p50 ms | p99 ms |\n| --- | --- | --- | --- |");
+    let mut results = serde_json::Map::new();
+    let mut rates = Vec::new();
+    for (setup, rounds) in setups.iter().zip(&collected) {
+        let rate = median(&mut rounds.iter().map(|r| r.per_second).collect::<Vec<_>>());
+        let p50 = median(&mut rounds.iter().map(|r| r.p50_us as f64).collect::<Vec<_>>()) / 1000.0;
+        let p99 = median(&mut rounds.iter().map(|r| r.p99_us as f64).collect::<Vec<_>>()) / 1000.0;
+        rates.push(rate);
+        println!("| {setup} | {rate:.0} | {p50:.2} | {p99:.2} |");
+        results.insert(
+            setup.to_string(),
+            json!({"creates_per_second": rate, "p50_ms": p50, "p99_ms": p99}),
+        );
+    }
+    println!(
+        "\npostgres 1 core / sqlite = {:.2}; postgres 2 cores / 1 core = {:.2}",
+        rates[1] / rates[0],
+        rates[2] / rates[1]
+    );
+    serde_json::Value::Object(results)
+}
+
 fn main() {
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -353,6 +470,10 @@ fn main() {
         }
         if wants("list") {
             results.insert("list".into(), list(seconds * 2).await);
+        }
+        // Needs Debian's postgresql (scripts/test installs it): only on request.
+        if only.iter().any(|a| a == "postgres") {
+            results.insert("postgres".into(), postgres(seconds, rounds).await);
         }
     });
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -57,10 +57,11 @@ function stopProcess(child, signal = "SIGKILL") {
 
 /** A core process on its own SQLite file; restartable on the same file. */
 export class Core {
-  static async start(extra = []) {
+  static async start(extra = [], { databaseUrl } = {}) {
     const core = new Core();
     core.dir = mkdtempSync(join(tmpdir(), "notify-js-"));
     core.extra = extra;
+    core.databaseUrl = databaseUrl ?? `sqlite://${join(core.dir, "notify.db")}`;
     await core.spawn("127.0.0.1:0");
     return core;
   }
@@ -76,7 +77,7 @@ export class Core {
   async spawn(listen) {
     const { child, fields } = await startProcess(
       ["core", "--listen", listen, "--metrics-listen", "127.0.0.1:0",
-        "--database-url", `sqlite://${join(this.dir, "notify.db")}`, ...this.extra],
+        "--database-url", this.databaseUrl, ...this.extra],
       "notify core ready",
     );
     this.child = child;
@@ -200,4 +201,19 @@ export function toStruct(object) {
     return { structValue: toStruct(v) };
   };
   return { fields: Object.fromEntries(Object.entries(object).map(([k, v]) => [k, value(v)])) };
+}
+
+/**
+ * A fresh database on the test PostgreSQL server (scripts/test starts one),
+ * or null when there is none and none is required.
+ */
+export function postgresDatabase() {
+  const admin = process.env.NOTIFY_TEST_POSTGRES_URL;
+  if (!admin) {
+    if (process.env.NOTIFY_REQUIRE_POSTGRES) throw new Error("NOTIFY_TEST_POSTGRES_URL is not set");
+    return null;
+  }
+  const name = `t_js_${Date.now()}_${Math.floor(Math.random() * 1e6)}`;
+  execFileSync("psql", [admin, "-q", "-c", `CREATE DATABASE ${name}`]);
+  return `${admin.slice(0, admin.lastIndexOf("/"))}/${name}`;
 }
