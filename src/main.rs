@@ -109,6 +109,37 @@ struct BridgeArgs {
     /// HTTP/2 connections to the core; users' streams are spread over them.
     #[arg(long, env = "NOTIFY_CORE_CONNECTIONS", default_value_t = 4)]
     core_connections: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Sockets one user may have open on this bridge; more are refused (429).
+    #[arg(long, env = "NOTIFY_MAX_SOCKETS_PER_USER", default_value_t = 10)]
+    max_sockets_per_user: usize,
+    /// Client events per second per socket (bursts of twice that pass); a
+    /// socket that keeps flooding gets 429 and is disconnected.
+    #[arg(long, env = "NOTIFY_EVENTS_PER_SECOND", default_value_t = 20)]
+    events_per_second: u32,
+    /// Largest incoming Socket.IO packet, in bytes.
+    #[arg(long, env = "NOTIFY_MAX_PAYLOAD", default_value_t = 100_000)]
+    max_payload: u64,
+    /// Browser origins besides the bridge's own allowed to open the page and
+    /// connect, comma-separated (`https://shop.example`); `*` allows any.
+    #[arg(long, env = "NOTIFY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+}
+
+impl From<LimitArgs> for notify::bridge::limits::Limits {
+    fn from(args: LimitArgs) -> Self {
+        notify::bridge::limits::Limits {
+            sockets_per_user: args.max_sockets_per_user.max(1),
+            events_per_second: args.events_per_second.max(1),
+            max_payload: args.max_payload,
+            allowed_origins: args.allowed_origins,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -216,6 +247,7 @@ async fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
         jwt_secret: args.jwt_secret,
         api_token: args.api_token.filter(|t| !t.is_empty()),
         core_connections: args.core_connections,
+        limits: args.limits.into(),
     };
     notify::bridge::run(config, listener, notify::shutdown::signal()).await
 }
@@ -252,6 +284,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
                 jwt_secret: DEV_JWT_SECRET.into(),
                 api_token: None,
                 core_connections: 1,
+                limits: Default::default(),
             },
             listener,
             stop.clone().cancelled_owned(),

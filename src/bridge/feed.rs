@@ -14,6 +14,7 @@ use notify_store::User;
 use serde_json::Value;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
+use socketioxide::{SendError, SocketError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +58,13 @@ impl Feeds {
         });
         lock(&feed.sockets).push(socket);
         feed.clone()
+    }
+
+    /// The user's connected sockets on this bridge.
+    pub fn sockets_of(&self, user: User) -> usize {
+        lock(&self.by_user)
+            .get(&user)
+            .map_or(0, |feed| lock(&feed.sockets).len())
     }
 
     /// Removes the socket; the user's last socket stops the feed, which
@@ -104,7 +112,7 @@ impl Feed {
     }
 
     fn emit<T: serde::Serialize + ?Sized>(&self, event: &'static str, data: &T) {
-        for socket in lock(&self.sockets).iter() {
+        for socket in lock(&self.sockets).iter().filter(|s| !is_stalled(s)) {
             emit(socket, event, data);
         }
     }
@@ -115,10 +123,32 @@ impl Feed {
 pub fn emit<T: serde::Serialize + ?Sized>(socket: &SocketRef, event: &'static str, data: &T) {
     match socket.emit(event, data) {
         Ok(()) => metrics::counter!("notify_bridge_emits_total", "event" => event).increment(1),
-        Err(error) => {
-            metrics::counter!("notify_bridge_emit_failures_total", "event" => event).increment(1);
-            tracing::debug!(sid = %socket.id, event, %error, "emit failed");
-        }
+        Err(error) => emit_failed(socket, event, &error),
+    }
+}
+
+/// Marks a socket whose send buffer filled up: it reads nothing.
+#[derive(Clone, Copy)]
+struct Stalled;
+
+fn is_stalled(socket: &SocketRef) -> bool {
+    socket.extensions.get::<Stalled>().is_some()
+}
+
+/// A socket whose buffer is full reads nothing. It gets nothing more, so
+/// it holds no more than its full buffer ([`super::SOCKET_BUFFER`]
+/// packets), and it is disconnected: at once if the disconnect packet still
+/// fits, otherwise by the heartbeat it cannot answer (ping interval plus
+/// timeout). It gets its backlog from `offlineNotifications` when it
+/// reconnects.
+fn emit_failed(socket: &SocketRef, event: &'static str, error: &SendError) {
+    metrics::counter!("notify_bridge_emit_failures_total", "event" => event).increment(1);
+    tracing::debug!(sid = %socket.id, event, %error, "emit failed");
+    if matches!(error, SendError::Socket(SocketError::InternalChannelFull)) && !is_stalled(socket) {
+        socket.extensions.insert(Stalled);
+        metrics::counter!("notify_bridge_stalled_disconnects_total").increment(1);
+        tracing::info!(sid = %socket.id, "socket stalled (send buffer full); disconnecting it");
+        let _ = socket.clone().disconnect();
     }
 }
 
@@ -214,7 +244,7 @@ fn pass_on(bridge: &Bridge, feed: &Feed, event: proto::UserEvent, last_seq: &mut
         Some(Event::Notification(notification)) => {
             *last_seq = Some(last_seq.unwrap_or(0).max(notification.seq));
             let json = NotificationJson::from(&notification);
-            for socket in lock(&feed.sockets).iter() {
+            for socket in lock(&feed.sockets).iter().filter(|s| !is_stalled(s)) {
                 deliver(bridge, socket, feed.user, &json);
             }
         }
@@ -266,11 +296,7 @@ fn deliver(bridge: &Bridge, socket: &SocketRef, user: User, json: &NotificationJ
                 }
             });
         }
-        Err(error) => {
-            metrics::counter!("notify_bridge_emit_failures_total", "event" => "notification")
-                .increment(1);
-            tracing::debug!(sid = %socket.id, %error, "notification emit failed");
-        }
+        Err(error) => emit_failed(socket, "notification", &error),
     }
 }
 

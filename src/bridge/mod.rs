@@ -6,19 +6,21 @@
 //! - `core_client`: the connections to the core, and its health for `/readyz`.
 //! - `feed`: one core stream per connected user, shared by their sockets.
 //! - `page`: the embedded inbox page served at `/`.
+//! - `limits`: sockets per user, events per second, payload size, origins.
 //! - this file: the namespace's handlers, HTTP routes and `run`.
 
 pub mod auth;
 pub mod core_client;
 mod feed;
+pub mod limits;
 mod page;
 pub mod payload;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::http::StatusCode;
@@ -26,7 +28,7 @@ use axum::routing::get;
 use notify_store::{Pagination, User};
 use serde_json::Value;
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -37,10 +39,23 @@ use crate::proto;
 use auth::{Jwt, TokenError};
 use core_client::CoreClient;
 use feed::{Feeds, emit};
+use limits::{Limits, RateLimit, SharedRateLimit, Verdict};
 use payload::{AppError, Envelope, NotificationJson, Page, UnreadCount, Updated};
 
 /// The Socket.IO namespace of the contract.
 pub const NAMESPACE: &str = "/notification";
+
+/// Packets queued for one socket before it counts as stalled and is
+/// disconnected (it gets its backlog from `offlineNotifications` when it
+/// reconnects). Bounds the memory a socket that reads nothing can hold.
+pub const SOCKET_BUFFER: usize = 1024;
+
+/// Engine.IO heartbeat: a connection that answers no ping for
+/// `PING_INTERVAL + PING_TIMEOUT` is closed (this is also what ends a
+/// stalled socket whose buffer is too full for a polite disconnect).
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`PING_INTERVAL`].
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `notify bridge` needs besides its listener.
 #[derive(Clone, Debug)]
@@ -53,6 +68,8 @@ pub struct BridgeConfig {
     pub api_token: Option<String>,
     /// HTTP/2 connections to the core.
     pub core_connections: usize,
+    /// What users and sockets may do.
+    pub limits: Limits,
 }
 
 /// Shared by every handler.
@@ -62,6 +79,7 @@ pub struct Bridge {
     feeds: Feeds,
     receipts: mpsc::Sender<(User, Vec<String>)>,
     shutdown: CancellationToken,
+    limits: Limits,
 }
 
 /// Serves the bridge on `listener` until `shutdown`, then closes sockets
@@ -84,13 +102,19 @@ pub async fn run(
         feeds: Feeds::default(),
         receipts,
         shutdown: token.clone(),
+        limits: config.limits.clone(),
     });
     tokio::spawn(core.clone().watch_health(token.clone()));
     tokio::spawn(send_receipts(core.clone(), receipts_rx));
 
     let (layer, io) = SocketIo::builder()
         .with_state(bridge.clone())
-        .max_buffer_size(1024)
+        .max_buffer_size(SOCKET_BUFFER)
+        .max_payload(config.limits.max_payload)
+        .ws_max_message_size(config.limits.max_payload as usize)
+        .ws_max_frame_size(config.limits.max_payload as usize)
+        .ping_interval(PING_INTERVAL)
+        .ping_timeout(PING_TIMEOUT)
         .ack_timeout(Duration::from_secs(10))
         .build_layer();
     io.ns(NAMESPACE, on_connect.with(authenticate));
@@ -115,7 +139,12 @@ pub async fn run(
             "/metrics",
             get(|| async { crate::telemetry::metrics_handle().render() }),
         )
-        .layer(layer);
+        .layer(layer)
+        .layer(limits::cors(&config.limits.allowed_origins))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(config.limits.allowed_origins.clone()),
+            limits::check_origin,
+        ));
 
     let stopping = token.clone();
     let closing_io = io.clone();
@@ -168,6 +197,16 @@ async fn authenticate(
         .or_else(from_header)
         .ok_or(TokenError::Missing);
     match token.and_then(|token| bridge.jwt.verify(&token)) {
+        Ok(user) if bridge.feeds.sockets_of(user) >= bridge.limits.sockets_per_user => {
+            metrics::counter!("notify_bridge_refused_total").increment(1);
+            Err(AppError::new(
+                429,
+                format!(
+                    "too many connections: at most {} sockets per user",
+                    bridge.limits.sockets_per_user
+                ),
+            ))
+        }
         Ok(user) => {
             socket.extensions.insert(user);
             Ok(())
@@ -185,8 +224,14 @@ async fn on_connect(socket: SocketRef, State(bridge): State<Arc<Bridge>>) {
         return;
     };
     metrics::gauge!("notify_bridge_sockets").increment(1.0);
+    socket
+        .extensions
+        .insert::<SharedRateLimit>(Arc::new(Mutex::new(RateLimit::new(
+            bridge.limits.events_per_second,
+        ))));
     socket.on("offlineNotifications", on_offline_page);
     socket.on("markAsRead", on_mark_as_read);
+    socket.on_fallback(on_unknown_event);
     socket.on_disconnect(
         async |socket: SocketRef, State(bridge): State<Arc<Bridge>>| {
             metrics::gauge!("notify_bridge_sockets").decrement(1.0);
@@ -328,12 +373,70 @@ fn object(payload: Result<Value, impl std::fmt::Display>) -> Result<Value, AppEr
     }
 }
 
+/// Applies the socket's rate limit to one client event. A dropped event
+/// gets 429 at most once a second (an `appError`, and through its ack), so a
+/// flood cannot make the bridge flood back; a socket that keeps flooding is
+/// disconnected.
+fn admit(socket: &SocketRef, ack: Option<AckSender>) -> Option<AckSender> {
+    let Some(limit) = socket.extensions.get::<SharedRateLimit>() else {
+        return ack;
+    };
+    let verdict = limit
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .check(Instant::now());
+    let refusal = || AppError::new(429, "too many events: slow down");
+    match verdict {
+        Verdict::Allow => return ack,
+        Verdict::Drop { warn } => {
+            metrics::counter!("notify_bridge_rate_limited_total").increment(1);
+            if warn {
+                emit(socket, "appError", &refusal());
+                if let Some(ack) = ack {
+                    let _ = ack.send(&refusal());
+                }
+            }
+        }
+        Verdict::Disconnect => {
+            metrics::counter!("notify_bridge_rate_limit_disconnects_total").increment(1);
+            tracing::info!(sid = %socket.id, "socket kept flooding past its rate limit; disconnecting it");
+            emit(socket, "appError", &refusal());
+            // A moment for the 429 to go out before the disconnect closes it.
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = socket.disconnect();
+            });
+        }
+    }
+    None
+}
+
+/// Any event the namespace does not know: 400, and it counts against the
+/// rate limit like the others.
+async fn on_unknown_event(socket: SocketRef, Event(event): Event, ack: AckSender) {
+    if let Some(ack) = admit(&socket, Some(ack)) {
+        let shown: String = event.chars().take(64).collect();
+        answer::<()>(
+            &socket,
+            ack,
+            Err(AppError::new(
+                400,
+                format!("unknown event {shown:?}: use offlineNotifications or markAsRead"),
+            )),
+        );
+    }
+}
+
 async fn on_offline_page(
     socket: SocketRef,
     TryData(payload): TryData<Value>,
     ack: AckSender,
     State(bridge): State<Arc<Bridge>>,
 ) {
+    let Some(ack) = admit(&socket, Some(ack)) else {
+        return;
+    };
     let result = async {
         let user = user_of(&socket)?;
         let payload = object(payload)?;
@@ -352,6 +455,9 @@ async fn on_mark_as_read(
     ack: AckSender,
     State(bridge): State<Arc<Bridge>>,
 ) {
+    let Some(ack) = admit(&socket, Some(ack)) else {
+        return;
+    };
     let result = async {
         let user = user_of(&socket)?;
         let payload = object(payload)?;
