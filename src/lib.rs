@@ -4,12 +4,14 @@
 //! - `core`: `notify core`, the gRPC service that stores notifications and
 //!   streams them live (store in the `notify-store` crate).
 //! - `bridge`: `notify bridge`, Socket.IO for browsers, fed by the core.
+//! - `codec`: prost's gRPC codec, with undecodable requests as INVALID_ARGUMENT.
 //! - `telemetry`: logging and the Prometheus recorder.
 //! - `shutdown`: SIGINT/SIGTERM as one future.
 //!
 //! `main.rs` only parses the command line and calls into these.
 
 pub mod bridge;
+pub mod codec;
 pub mod core;
 pub mod shutdown;
 pub mod telemetry;

@@ -285,3 +285,55 @@ async fn each_bad_input_names_its_field_and_nothing_is_stored() {
     assert_eq!(inbox.items, vec![existing]);
     assert_eq!(inbox.last_seq, 1);
 }
+
+#[tokio::test]
+async fn undecodable_and_oversized_requests_are_refused_cleanly() {
+    use tokio::io::AsyncWriteExt;
+    let core = CoreProcess::start();
+    // Content nested 5,000 deep, sent by grpcurl: past the decoder's
+    // recursion limit, refused as bad input naming the field.
+    let depth = 5_000;
+    let body = format!(
+        r#"{{"vendorId":5,"type":"deep","content":{}{{}}{}}}"#,
+        r#"{"a":"#.repeat(depth),
+        "}".repeat(depth)
+    );
+    let mut child = tokio::process::Command::new(crate::harness::grpcurl())
+        .args(["-plaintext", "-d", "@", &core.addr.to_string()])
+        .arg("notify.v1.NotificationService/CreateNotification")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .await
+        .unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(stderr.contains("content: malformed"), "{stderr}");
+
+    // A message over the 4 MiB limit.
+    let mut client = core.client().await;
+    let huge = create(|r| r.r#type = "t".repeat(5 * 1024 * 1024));
+    let status = client.create_notification(huge).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{status:?}"
+    );
+    // Still serving, nothing stored.
+    let inbox = client
+        .list_offline(ListOfflineRequest {
+            vendor_id: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(inbox.items.is_empty());
+}
