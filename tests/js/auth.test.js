@@ -1,20 +1,11 @@
 // Refused connections: missing, malformed, expired, not-yet-valid, wrongly
 // signed (another key, another algorithm, alg none) and role-less tokens.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import { Core, Bridge, token, connect, SECRET, sleep } from "./harness.js";
+import { useStack, token, connect, SECRET, sleep } from "./harness.js";
 
-let core;
-let bridge;
-before(async () => {
-  core = await Core.start();
-  bridge = await Bridge.start(core);
-});
-after(async () => {
-  await bridge?.stop();
-  await core?.stop();
-});
+const stack = useStack();
 
 const b64 = (value) => Buffer.from(typeof value === "string" ? value : JSON.stringify(value)).toString("base64url");
 function sign(header, claims, secret = SECRET, algorithm = "sha256") {
@@ -24,7 +15,7 @@ function sign(header, claims, secret = SECRET, algorithm = "sha256") {
 const now = () => Math.floor(Date.now() / 1000);
 
 async function refused(auth, options = {}) {
-  const error = await connect(bridge, { auth, ...options }).then(
+  const error = await connect(stack.bridge, { auth, ...options }).then(
     (socket) => {
       socket.close();
       assert.fail("connection should be refused");
@@ -87,7 +78,7 @@ test("a refused header token over polling", async () => {
 });
 
 test("a valid token made by hand is accepted", async () => {
-  const socket = await connect(bridge, {
+  const socket = await connect(stack.bridge, {
     auth: { token: sign({ alg: "HS256", typ: "JWT" }, { sub: "5", role: "customer", exp: now() + 60 }) },
   });
   socket.close();

@@ -1,19 +1,10 @@
 // Bad client payloads: a 400 envelope through the ack, an appError emit,
 // and the socket stays connected and usable.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, token, connect, until, events, request } from "./harness.js";
+import { useStack, token, connect, until, events, request } from "./harness.js";
 
-let core;
-let bridge;
-before(async () => {
-  core = await Core.start();
-  bridge = await Bridge.start(core);
-});
-after(async () => {
-  await bridge?.stop();
-  await core?.stop();
-});
+const stack = useStack();
 
 const cases = [
   ["offlineNotifications", { page: 0 }, /page/],
@@ -35,8 +26,8 @@ const cases = [
 ];
 
 test("each bad payload gets 400 and the socket stays usable", async () => {
-  const kept = await core.create({ vendorId: 9 });
-  const socket = await connect(bridge, { auth: { token: token({ vendor: 9 }) } });
+  const kept = await stack.core.create({ vendorId: 9 });
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor: 9 }) } });
   try {
     await until(socket, () => events(socket, "unreadCount").length, "ready");
     for (const [event, payload, field] of cases) {
@@ -55,7 +46,7 @@ test("each bad payload gets 400 and the socket stays usable", async () => {
     const page = await request(socket, "offlineNotifications", { page: 1, limit: 5 });
     assert.equal(page.statusCode, 200);
     assert.deepEqual(page.data.items.map((n) => n.id), [kept.id]);
-    assert.equal((await core.call("GetNotification", { id: kept.id })).status, "SENT");
+    assert.equal((await stack.core.call("GetNotification", { id: kept.id })).status, "SENT");
   } finally {
     socket.close();
   }

@@ -1,19 +1,10 @@
 // Every server event and payload of the contract, field by field, over both
 // transports, with the official socket.io-client.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, token, connect, until, events, request, toStruct, sleep } from "./harness.js";
+import { useStack, token, connect, until, events, request, toStruct, sleep } from "./harness.js";
 
-let core;
-let bridge;
-before(async () => {
-  core = await Core.start();
-  bridge = await Bridge.start(core);
-});
-after(async () => {
-  await bridge?.stop();
-  await core?.stop();
-});
+const stack = useStack();
 
 const ISO_MS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 const NOTIFICATION_KEYS = ["id", "vendorId", "customerId", "type", "channel", "content", "status",
@@ -38,8 +29,8 @@ function assertNotification(n, { vendorId = null, customerId = null } = {}) {
 for (const transports of [["websocket"], ["polling"]]) {
   test(`connect gives offlineNotifications then unreadCount (${transports})`, async () => {
     const vendor = transports[0] === "websocket" ? 101 : 102;
-    const created = await core.create({ vendorId: vendor, content: toStruct(CONTENT) });
-    const socket = await connect(bridge, { auth: { token: token({ vendor }) }, transports });
+    const created = await stack.core.create({ vendorId: vendor, content: toStruct(CONTENT) });
+    const socket = await connect(stack.bridge, { auth: { token: token({ vendor }) }, transports });
     try {
       await until(socket, () => events(socket, "unreadCount").length, "unreadCount");
       const [offline] = events(socket, "offlineNotifications");
@@ -65,7 +56,7 @@ for (const transports of [["websocket"], ["polling"]]) {
         < socket.received.findIndex((r) => r.event === "unreadCount"));
 
       // Live: the seed's shape, the content exactly as created.
-      const live = await core.create({ vendorId: vendor, type: "order:paid", channel: "IN_APP",
+      const live = await stack.core.create({ vendorId: vendor, type: "order:paid", channel: "IN_APP",
         priority: 3, content: toStruct({ orderId: 881, total: 12.5 }) });
       await until(socket, () => events(socket, "notification").length, "notification");
       const [n] = events(socket, "notification");
@@ -84,10 +75,10 @@ for (const transports of [["websocket"], ["polling"]]) {
 }
 
 test("a customer's notification has customerId and a null vendorId", async () => {
-  const socket = await connect(bridge, { auth: { token: token({ customer: 12 }) } });
+  const socket = await connect(stack.bridge, { auth: { token: token({ customer: 12 }) } });
   try {
     await until(socket, () => events(socket, "unreadCount").length, "unreadCount");
-    await core.create({ customerId: 12 });
+    await stack.core.create({ customerId: 12 });
     await until(socket, () => events(socket, "notification").length, "notification");
     assertNotification(events(socket, "notification")[0], { customerId: 12 });
   } finally {
@@ -96,7 +87,7 @@ test("a customer's notification has customerId and a null vendorId", async () =>
 });
 
 test("an Authorization: Bearer header authenticates too", async () => {
-  const socket = await connect(bridge, {
+  const socket = await connect(stack.bridge, {
     transports: ["polling"],
     extraHeaders: { Authorization: `Bearer ${token({ vendor: 103 })}` },
   });
@@ -109,22 +100,22 @@ test("an Authorization: Bearer header authenticates too", async () => {
 
 test("acknowledging a notification marks it DELIVERED; markAsRead marks READ", async () => {
   const vendor = 104;
-  const socket = await connect(bridge, { auth: { token: token({ vendor }) } });
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor }) } });
   try {
     socket.on("notification", (_n, ack) => ack?.({ received: true }));
     await until(socket, () => events(socket, "unreadCount").length, "unreadCount");
-    const created = await core.create({ vendorId: vendor });
+    const created = await stack.core.create({ vendorId: vendor });
     await until(socket, () => events(socket, "notification").length, "notification");
     let status;
     for (let i = 0; i < 100 && status !== "DELIVERED"; i++) {
-      status = (await core.call("GetNotification", { id: created.id })).status;
+      status = (await stack.core.call("GetNotification", { id: created.id })).status;
       await sleep(50);
     }
     assert.equal(status, "DELIVERED");
 
     const ack = await request(socket, "markAsRead", { ids: [created.id] });
     assert.deepEqual(ack, { error: false, statusCode: 200, message: null, data: { updated: 1 } });
-    assert.equal((await core.call("GetNotification", { id: created.id })).status, "READ");
+    assert.equal((await stack.core.call("GetNotification", { id: created.id })).status, "READ");
     await until(socket, () => events(socket, "unreadCount").some((u) => u.data.count === 0), "count 0");
     const again = await request(socket, "markAsRead", { ids: [created.id] });
     assert.equal(again.data.updated, 0);
@@ -135,9 +126,9 @@ test("acknowledging a notification marks it DELIVERED; markAsRead marks READ", a
 
 test("acknowledging offlineNotifications marks that page DELIVERED", async () => {
   const vendor = 105;
-  const first = await core.create({ vendorId: vendor });
-  const second = await core.create({ vendorId: vendor });
-  const socket = await connect(bridge, { auth: { token: token({ vendor }) } });
+  const first = await stack.core.create({ vendorId: vendor });
+  const second = await stack.core.create({ vendorId: vendor });
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor }) } });
   socket.on("offlineNotifications", (_page, ack) => ack?.("ok"));
   try {
     // The listener above may attach after the first emit; ask for the page
@@ -145,7 +136,7 @@ test("acknowledging offlineNotifications marks that page DELIVERED", async () =>
     let statuses = [];
     for (let i = 0; i < 100; i++) {
       statuses = await Promise.all([first, second].map(async (n) =>
-        (await core.call("GetNotification", { id: n.id })).status));
+        (await stack.core.call("GetNotification", { id: n.id })).status));
       if (statuses.every((s) => s === "DELIVERED")) break;
       await sleep(50);
     }
@@ -160,8 +151,8 @@ test("acknowledging offlineNotifications marks that page DELIVERED", async () =>
 });
 
 test("vendor 12 and customer 12 are different users", async () => {
-  const vendorNote = await core.create({ vendorId: 12 });
-  const customer = await connect(bridge, { auth: { token: token({ customer: 12 }) } });
+  const vendorNote = await stack.core.create({ vendorId: 12 });
+  const customer = await connect(stack.bridge, { auth: { token: token({ customer: 12 }) } });
   try {
     await until(customer, () => events(customer, "offlineNotifications").length, "offline");
     const [offline] = events(customer, "offlineNotifications");
@@ -169,8 +160,8 @@ test("vendor 12 and customer 12 are different users", async () => {
     assert.ok(!offline.data.items.some((n) => n.id === vendorNote.id));
     const ack = await request(customer, "markAsRead", { ids: [vendorNote.id] });
     assert.equal(ack.data.updated, 0);
-    assert.equal((await core.call("GetNotification", { id: vendorNote.id })).status, "SENT");
-    await core.create({ vendorId: 12 });
+    assert.equal((await stack.core.call("GetNotification", { id: vendorNote.id })).status, "SENT");
+    await stack.core.create({ vendorId: 12 });
     await sleep(500);
     assert.equal(events(customer, "notification").filter((n) => n.vendorId === 12).length, 0);
   } finally {
@@ -179,14 +170,14 @@ test("vendor 12 and customer 12 are different users", async () => {
 });
 
 test("healthz and readyz answer while the core is up", async () => {
-  assert.equal((await fetch(`${bridge.url}/healthz`)).status, 200);
+  assert.equal((await fetch(`${stack.bridge.url}/healthz`)).status, 200);
   let ready;
   for (let i = 0; i < 50 && ready !== 200; i++) {
-    ready = (await fetch(`${bridge.url}/readyz`)).status;
+    ready = (await fetch(`${stack.bridge.url}/readyz`)).status;
     await sleep(100);
   }
   assert.equal(ready, 200);
-  const metrics = await (await fetch(`${bridge.url}/metrics`)).text();
+  const metrics = await (await fetch(`${stack.bridge.url}/metrics`)).text();
   assert.match(metrics, /notify_bridge_emits_total/);
   assert.ok(!metrics.includes("test-secret"));
 });

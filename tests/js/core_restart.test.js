@@ -1,22 +1,13 @@
 // The core killed and restarted while sockets stay connected: appError 503,
 // /readyz 503, then everything created before and after arrives.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, token, connect, until, events, sleep } from "./harness.js";
+import { useStack, token, connect, until, events, sleep } from "./harness.js";
 
-let core;
-let bridge;
-before(async () => {
-  core = await Core.start();
-  bridge = await Bridge.start(core);
-});
-after(async () => {
-  await bridge?.stop();
-  await core?.stop();
-});
+const stack = useStack();
 
 async function readyz() {
-  return (await fetch(`${bridge.url}/readyz`)).status;
+  return (await fetch(`${stack.bridge.url}/readyz`)).status;
 }
 
 async function waitReadyz(status) {
@@ -29,9 +20,9 @@ async function waitReadyz(status) {
 
 test("sockets survive a core restart and lose nothing", async () => {
   const sockets = await Promise.all([
-    connect(bridge, { auth: { token: token({ vendor: 21 }) } }),
-    connect(bridge, { auth: { token: token({ vendor: 21 }) }, transports: ["polling"] }),
-    connect(bridge, { auth: { token: token({ customer: 22 }) } }),
+    connect(stack.bridge, { auth: { token: token({ vendor: 21 }) } }),
+    connect(stack.bridge, { auth: { token: token({ vendor: 21 }) }, transports: ["polling"] }),
+    connect(stack.bridge, { auth: { token: token({ customer: 22 }) } }),
   ]);
   const [a, b, c] = sockets;
   const ids = sockets.map((s) => s.id);
@@ -41,21 +32,21 @@ test("sockets survive a core restart and lose nothing", async () => {
     for (const s of sockets) await until(s, () => events(s, "unreadCount").length, "ready");
     await waitReadyz(200);
     const before = [];
-    for (let i = 0; i < 5; i++) before.push((await core.create({ vendorId: 21 })).id);
-    before.push((await core.create({ customerId: 22 })).id);
+    for (let i = 0; i < 5; i++) before.push((await stack.core.create({ vendorId: 21 })).id);
+    before.push((await stack.core.create({ customerId: 22 })).id);
 
-    await core.kill();
+    await stack.core.kill();
     for (const s of sockets) {
       await until(s, () => events(s, "appError").some((e) => e.statusCode === 503), "appError 503");
     }
     await waitReadyz(503);
     await sleep(500);
-    await core.restart();
+    await stack.core.restart();
     await waitReadyz(200);
 
     const afterIds = [];
-    for (let i = 0; i < 5; i++) afterIds.push((await core.create({ vendorId: 21 })).id);
-    afterIds.push((await core.create({ customerId: 22 })).id);
+    for (let i = 0; i < 5; i++) afterIds.push((await stack.core.create({ vendorId: 21 })).id);
+    afterIds.push((await stack.core.create({ customerId: 22 })).id);
 
     const seen = (s) => new Set([
       ...events(s, "notification").map((n) => n.id),

@@ -10,6 +10,7 @@ import { createInterface } from "node:readline";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import { io } from "socket.io-client";
+import { before, after } from "node:test";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const BIN = process.env.NOTIFY_BIN ?? join(root, "target", "debug", "notify");
@@ -216,4 +217,22 @@ export function postgresDatabase() {
   const name = `t_js_${Date.now()}_${Math.floor(Math.random() * 1e6)}`;
   execFileSync("psql", [admin, "-q", "-c", `CREATE DATABASE ${name}`]);
   return `${admin.slice(0, admin.lastIndexOf("/"))}/${name}`;
+}
+
+/**
+ * A core and a bridge for the tests of one file: started before the first
+ * test, stopped after the last. `stack.core` and `stack.bridge` are set
+ * once started.
+ */
+export function useStack({ coreArgs = [], bridgeArgs = [] } = {}) {
+  const stack = {};
+  before(async () => {
+    stack.core = await Core.start(coreArgs);
+    stack.bridge = await Bridge.start(stack.core, bridgeArgs);
+  });
+  after(async () => {
+    await stack.bridge?.stop();
+    await stack.core?.stop();
+  });
+  return stack;
 }

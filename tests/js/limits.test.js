@@ -1,27 +1,18 @@
 // Limits a person can set: events per second per socket, sockets per user,
 // incoming payload size, allowed origins; and a stalled socket's fate.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { randomBytes } from "node:crypto";
-import { Core, Bridge, token, connect, until, events, request, toStruct, sleep } from "./harness.js";
+import { useStack, token, connect, until, events, request, toStruct, sleep } from "./harness.js";
 
-let core;
-let bridge;
-before(async () => {
-  core = await Core.start();
-  bridge = await Bridge.start(core, [
+const stack = useStack({ bridgeArgs: [
     "--events-per-second", "5", "--max-sockets-per-user", "2", "--max-payload", "20000",
     "--allowed-origins", "https://shop.example",
-  ]);
-});
-after(async () => {
-  await bridge?.stop();
-  await core?.stop();
-});
+  ] });
 
 test("a flood of events gets 429, then the socket is disconnected", { timeout: 20_000 }, async () => {
-  const socket = await connect(bridge, { auth: { token: token({ vendor: 71 }) } });
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor: 71 }) } });
   const closed = new Promise((resolve) => socket.on("disconnect", resolve));
   await until(socket, () => events(socket, "unreadCount").length, "ready");
   for (let i = 0; i < 10_000 && socket.connected; i++) socket.emit("offlineNotifications", { page: 1 });
@@ -29,14 +20,14 @@ test("a flood of events gets 429, then the socket is disconnected", { timeout: 2
   const errors = events(socket, "appError");
   assert.ok(errors.length >= 1 && errors.every((e) => e.statusCode === 429), JSON.stringify(errors.slice(0, 3)));
   // Nothing else suffered: a new socket works.
-  const fresh = await connect(bridge, { auth: { token: token({ vendor: 71 }) } });
+  const fresh = await connect(stack.bridge, { auth: { token: token({ vendor: 71 }) } });
   const page = await request(fresh, "offlineNotifications", { page: 1 });
   assert.equal(page.statusCode, 200);
   fresh.close();
 });
 
 test("a steady client within the rate is never limited", async () => {
-  const socket = await connect(bridge, { auth: { token: token({ vendor: 72 }) } });
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor: 72 }) } });
   try {
     for (let i = 0; i < 12; i++) {
       assert.equal((await request(socket, "offlineNotifications", { page: 1 })).statusCode, 200);
@@ -49,7 +40,7 @@ test("a steady client within the rate is never limited", async () => {
 });
 
 test("an unknown event gets 400", async () => {
-  const socket = await connect(bridge, { auth: { token: token({ vendor: 73 }) } });
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor: 73 }) } });
   try {
     const answer = await request(socket, "deleteEverything", { all: true });
     assert.equal(answer.statusCode, 400);
@@ -61,16 +52,16 @@ test("an unknown event gets 400", async () => {
 });
 
 test("sockets per user are limited", async () => {
-  const first = await connect(bridge, { auth: { token: token({ customer: 74 }) } });
-  const second = await connect(bridge, { auth: { token: token({ customer: 74 }) } });
+  const first = await connect(stack.bridge, { auth: { token: token({ customer: 74 }) } });
+  const second = await connect(stack.bridge, { auth: { token: token({ customer: 74 }) } });
   try {
-    const error = await connect(bridge, { auth: { token: token({ customer: 74 }) } }).then(
+    const error = await connect(stack.bridge, { auth: { token: token({ customer: 74 }) } }).then(
       (s) => { s.close(); assert.fail("third socket accepted"); },
       (e) => e,
     );
     assert.equal(JSON.parse(error.message).statusCode, 429);
     // Another user is not affected.
-    const other = await connect(bridge, { auth: { token: token({ customer: 75 }) } });
+    const other = await connect(stack.bridge, { auth: { token: token({ customer: 75 }) } });
     other.close();
   } finally {
     first.close();
@@ -79,27 +70,27 @@ test("sockets per user are limited", async () => {
 });
 
 test("a payload over the limit closes only that socket", { timeout: 20_000 }, async () => {
-  const socket = await connect(bridge, { auth: { token: token({ vendor: 76 }) } });
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor: 76 }) } });
   const closed = new Promise((resolve) => socket.on("disconnect", resolve));
   socket.emit("markAsRead", { ids: ["x".repeat(50_000)] });
   await closed;
-  const fresh = await connect(bridge, { auth: { token: token({ vendor: 76 }) } });
+  const fresh = await connect(stack.bridge, { auth: { token: token({ vendor: 76 }) } });
   assert.equal((await request(fresh, "offlineNotifications", {})).statusCode, 200);
   fresh.close();
 });
 
 test("browsers from other origins are refused unless allowed", async () => {
-  const evil = await fetch(`${bridge.url}/`, { headers: { Origin: "https://evil.example" } });
+  const evil = await fetch(`${stack.bridge.url}/`, { headers: { Origin: "https://evil.example" } });
   assert.equal(evil.status, 403);
   assert.equal((await evil.json()).statusCode, 403);
-  const handshake = `${bridge.url}/socket.io/?EIO=4&transport=polling`;
+  const handshake = `${stack.bridge.url}/socket.io/?EIO=4&transport=polling`;
   assert.equal((await fetch(handshake, { headers: { Origin: "https://evil.example" } })).status, 403);
   const shop = await fetch(handshake, { headers: { Origin: "https://shop.example" } });
   assert.equal(shop.status, 200);
   assert.equal(shop.headers.get("access-control-allow-origin"), "https://shop.example");
-  const own = await fetch(`${bridge.url}/`, { headers: { Origin: bridge.url } });
+  const own = await fetch(`${stack.bridge.url}/`, { headers: { Origin: stack.bridge.url } });
   assert.equal(own.status, 200);
-  assert.equal((await fetch(`${bridge.url}/`)).status, 200, "no Origin: not a browser, allowed");
+  assert.equal((await fetch(`${stack.bridge.url}/`)).status, 200, "no Origin: not a browser, allowed");
 });
 
 /** A WebSocket text frame from the client (masked, as clients must). */
@@ -115,7 +106,7 @@ function frame(text) {
 
 test("a socket that reads nothing stops getting events; others are not slowed", { timeout: 120_000 }, async () => {
   const stalledVendor = 77;
-  const url = new URL(bridge.url);
+  const url = new URL(stack.bridge.url);
   const raw = net.connect(Number(url.port), url.hostname);
   await new Promise((resolve) => raw.once("connect", resolve));
   raw.write(`GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${url.host}\r\n` +
@@ -126,11 +117,11 @@ test("a socket that reads nothing stops getting events; others are not slowed", 
   await sleep(500);
   raw.pause(); // from now on it reads nothing: its TCP buffers fill up
 
-  const healthy = await connect(bridge, { auth: { token: token({ vendor: 78 }) } });
+  const healthy = await connect(stack.bridge, { auth: { token: token({ vendor: 78 }) } });
   await until(healthy, () => events(healthy, "unreadCount").length, "healthy ready");
   const big = "x".repeat(60_000);
   for (let i = 0; i < 40; i++) {
-    await core.call("CreateNotifications", {
+    await stack.core.call("CreateNotifications", {
       recipients: Array.from({ length: 10 }, () => ({ vendorId: stalledVendor })).map((r, j) => (j === 0 ? r : { customerId: 10_000 + i * 10 + j })),
       type: "bulk", content: toStruct({ message: "big", blob: big }),
     });
@@ -139,23 +130,23 @@ test("a socket that reads nothing stops getting events; others are not slowed", 
   // the bridge gives up on it, while the healthy socket keeps receiving.
   for (let round = 0; round < 60; round++) {
     const batch = [];
-    for (let i = 0; i < 20; i++) batch.push(core.create({ vendorId: stalledVendor, content: toStruct({ message: "more", blob: big }) }));
+    for (let i = 0; i < 20; i++) batch.push(stack.core.create({ vendorId: stalledVendor, content: toStruct({ message: "more", blob: big }) }));
     await Promise.all(batch);
-    const probe = await core.create({ vendorId: 78, content: toStruct({ message: `probe ${round}` }) });
+    const probe = await stack.core.create({ vendorId: 78, content: toStruct({ message: `probe ${round}` }) });
     await until(healthy, () => events(healthy, "notification").some((n) => n.id === probe.id), "healthy socket keeps up");
-    const metrics = await (await fetch(`${bridge.url}/metrics`)).text();
+    const metrics = await (await fetch(`${stack.bridge.url}/metrics`)).text();
     if (/notify_bridge_stalled_disconnects_total \d+/.test(metrics)) break;
   }
-  const metrics = await (await fetch(`${bridge.url}/metrics`)).text();
+  const metrics = await (await fetch(`${stack.bridge.url}/metrics`)).text();
   assert.match(metrics, /notify_bridge_stalled_disconnects_total [1-9]/);
   // From then on the stalled socket is skipped: the healthy one still gets
   // every notification promptly (checked in the loop above), and new
   // notifications for the stalled user add nothing to the bridge's memory.
-  const before = Number((await (await fetch(`${bridge.url}/metrics`)).text())
+  const before = Number((await (await fetch(`${stack.bridge.url}/metrics`)).text())
     .match(/^notify_bridge_emit_failures_total\{event="notification"\} (\S+)/m)?.[1] ?? 0);
-  for (let i = 0; i < 20; i++) await core.create({ vendorId: stalledVendor, content: toStruct({ message: "after" }) });
+  for (let i = 0; i < 20; i++) await stack.core.create({ vendorId: stalledVendor, content: toStruct({ message: "after" }) });
   await sleep(500);
-  const after = Number((await (await fetch(`${bridge.url}/metrics`)).text())
+  const after = Number((await (await fetch(`${stack.bridge.url}/metrics`)).text())
     .match(/^notify_bridge_emit_failures_total\{event="notification"\} (\S+)/m)?.[1] ?? 0);
   assert.equal(after, before, "nothing more is queued for the stalled socket");
   assert.ok(healthy.connected);

@@ -1,24 +1,15 @@
 // 45 notifications: page 1 on connect, pages 2 and 3 through the ack.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, token, connect, until, events, request } from "./harness.js";
+import { useStack, token, connect, until, events, request } from "./harness.js";
 
-let core;
-let bridge;
-before(async () => {
-  core = await Core.start();
-  bridge = await Bridge.start(core);
-});
-after(async () => {
-  await bridge?.stop();
-  await core?.stop();
-});
+const stack = useStack();
 
 test("45 notifications page as 20, 20, 5, newest first", async () => {
   const ids = [];
-  for (let i = 0; i < 45; i++) ids.push((await core.create({ vendorId: 7 })).id);
+  for (let i = 0; i < 45; i++) ids.push((await stack.core.create({ vendorId: 7 })).id);
   const newestFirst = [...ids].reverse();
-  const socket = await connect(bridge, { auth: { token: token({ vendor: 7 }) } });
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor: 7 }) } });
   try {
     await until(socket, () => events(socket, "offlineNotifications").length, "offlineNotifications");
     const [first] = events(socket, "offlineNotifications");

@@ -1,30 +1,21 @@
 // Two sockets of one user: both get notifications; the room peer hears
 // userIsOffline once, only when the last socket closes.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, token, connect, until, events, sleep } from "./harness.js";
+import { useStack, token, connect, until, events, sleep } from "./harness.js";
 
-let core;
-let bridge;
-before(async () => {
-  core = await Core.start();
-  bridge = await Bridge.start(core);
-});
-after(async () => {
-  await bridge?.stop();
-  await core?.stop();
-});
+const stack = useStack();
 
 test("userIsOnline on the first socket, userIsOffline once after the last", async () => {
-  await core.call("JoinRoom", { room: "order:881", vendorId: 5 });
-  await core.call("JoinRoom", { room: "order:881", customerId: 12 });
-  await core.call("JoinRoom", { room: "order:882", vendorId: 5 });
-  await core.call("JoinRoom", { room: "order:882", customerId: 12 });
-  const peer = await connect(bridge, { auth: { token: token({ customer: 12 }) } });
+  await stack.core.call("JoinRoom", { room: "order:881", vendorId: 5 });
+  await stack.core.call("JoinRoom", { room: "order:881", customerId: 12 });
+  await stack.core.call("JoinRoom", { room: "order:882", vendorId: 5 });
+  await stack.core.call("JoinRoom", { room: "order:882", customerId: 12 });
+  const peer = await connect(stack.bridge, { auth: { token: token({ customer: 12 }) } });
   await until(peer, () => events(peer, "unreadCount").length, "peer ready");
 
-  const first = await connect(bridge, { auth: { token: token({ vendor: 5 }) } });
-  const second = await connect(bridge, { auth: { token: token({ vendor: 5 }) }, transports: ["polling"] });
+  const first = await connect(stack.bridge, { auth: { token: token({ vendor: 5 }) } });
+  const second = await connect(stack.bridge, { auth: { token: token({ vendor: 5 }) }, transports: ["polling"] });
   try {
     await until(peer, () => events(peer, "userIsOnline").length, "userIsOnline");
     const [online] = events(peer, "userIsOnline");
@@ -35,7 +26,7 @@ test("userIsOnline on the first socket, userIsOffline once after the last", asyn
 
     await until(first, () => events(first, "unreadCount").length, "first ready");
     await until(second, () => events(second, "unreadCount").length, "second ready");
-    const created = await core.create({ vendorId: 5 });
+    const created = await stack.core.create({ vendorId: 5 });
     await until(first, () => events(first, "notification").some((n) => n.id === created.id), "first gets it");
     await until(second, () => events(second, "notification").some((n) => n.id === created.id), "second gets it");
 
