@@ -89,3 +89,105 @@ async fn sigterm_ends_open_streams_and_exits_zero() {
         .expect("stream closed by the shutdown");
     assert!(!matches!(end, Ok(Some(_))), "{end:?}");
 }
+
+/// A small tmpfs of the test's own, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { path, _dir: dir })
+    }
+
+    fn grow(&self, megabytes: u32) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={megabytes}m")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_gives_clear_errors_and_recovers_on_its_own() {
+    // Mounting a tmpfs needs root, which CI has; elsewhere say so and pass.
+    let Some(disk) = SmallDisk::mount(3) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a tmpfs"
+        );
+        eprintln!("full-disk test not run: cannot mount a tmpfs (not root)");
+        return;
+    };
+    let url = format!("sqlite://{}", disk.path.join("notify.db").display());
+    let mut core = CoreProcess::start_on(&url, &[], tempfile::tempdir().unwrap());
+    let mut client = core.client().await;
+    let blob = "x".repeat(60_000);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for n in 0..200 {
+        let request = crate::create_for_vendor(6, serde_json::json!({"n": n, "blob": blob}));
+        match client.create_notification(request).await {
+            Ok(created) => acked.push(created.into_inner()),
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a 3 MiB disk fills up");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("full"), "{}", refused.message());
+    // Reads still work while the disk is full.
+    let listed = client
+        .list_offline(proto::ListOfflineRequest {
+            vendor_id: Some(6),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.pagination.unwrap().total_records, acked.len() as i64);
+
+    // The fault clears: creates work again, with no restart and no gap.
+    disk.grow(64);
+    let next = client
+        .create_notification(simple(6, 10_000))
+        .await
+        .expect("creates work again once there is room")
+        .into_inner();
+    assert_eq!(next.seq, acked.len() as i64 + 1);
+
+    // Nothing acknowledged was lost or damaged, across a restart too.
+    core.restart();
+    let mut client = core.client().await;
+    for notification in &acked {
+        let stored = client
+            .get_notification(proto::GetNotificationRequest {
+                id: notification.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&stored, notification);
+    }
+}
