@@ -120,18 +120,30 @@ export class Core {
   }
 }
 
-/** A bridge process in front of `core`. */
+/** A bridge process in front of `core`; restartable on the same port. */
 export class Bridge {
   static async start(core, extra = []) {
     const bridge = new Bridge();
-    const { child, fields } = await startProcess(
-      ["bridge", "--listen", "127.0.0.1:0", "--core-url", `http://${core.addr}`,
-        "--jwt-secret", SECRET, ...extra],
-      "notify bridge ready",
-    );
-    bridge.child = child;
-    bridge.url = `http://${fields.http}`;
+    bridge.args = ["--core-url", `http://${core.addr}`, "--jwt-secret", SECRET, ...extra];
+    await bridge.spawn("127.0.0.1:0");
     return bridge;
+  }
+
+  async spawn(listen) {
+    const { child, fields } = await startProcess(["bridge", "--listen", listen, ...this.args], "notify bridge ready");
+    this.child = child;
+    this.addr = fields.http;
+    this.url = `http://${fields.http}`;
+  }
+
+  /** SIGKILL: sockets see their connection drop. */
+  async kill() {
+    await stopProcess(this.child);
+  }
+
+  /** Starts again on the same port. */
+  async restart() {
+    await this.spawn(this.addr);
   }
 
   async stop() {
@@ -160,11 +172,18 @@ export function connect(bridge, { auth, transports = ["websocket"], extraHeaders
   socket.received = [];
   socket.onAny((event, ...args) => socket.received.push({ event, data: args[0] }));
   return new Promise((resolve, reject) => {
-    socket.once("connect", () => resolve(socket));
-    socket.once("connect_error", (error) => {
+    const refused = (error) => {
+      socket.off("connect", connected);
       socket.close();
       reject(error);
-    });
+    };
+    const connected = () => {
+      // Later connect errors belong to reconnection, not to this call.
+      socket.off("connect_error", refused);
+      resolve(socket);
+    };
+    socket.once("connect", connected);
+    socket.once("connect_error", refused);
   });
 }
 
