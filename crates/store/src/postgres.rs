@@ -77,14 +77,19 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
-        tokio::spawn(listen(pool.clone(), sink));
+        // Listening before `open` returns: no commit made through this store
+        // can be notified before this core hears notifications.
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        tokio::spawn(listen(pool.clone(), sink, listener));
         Ok(PgStore { pool })
     }
 }
 
-/// Follows `notify_changes` for as long as the pool lives.
-async fn listen(pool: PgPool, sink: Arc<dyn ChangeSink>) {
-    let mut connected_before = false;
+/// Follows `notify_changes` for as long as the pool lives, starting with
+/// an established `first` listener.
+async fn listen(pool: PgPool, sink: Arc<dyn ChangeSink>, first: PgListener) {
+    follow_changes(&pool, &sink, first).await;
     while !pool.is_closed() {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
@@ -99,33 +104,35 @@ async fn listen(pool: PgPool, sink: Arc<dyn ChangeSink>) {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
-        if connected_before {
-            // Whatever was notified while we were not listening is in the
-            // tables: streams catch up by seq.
-            tracing::info!("listening for changes again; resyncing open streams");
-            metrics::counter!("notify_change_feed_resyncs_total").increment(1);
-            sink.publish(Change::Resync);
+        // Whatever was notified while we were not listening is in the
+        // tables: streams catch up by seq.
+        tracing::info!("listening for changes again; resyncing open streams");
+        metrics::counter!("notify_change_feed_resyncs_total").increment(1);
+        sink.publish(Change::Resync);
+        follow_changes(&pool, &sink, listener).await;
+    }
+}
+
+/// Publishes notifications until the listening connection is lost.
+async fn follow_changes(pool: &PgPool, sink: &Arc<dyn ChangeSink>, mut listener: PgListener) {
+    loop {
+        let first = match listener.try_recv().await {
+            Ok(Some(notification)) => notification,
+            Ok(None) | Err(_) => {
+                tracing::warn!("change feed connection lost");
+                return;
+            }
+        };
+        let mut batch = vec![first.payload().to_owned()];
+        while batch.len() < 1000 {
+            match listener.next_buffered() {
+                Some(more) => batch.push(more.payload().to_owned()),
+                None => break,
+            }
         }
-        connected_before = true;
-        loop {
-            let first = match listener.try_recv().await {
-                Ok(Some(notification)) => notification,
-                Ok(None) | Err(_) => {
-                    tracing::warn!("change feed connection lost");
-                    break;
-                }
-            };
-            let mut batch = vec![first.payload().to_owned()];
-            while batch.len() < 1000 {
-                match listener.next_buffered() {
-                    Some(more) => batch.push(more.payload().to_owned()),
-                    None => break,
-                }
-            }
-            if let Err(error) = publish_batch(&pool, &sink, &batch).await {
-                tracing::warn!(%error, "could not read notified rows; resyncing");
-                sink.publish(Change::Resync);
-            }
+        if let Err(error) = publish_batch(pool, sink, &batch).await {
+            tracing::warn!(%error, "could not read notified rows; resyncing");
+            sink.publish(Change::Resync);
         }
     }
 }
