@@ -206,9 +206,9 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
 
-    fn created(seq: i64) -> HubEvent {
+    fn event(n: i64) -> HubEvent {
         HubEvent::Updated {
-            ids: vec![seq.to_string()].into(),
+            ids: vec![n.to_string()].into(),
             status: Status::Read,
             updated_at: 0,
             unread: 0,
@@ -221,8 +221,8 @@ mod tests {
         let user = User::vendor(1);
         let slow = hub.subscribe(user);
         let mut fast = hub.subscribe(user);
-        for seq in 0..STREAM_QUEUE as i64 + 1 {
-            hub.send(user, created(seq));
+        for n in 0..STREAM_QUEUE as i64 + 1 {
+            hub.send(user, event(n));
             fast.events.recv().await.expect("fast stream keeps up");
         }
         // The slow stream was flagged once its queue filled; the permit waits.
