@@ -5,7 +5,7 @@ use std::time::Duration;
 use notify::proto::{self, StreamUserEventsRequest};
 
 use crate::harness::CoreProcess;
-use crate::{read_notifications, simple};
+use crate::{assert_all_stored, read_notifications, simple};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_create_survives_kill_9() {
@@ -34,16 +34,7 @@ async fn every_acknowledged_create_survives_kill_9() {
     core.restart();
 
     let mut client = core.client().await;
-    for notification in &acked {
-        let stored = client
-            .get_notification(proto::GetNotificationRequest {
-                id: notification.id.clone(),
-            })
-            .await
-            .expect("acknowledged notification is stored after kill -9")
-            .into_inner();
-        assert_eq!(&stored, notification);
-    }
+    assert_all_stored(&mut client, &acked).await;
     let mut stream = client
         .stream_user_events(StreamUserEventsRequest {
             vendor_id: Some(3),
@@ -180,14 +171,5 @@ async fn a_full_disk_gives_clear_errors_and_recovers_on_its_own() {
     // Nothing acknowledged was lost or damaged, across a restart too.
     core.restart();
     let mut client = core.client().await;
-    for notification in &acked {
-        let stored = client
-            .get_notification(proto::GetNotificationRequest {
-                id: notification.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(&stored, notification);
-    }
+    assert_all_stored(&mut client, &acked).await;
 }

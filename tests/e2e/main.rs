@@ -65,3 +65,36 @@ pub async fn read_notifications(
     }
     out
 }
+
+/// Presence events (`userOnline`, `userOffline`) arriving within `window`.
+pub async fn presence_events(
+    stream: &mut tonic::Streaming<proto::UserEvent>,
+    window: std::time::Duration,
+) -> Vec<proto::user_event::Event> {
+    use proto::user_event::Event;
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
+        let event = message.expect("stream ok").expect("stream open").event;
+        if let Some(event @ (Event::UserOnline(_) | Event::UserOffline(_))) = event {
+            events.push(event);
+        }
+    }
+    events
+}
+
+/// Every acknowledged notification reads back exactly as it was returned.
+pub async fn assert_all_stored(client: &mut harness::Client, acked: &[proto::Notification]) {
+    for notification in acked {
+        let stored = client
+            .get_notification(proto::GetNotificationRequest {
+                id: notification.id.clone(),
+            })
+            .await
+            .unwrap_or_else(|status| {
+                panic!("acknowledged {} is not stored: {status:?}", notification.id)
+            })
+            .into_inner();
+        assert_eq!(&stored, notification);
+    }
+}

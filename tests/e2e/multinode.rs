@@ -2,14 +2,13 @@
 //! seqs under contention, presence across cores (and its expiry when a core
 //! is killed), and a PostgreSQL restart under load.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use notify::proto::{self, StreamUserEventsRequest, user_event::Event};
 use tonic::Streaming;
 
 use crate::harness::{Client, CoreProcess, OwnPostgres, create_database, postgres_admin_url};
-use crate::{read_notifications, simple};
+use crate::{assert_all_stored, presence_events, read_notifications, simple};
 
 fn core_on(url: &str, extra: &[&str]) -> CoreProcess {
     CoreProcess::start_on(url, extra, tempfile::tempdir().unwrap())
@@ -31,19 +30,6 @@ async fn stream(
         .await
         .expect("stream")
         .into_inner()
-}
-
-/// Presence events within `window`.
-async fn presence_events(stream: &mut Streaming<proto::UserEvent>, window: Duration) -> Vec<Event> {
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
-        let Ok(Some(message)) = message else { break };
-        if let Some(event @ (Event::UserOnline(_) | Event::UserOffline(_))) = message.event {
-            events.push(event);
-        }
-    }
-    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,18 +221,7 @@ async fn a_postgres_restart_under_load_loses_nothing_acknowledged() {
         .await
         .expect("the core recovers")
         .into_inner();
-    let mut ids = HashSet::new();
-    for notification in &acked {
-        let stored = client
-            .get_notification(proto::GetNotificationRequest {
-                id: notification.id.clone(),
-            })
-            .await
-            .expect("acknowledged is stored")
-            .into_inner();
-        assert_eq!(&stored, notification);
-        ids.insert(notification.id.clone());
-    }
+    assert_all_stored(&mut client, &acked).await;
     assert_eq!(
         after.seq,
         acked.len() as i64 + 1,

@@ -7,6 +7,7 @@ use notify::proto::{self, StreamUserEventsRequest, user_event::Event};
 use tonic::Streaming;
 
 use crate::harness::{Client, CoreProcess};
+use crate::presence_events;
 
 async fn join(client: &mut Client, room: &str, vendor: Option<i64>, customer: Option<i64>) {
     client
@@ -35,19 +36,6 @@ async fn open(
         .await
         .expect("stream")
         .into_inner()
-}
-
-/// Presence events that arrive within `window`.
-async fn presence_events(stream: &mut Streaming<proto::UserEvent>, window: Duration) -> Vec<Event> {
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
-        let event = message.expect("stream ok").expect("stream open").event;
-        if let Some(event @ (Event::UserOnline(_) | Event::UserOffline(_))) = event {
-            events.push(event);
-        }
-    }
-    events
 }
 
 async fn members(client: &mut Client, room: &str) -> Vec<proto::RoomMember> {
