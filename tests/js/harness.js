@@ -2,6 +2,8 @@
 // loopback ports and gives the tests real clients: socket.io-client for the
 // bridge, @grpc/grpc-js for the core. TEST_LOG=1 shows the processes' logs.
 import { spawn, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import net from "node:net";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -255,3 +257,38 @@ export function useStack({ coreArgs = [], bridgeArgs = [] } = {}) {
   });
   return stack;
 }
+
+/** A masked client frame: text (opcode 1) or binary (opcode 2). */
+export function wsFrame(data, opcode = 1) {
+  const payload = Buffer.isBuffer(data) ? data : Buffer.from(data);
+  const mask = randomBytes(4);
+  let header;
+  if (payload.length < 126) header = Buffer.from([0x80 | opcode, 0x80 | payload.length]);
+  else if (payload.length < 65536) header = Buffer.from([0x80 | opcode, 0x80 | 126, payload.length >> 8, payload.length & 255]);
+  else {
+    header = Buffer.alloc(10);
+    header[0] = 0x80 | opcode;
+    header[1] = 0x80 | 127;
+    header.writeBigUInt64BE(BigInt(payload.length), 2);
+  }
+  return Buffer.concat([header, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]);
+}
+
+/**
+ * A raw WebSocket to the bridge's Engine.IO endpoint, for tests that must
+ * send what no real client would; `text()` is everything received so far.
+ */
+export async function rawWebSocket(bridge) {
+  const url = new URL(bridge.url);
+  const raw = net.connect(Number(url.port), url.hostname);
+  await new Promise((resolve) => raw.once("connect", resolve));
+  raw.write(`GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${url.host}\r\n` +
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+    `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\n\r\n`);
+  let received = Buffer.alloc(0);
+  raw.on("data", (chunk) => { received = Buffer.concat([received, chunk]); });
+  raw.on("error", () => {});
+  await sleep(200);
+  return { raw, text: () => received.toString("latin1") };
+}
+

@@ -2,9 +2,7 @@
 // incoming payload size, allowed origins; and a stalled socket's fate.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
-import { randomBytes } from "node:crypto";
-import { useStack, token, connect, until, events, request, toStruct, sleep } from "./harness.js";
+import { useStack, rawWebSocket, wsFrame, token, connect, until, events, request, toStruct, sleep } from "./harness.js";
 
 const stack = useStack({ bridgeArgs: [
     "--events-per-second", "5", "--max-sockets-per-user", "2", "--max-payload", "20000",
@@ -93,27 +91,10 @@ test("browsers from other origins are refused unless allowed", async () => {
   assert.equal((await fetch(`${stack.bridge.url}/`)).status, 200, "no Origin: not a browser, allowed");
 });
 
-/** A WebSocket text frame from the client (masked, as clients must). */
-function frame(text) {
-  const payload = Buffer.from(text);
-  const mask = randomBytes(4);
-  const header = payload.length < 126
-    ? Buffer.from([0x81, 0x80 | payload.length])
-    : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 255]);
-  const masked = Buffer.from(payload.map((byte, i) => byte ^ mask[i % 4]));
-  return Buffer.concat([header, mask, masked]);
-}
-
 test("a socket that reads nothing stops getting events; others are not slowed", { timeout: 120_000 }, async () => {
   const stalledVendor = 77;
-  const url = new URL(stack.bridge.url);
-  const raw = net.connect(Number(url.port), url.hostname);
-  await new Promise((resolve) => raw.once("connect", resolve));
-  raw.write(`GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${url.host}\r\n` +
-    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
-    `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\n\r\n`);
-  await new Promise((resolve) => raw.once("data", resolve)); // 101 and the open packet
-  raw.write(frame(`40/notification,${JSON.stringify({ token: token({ vendor: stalledVendor }) })}`));
+  const { raw } = await rawWebSocket(stack.bridge);
+  raw.write(wsFrame(`40/notification,${JSON.stringify({ token: token({ vendor: stalledVendor }) })}`));
   await sleep(500);
   raw.pause(); // from now on it reads nothing: its TCP buffers fill up
 

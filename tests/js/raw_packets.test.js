@@ -3,42 +3,10 @@
 // stays up and well-behaved clients are not disturbed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import { randomBytes } from "node:crypto";
-import { useStack, token, connect, until, events, request, sleep } from "./harness.js";
+import { useStack, rawWebSocket, wsFrame, token, connect, until, events, request, sleep } from "./harness.js";
 
 const stack = useStack();
-
-/** A masked client frame: text (opcode 1) or binary (opcode 2). */
-function frame(data, opcode = 1) {
-  const payload = Buffer.isBuffer(data) ? data : Buffer.from(data);
-  const mask = randomBytes(4);
-  let header;
-  if (payload.length < 126) header = Buffer.from([0x80 | opcode, 0x80 | payload.length]);
-  else if (payload.length < 65536) header = Buffer.from([0x80 | opcode, 0x80 | 126, payload.length >> 8, payload.length & 255]);
-  else {
-    header = Buffer.alloc(10);
-    header[0] = 0x80 | opcode;
-    header[1] = 0x80 | 127;
-    header.writeBigUInt64BE(BigInt(payload.length), 2);
-  }
-  return Buffer.concat([header, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]);
-}
-
-/** Opens a raw WebSocket to the bridge's Engine.IO endpoint. */
-async function rawSocket() {
-  const url = new URL(stack.bridge.url);
-  const raw = net.connect(Number(url.port), url.hostname);
-  await new Promise((resolve) => raw.once("connect", resolve));
-  raw.write(`GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${url.host}\r\n` +
-    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
-    `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\n\r\n`);
-  let received = Buffer.alloc(0);
-  raw.on("data", (chunk) => { received = Buffer.concat([received, chunk]); });
-  raw.on("error", () => {});
-  await sleep(200);
-  return { raw, text: () => received.toString("latin1") };
-}
 
 const MALFORMED = [
   "", "x", "9", "4", "4x", "42", "42/notification", "42/notification,", "42/notification,[",
@@ -54,20 +22,20 @@ test("malformed packets from an unauthenticated raw socket break nothing", { tim
   const healthy = await connect(stack.bridge, { auth: { token: token({ vendor: 91 }) } });
   await until(healthy, () => events(healthy, "unreadCount").length, "ready");
   for (const packet of MALFORMED) {
-    const { raw } = await rawSocket();
-    raw.write(frame(packet));
+    const { raw } = await rawWebSocket(stack.bridge);
+    raw.write(wsFrame(packet));
     await sleep(20);
     raw.destroy();
   }
-  const binary = await rawSocket();
-  binary.raw.write(frame(randomBytes(64), 2));
-  binary.raw.write(frame("451-/notification,[\"markAsRead\",{\"_placeholder\":true,\"num\":0}]"));
-  binary.raw.write(frame(randomBytes(32), 2));
+  const binary = await rawWebSocket(stack.bridge);
+  binary.raw.write(wsFrame(randomBytes(64), 2));
+  binary.raw.write(wsFrame("451-/notification,[\"markAsRead\",{\"_placeholder\":true,\"num\":0}]"));
+  binary.raw.write(wsFrame(randomBytes(32), 2));
   await sleep(100);
   binary.raw.destroy();
   // A handshake on the wrong namespace is refused.
-  const wrong = await rawSocket();
-  wrong.raw.write(frame(`40/admin,${JSON.stringify({ token: token({ vendor: 91 }) })}`));
+  const wrong = await rawWebSocket(stack.bridge);
+  wrong.raw.write(wsFrame(`40/admin,${JSON.stringify({ token: token({ vendor: 91 }) })}`));
   await sleep(300);
   assert.match(wrong.text(), /44\/admin/);
   wrong.raw.destroy();
@@ -81,13 +49,13 @@ test("malformed packets from an unauthenticated raw socket break nothing", { tim
 });
 
 test("malformed packets after a valid handshake get 400 or are dropped; the socket stays usable", { timeout: 30_000 }, async () => {
-  const { raw, text } = await rawSocket();
-  raw.write(frame(`40/notification,${JSON.stringify({ token: token({ vendor: 92 }) })}`));
+  const { raw, text } = await rawWebSocket(stack.bridge);
+  raw.write(wsFrame(`40/notification,${JSON.stringify({ token: token({ vendor: 92 }) })}`));
   for (let i = 0; i < 50 && !text().includes("unreadCount"); i++) await sleep(50);
   assert.match(text(), /offlineNotifications/);
   for (const packet of ["42/notification,[\"markAsRead\",\"ids\"]", "42/notification,5[\"markAsRead\",[1,2]]",
     "42/notification,6[\"offlineNotifications\",{\"page\":{\"$gt\":1}}]", "42/notification,7[\"nosuchevent\"]"]) {
-    raw.write(frame(packet));
+    raw.write(wsFrame(packet));
   }
   await sleep(500);
   const replies = text();
@@ -96,7 +64,7 @@ test("malformed packets after a valid handshake get 400 or are dropped; the sock
     assert.ok(reply, `ack ${id}`);
     assert.equal(JSON.parse(reply[1]).statusCode, 400);
   }
-  raw.write(frame("42/notification,8[\"offlineNotifications\",{\"page\":1}]"));
+  raw.write(wsFrame("42/notification,8[\"offlineNotifications\",{\"page\":1}]"));
   await sleep(300);
   assert.match(text(), /43\/notification,8\[\{"statusCode":200/);
   raw.destroy();
