@@ -1,0 +1,443 @@
+//! `notify-bench`: drives a real core and bridge — ours, or the Node.js peer
+//! in `bench/peer/` — the way production does, on loopback, and reports
+//! create→receive latency, throughput, memory and CPU. Each scenario is
+//! one command; `sweep` runs the growth curves and draws the charts.
+//!
+//! Every run raises its own open-file limit, ramps connections at a
+//! bounded rate, stops by itself, and writes `NAME.md` and `NAME.json`
+//! (and charts) into `--out`. It exits non-zero if a notification that the
+//! core acknowledged never reached its socket.
+
+mod ceiling;
+mod load;
+mod report;
+mod scenario;
+mod sio;
+mod stack;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use load::{Offer, Ramp};
+use report::{Output, Series, Table, line_chart};
+use scenario::{FanoutRow, IdleRow};
+use stack::{Programs, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "notify-bench",
+    version,
+    about = "Load tool for notify and the Node peer bridge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    #[command(flatten)]
+    programs: Programs,
+    #[command(flatten)]
+    ramp: Ramp,
+    /// Directory for the Markdown, JSON and SVG results.
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-results"))]
+    out: PathBuf,
+}
+
+/// Which bridges a scenario runs against, one after the other.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Targets {
+    Ours,
+    Peer,
+    Both,
+}
+
+impl Targets {
+    fn list(self) -> Vec<Target> {
+        match self {
+            Targets::Ours => vec![Target::Ours],
+            Targets::Peer => vec![Target::Peer],
+            Targets::Both => vec![Target::Ours, Target::Peer],
+        }
+    }
+}
+
+/// How the gRPC side offers load in `fanout` and `sweep`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct OfferArgs {
+    /// gRPC clients, each on its own connection.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Recipients per create call (1 = CreateNotification).
+    #[arg(long, default_value_t = 20)]
+    batch: usize,
+    /// Seconds of load per measured phase.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Idle sockets, each its own user: bridge memory per socket.
+    Idle {
+        #[arg(long, value_enum, default_value = "both")]
+        target: Targets,
+        /// Socket counts, reached one after the other on the same bridge.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        sockets: Vec<usize>,
+    },
+    /// A steady rate over connected sockets: latency, throughput, CPU.
+    Fanout {
+        #[arg(long, value_enum, default_value = "both")]
+        target: Targets,
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+        /// Notifications per second (0 = flat out); several run in turn.
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        rate: Vec<u64>,
+        #[command(flatten)]
+        offer: OfferArgs,
+    },
+    /// CreateNotifications covering every connected socket at once: time
+    /// until the last socket has it.
+    Broadcast {
+        #[arg(long, value_enum, default_value = "both")]
+        target: Targets,
+        #[arg(long, default_value_t = 10_000)]
+        recipients: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// gRPC only: creates/s over a concurrency sweep, and the raw SQLite
+    /// ceiling on the same disk.
+    Creates {
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+        concurrency: Vec<usize>,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+    /// For each bridge and socket count: memory when idle, then rising
+    /// rates until p99 passes the limit. Draws the charts.
+    Sweep {
+        #[arg(long, value_enum, default_value = "both")]
+        target: Targets,
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000,20000")]
+        sockets: Vec<usize>,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000,2500,5000,10000,20000,30000,40000"
+        )]
+        rates: Vec<u64>,
+        /// The p99 (ms) past which a bridge counts as saturated.
+        #[arg(long, default_value_t = 50.0)]
+        stop_p99_ms: f64,
+        #[command(flatten)]
+        offer: OfferArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Every socket is a descriptor here and one in the bridge (which
+    // inherits this limit).
+    let limit = raise_open_file_limit(200_000)?;
+    eprintln!("open-file limit {limit}");
+    let output = Output::new(&cli.out)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(cli, output))
+}
+
+/// Raises the soft and, where allowed (root), the hard open-file limit to
+/// `want`; otherwise the soft limit to the hard one.
+fn raise_open_file_limit(want: u64) -> anyhow::Result<u64> {
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    if soft >= want {
+        return Ok(soft);
+    }
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, want, want.max(hard)).is_ok() {
+        return Ok(want);
+    }
+    Ok(rlimit::increase_nofile_limit(want)?)
+}
+
+async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
+    let (programs, ramp) = (&cli.programs, cli.ramp);
+    match cli.scenario {
+        Scenario::Idle { target, sockets } => {
+            let mut rows = Vec::new();
+            for target in target.list() {
+                rows.extend(scenario::idle(programs, target, &sockets, ramp).await?);
+            }
+            output.write(
+                "idle",
+                &[(
+                    "idle sockets, each its own user".into(),
+                    scenario::idle_table(&rows),
+                )],
+                &json!({ "idle": rows }),
+            )?;
+            Ok(())
+        }
+        Scenario::Fanout {
+            target,
+            sockets,
+            rate,
+            offer,
+        } => {
+            let mut rows = Vec::new();
+            for target in target.list() {
+                let offer = offer_of(offer, sockets);
+                let (_, phases) =
+                    scenario::fanout(programs, target, sockets, &rate, offer, ramp, f64::INFINITY)
+                        .await?;
+                rows.extend(phases);
+            }
+            output.write(
+                "fanout",
+                &[(
+                    format!("fanout over {sockets} sockets ({} per call)", offer.batch),
+                    scenario::fanout_table(&rows),
+                )],
+                &json!({ "fanout": rows }),
+            )?;
+            check_all(&rows)
+        }
+        Scenario::Broadcast {
+            target,
+            recipients,
+            rounds,
+        } => {
+            let mut rows = Vec::new();
+            for target in target.list() {
+                rows.extend(scenario::broadcast(programs, target, recipients, rounds, ramp).await?);
+            }
+            output.write(
+                "broadcast",
+                &[(
+                    format!("broadcast to {recipients} connected recipients"),
+                    scenario::broadcast_table(&rows),
+                )],
+                &json!({ "broadcast": rows }),
+            )?;
+            Ok(())
+        }
+        Scenario::Creates {
+            concurrency,
+            seconds,
+        } => {
+            let report = scenario::creates(programs, &concurrency, seconds).await?;
+            let (sweep, ceiling) = scenario::creates_tables(&report);
+            output.write(
+                "creates",
+                &[
+                    (
+                        format!("core creates/s, synchronous={}", report.synchronous),
+                        sweep,
+                    ),
+                    (
+                        format!(
+                            "raw SQLite ceiling, same disk, synchronous={} (core best = {:.2} of it)",
+                            report.synchronous, report.fraction_of_ceiling
+                        ),
+                        ceiling,
+                    ),
+                ],
+                &json!({ "creates": report }),
+            )?;
+            Ok(())
+        }
+        Scenario::Sweep {
+            target,
+            sockets,
+            rates,
+            stop_p99_ms,
+            offer,
+        } => {
+            let (mut idle, mut fanout) = (Vec::new(), Vec::new());
+            for target in target.list() {
+                for &count in &sockets {
+                    let (idle_row, phases) = scenario::fanout(
+                        programs,
+                        target,
+                        count,
+                        &rates,
+                        offer_of(offer, count),
+                        ramp,
+                        stop_p99_ms,
+                    )
+                    .await?;
+                    idle.extend(idle_row);
+                    fanout.extend(phases);
+                }
+            }
+            let summary = summary_table(&idle, &fanout, stop_p99_ms);
+            output.write(
+                "sweep",
+                &[
+                    ("memory by sockets".into(), scenario::idle_table(&idle)),
+                    (
+                        format!("rising rate ({} recipients per call)", offer.batch),
+                        scenario::fanout_table(&fanout),
+                    ),
+                    (
+                        format!("ours against the peer (sustained = p99 ≤ {stop_p99_ms} ms)"),
+                        summary,
+                    ),
+                ],
+                &json!({ "idle": idle, "fanout": fanout }),
+            )?;
+            draw_charts(&output, &idle, &fanout)?;
+            check_all(&fanout)
+        }
+    }
+}
+
+fn offer_of(args: OfferArgs, users: usize) -> Offer {
+    Offer {
+        clients: args.clients,
+        rate: 0,
+        batch: args.batch.min(users),
+        users: users as u64,
+        seconds: args.seconds,
+    }
+}
+
+/// Fails the run (after its results are written) if anything was lost.
+fn check_all(rows: &[FanoutRow]) -> anyhow::Result<()> {
+    let lost: Vec<String> = rows
+        .iter()
+        .filter_map(|row| scenario::check_delivery(row).err())
+        .map(|e| e.to_string())
+        .collect();
+    if !lost.is_empty() {
+        bail!("notifications lost: {}", lost.join("; "));
+    }
+    Ok(())
+}
+
+/// The best sustained throughput of one bridge at one socket count: the
+/// highest delivered/s of a phase whose p99 stayed within the limit.
+fn best_sustained(
+    rows: &[FanoutRow],
+    target: Target,
+    sockets: usize,
+    limit: f64,
+) -> Option<&FanoutRow> {
+    rows.iter()
+        .filter(|r| r.target == target && r.sockets == sockets && r.latency.p99_ms <= limit)
+        .max_by(|a, b| a.delivered_per_second.total_cmp(&b.delivered_per_second))
+}
+
+/// Ratios of ours to the peer at each socket count.
+fn summary_table(idle: &[IdleRow], fanout: &[FanoutRow], limit: f64) -> Table {
+    let mut table = Table::new(&[
+        "sockets",
+        "sustained delivered/s ours / peer",
+        "ratio",
+        "KiB per idle socket ours / peer",
+        "ratio",
+        "bridge CPU µs/notification ours / peer (same rate)",
+        "ratio",
+    ]);
+    let mut counts: Vec<usize> = idle.iter().map(|r| r.sockets).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "–".into()
+        }
+    };
+    for sockets in counts {
+        let memory = |target| {
+            idle.iter()
+                .find(|r| r.target == target && r.sockets == sockets)
+                .map(|r| r.bytes_per_socket / 1024.0)
+                .unwrap_or(0.0)
+        };
+        let best = |target| {
+            best_sustained(fanout, target, sockets, limit)
+                .map(|r| r.delivered_per_second)
+                .unwrap_or(0.0)
+        };
+        // CPU per notification compared at the highest rate both sustained.
+        let both_at = fanout
+            .iter()
+            .filter(|r| {
+                r.target == Target::Peer && r.sockets == sockets && r.latency.p99_ms <= limit
+            })
+            .filter_map(|peer| {
+                fanout
+                    .iter()
+                    .find(|r| {
+                        r.target == Target::Ours
+                            && r.sockets == sockets
+                            && r.offered_rate == peer.offered_rate
+                    })
+                    .map(|ours| (ours, peer))
+            })
+            .max_by_key(|(_, peer)| peer.offered_rate);
+        let (cpu_ours, cpu_peer) = both_at
+            .map(|(o, p)| (o.bridge_cpu_us_per_delivered, p.bridge_cpu_us_per_delivered))
+            .unwrap_or((0.0, 0.0));
+        let (mem_ours, mem_peer) = (memory(Target::Ours), memory(Target::Peer));
+        let (best_ours, best_peer) = (best(Target::Ours), best(Target::Peer));
+        table.row(vec![
+            sockets.to_string(),
+            format!("{best_ours:.0} / {best_peer:.0}"),
+            ratio(best_ours, best_peer),
+            format!("{mem_ours:.1} / {mem_peer:.1}"),
+            ratio(mem_ours, mem_peer),
+            format!("{cpu_ours:.1} / {cpu_peer:.1}"),
+            ratio(cpu_ours, cpu_peer),
+        ]);
+    }
+    table
+}
+
+fn draw_charts(output: &Output, idle: &[IdleRow], fanout: &[FanoutRow]) -> anyhow::Result<()> {
+    let mut latency = Vec::new();
+    let mut groups: Vec<(Target, usize)> = fanout.iter().map(|r| (r.target, r.sockets)).collect();
+    groups.dedup();
+    for (target, sockets) in groups {
+        latency.push(Series {
+            name: format!("{} · {sockets} sockets", target.name()),
+            points: fanout
+                .iter()
+                .filter(|r| r.target == target && r.sockets == sockets)
+                .map(|r| (r.delivered_per_second, r.latency.p99_ms))
+                .collect(),
+        });
+    }
+    line_chart(
+        &output.path("sweep-latency.svg"),
+        "p99 create→receive against delivered notifications/s",
+        "delivered notifications/s",
+        "p99 ms",
+        &latency,
+    )?;
+    let memory: Vec<Series> = [Target::Ours, Target::Peer]
+        .into_iter()
+        .map(|target| Series {
+            name: format!("{} bridge", target.name()),
+            points: idle
+                .iter()
+                .filter(|r| r.target == target)
+                .map(|r| (r.sockets as f64, r.bridge_rss_bytes as f64 / 1_048_576.0))
+                .collect(),
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    line_chart(
+        &output.path("sweep-memory.svg"),
+        "bridge resident memory against idle sockets",
+        "connected sockets",
+        "RSS MiB",
+        &memory,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! The processes under load: one `notify core` on a fresh SQLite file and
+//! one bridge in front of it — ours (`notify bridge`) or the Node peer
+//! (`bench/peer/server.js`) — on loopback ports the kernel picks.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use notify::proto::notification_service_client::NotificationServiceClient;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+/// The signing secret every token of a run is made with.
+pub const SECRET: &str = "bench-secret-of-at-least-16-bytes";
+
+/// Which bridge a run loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// `notify bridge`.
+    Ours,
+    /// The Node.js peer: socket.io 4.8 + @grpc/grpc-js.
+    Peer,
+}
+
+impl Target {
+    /// The name used in tables, file names and charts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Ours => "ours",
+            Target::Peer => "peer",
+        }
+    }
+}
+
+/// Where to find the programs the stack runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Programs {
+    /// The `notify` binary (default: next to this tool, as `cargo build`
+    /// puts it).
+    #[arg(long)]
+    pub notify_bin: Option<PathBuf>,
+    /// The Node peer's entry point.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/peer/server.js"))]
+    pub peer_script: PathBuf,
+    /// SQLite `synchronous` for the core (full or normal).
+    #[arg(long, default_value = "full")]
+    pub synchronous: String,
+    /// Directory for the core's database (default: the system temp dir).
+    /// Put it on the disk you mean to measure.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Programs {
+    fn notify_bin(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.notify_bin {
+            return Ok(path.clone());
+        }
+        let me = std::env::current_exe().context("find this tool's path")?;
+        let sibling = me.with_file_name("notify");
+        if !sibling.exists() {
+            bail!(
+                "{} not found: build it first (`cargo build --release`), or pass --notify-bin",
+                sibling.display()
+            );
+        }
+        Ok(sibling)
+    }
+
+    /// A fresh directory for one core's database.
+    pub fn temp_dir(&self) -> anyhow::Result<tempfile::TempDir> {
+        let dir = match &self.data_dir {
+            Some(dir) => tempfile::tempdir_in(dir),
+            None => tempfile::tempdir(),
+        };
+        dir.context("create a temporary data directory")
+    }
+}
+
+/// A child process that printed its ready line; killed when dropped.
+pub struct Process {
+    child: Child,
+    fields: Vec<(String, String)>,
+}
+
+impl Process {
+    /// Spawns `command` and waits (up to a minute) for a stdout line that
+    /// starts with `ready`, whose `key=value` words it keeps.
+    pub fn start(mut command: Command, ready: &str) -> anyhow::Result<Process> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawn {command:?}"))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let ready = ready.to_owned();
+        // Reads the ready line, then keeps draining stdout so the child
+        // never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.strip_prefix(&ready) {
+                    let _ = sender.send(rest.to_owned());
+                    sent = true;
+                }
+            }
+        });
+        let mut process = Process {
+            child,
+            fields: Vec::new(),
+        };
+        let line = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .context("the process exited or did not print its ready line within 60 s")?;
+        process.fields = line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok(process)
+    }
+
+    /// A `key=value` word of the ready line.
+    pub fn field(&self, name: &str) -> anyhow::Result<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .with_context(|| format!("no {name}= in the ready line"))
+    }
+
+    /// Resident memory and CPU time so far, from /proc.
+    pub fn usage(&self) -> Usage {
+        Usage::of(self.child.id())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process's resident memory and CPU seconds (user + system).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Usage {
+    /// VmRSS in bytes.
+    pub rss_bytes: u64,
+    /// utime + stime in seconds.
+    pub cpu_seconds: f64,
+}
+
+impl Usage {
+    /// Reads /proc for `pid`; zeros when it is gone.
+    pub fn of(pid: u32) -> Usage {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        Usage {
+            rss_bytes: rss_from_status(&status).unwrap_or(0),
+            cpu_seconds: cpu_from_stat(&stat, clock_ticks()).unwrap_or(0.0),
+        }
+    }
+}
+
+/// VmRSS from the text of /proc/PID/status, in bytes.
+pub fn rss_from_status(status: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// utime + stime from the text of /proc/PID/stat, in seconds. The command
+/// name in parentheses may hold spaces, so fields count from its `)`.
+pub fn cpu_from_stat(stat: &str, ticks_per_second: f64) -> Option<f64> {
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / ticks_per_second)
+}
+
+/// USER_HZ: 100 on every Linux this runs on (the kernel ABI fixes it for
+/// /proc), read from `getconf` in case a system differs.
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// A core on a fresh SQLite file.
+pub struct Core {
+    /// The core process.
+    pub process: Process,
+    /// `host:port` of its gRPC listener.
+    pub grpc: String,
+    dir: tempfile::TempDir,
+}
+
+impl Core {
+    /// Starts a core with the programs' `synchronous` setting.
+    pub fn start(programs: &Programs) -> anyhow::Result<Core> {
+        let dir = programs.temp_dir()?;
+        let url = format!("sqlite://{}", dir.path().join("notify.db").display());
+        let mut command = Command::new(programs.notify_bin()?);
+        command
+            .args([
+                "core",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--database-url", &url])
+            .args(["--sqlite-synchronous", &programs.synchronous])
+            .env("RUST_LOG", "warn");
+        let process = Process::start(command, "notify core ready")?;
+        let grpc = process.field("grpc")?.to_owned();
+        Ok(Core { process, grpc, dir })
+    }
+
+    /// The directory holding the database (for the SQLite ceiling run).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A gRPC client on a connection of its own.
+    pub async fn client(&self) -> anyhow::Result<NotificationServiceClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .context("connect to the core")?;
+        Ok(NotificationServiceClient::new(channel))
+    }
+}
+
+/// A core and a bridge in front of it.
+pub struct Stack {
+    /// The bridge under test (declared first: dropped, so stopped, first).
+    pub bridge: Process,
+    /// The core.
+    pub core: Core,
+    /// `host:port` of the bridge's HTTP listener.
+    pub http: String,
+}
+
+impl Stack {
+    /// Starts a core, then `target`'s bridge on it.
+    pub fn start(programs: &Programs, target: Target) -> anyhow::Result<Stack> {
+        let core = Core::start(programs)?;
+        let core_url = format!("http://{}", core.grpc);
+        let (mut command, ready) = match target {
+            Target::Ours => {
+                let mut command = Command::new(programs.notify_bin()?);
+                command.arg("bridge").env("RUST_LOG", "warn");
+                (command, "notify bridge ready")
+            }
+            Target::Peer => {
+                let mut command = Command::new("node");
+                command.arg(&programs.peer_script);
+                (command, "peer bridge ready")
+            }
+        };
+        command
+            .args(["--listen", "127.0.0.1:0", "--core-url", &core_url])
+            .args(["--jwt-secret", SECRET]);
+        let bridge = Process::start(command, ready)?;
+        let http = bridge.field("http")?.to_owned();
+        Ok(Stack { core, bridge, http })
+    }
+
+    /// Both processes' usage now: (core, bridge).
+    pub fn usage(&self) -> (Usage, Usage) {
+        (self.core.process.usage(), self.bridge.usage())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_read_in_bytes() {
+        let status = "Name:\tnotify\nVmPeak:\t  9000 kB\nVmRSS:\t  2048 kB\nThreads:\t4\n";
+        assert_eq!(rss_from_status(status), Some(2048 * 1024));
+        assert_eq!(rss_from_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn cpu_counts_fields_after_a_name_with_spaces() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime ...
+        let stat = "42 (node peer) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 11";
+        assert_eq!(cpu_from_stat(stat, 100.0), Some(3.0));
+        assert_eq!(cpu_from_stat("garbage", 100.0), None);
+    }
+
+    #[test]
+    fn reads_our_own_usage() {
+        let usage = Usage::of(std::process::id());
+        assert!(usage.rss_bytes > 0);
+    }
+}
