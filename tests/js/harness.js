@@ -4,7 +4,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import net from "node:net";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,6 +17,8 @@ import { before, after } from "node:test";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const BIN = process.env.NOTIFY_BIN ?? join(root, "target", "debug", "notify");
 export const SECRET = "test-secret-of-at-least-16-bytes";
+/** The Node.js peer bridge of the benchmarks (needs `cd bench/peer && npm ci`). */
+export const PEER = join(root, "bench", "peer", "server.js");
 
 const definition = protoLoader.loadSync(join(root, "proto", "notify", "v1", "notify.proto"), {
   longs: String,
@@ -26,8 +28,8 @@ const definition = protoLoader.loadSync(join(root, "proto", "notify", "v1", "not
 });
 const NotificationService = grpc.loadPackageDefinition(definition).notify.v1.NotificationService;
 
-function startProcess(args, readyPrefix) {
-  const child = spawn(BIN, args, {
+function startProcess(args, readyPrefix, command = BIN) {
+  const child = spawn(command, args, {
     stdio: ["ignore", "pipe", process.env.TEST_LOG ? "inherit" : "ignore"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });
@@ -85,6 +87,7 @@ export class Core {
     );
     this.child = child;
     this.addr = fields.grpc;
+    this.metricsUrl = `http://${fields.metrics}/metrics`;
     this.client?.close();
     this.client = new NotificationService(this.addr, grpc.credentials.createInsecure());
   }
@@ -153,6 +156,28 @@ export class Bridge {
   }
 }
 
+/** The Node.js peer bridge (bench/peer) in front of `core`, started like `Bridge`. */
+export class Peer {
+  static async start(core, extra = []) {
+    if (!existsSync(join(dirname(PEER), "node_modules"))) {
+      throw new Error("the peer bridge's packages are missing: run (cd bench/peer && npm ci)");
+    }
+    const peer = new Peer();
+    const args = [PEER, "--listen", "127.0.0.1:0", "--core-url", `http://${core.addr}`, "--jwt-secret", SECRET, ...extra];
+    const { child, fields } = await startProcess(args, "peer bridge ready", process.execPath);
+    peer.child = child;
+    peer.addr = fields.http;
+    peer.url = `http://${fields.http}`;
+    return peer;
+  }
+
+  /** SIGTERM, and resolves with the exit code. */
+  async stop() {
+    await stopProcess(this.child, "SIGTERM");
+    return this.child.exitCode;
+  }
+}
+
 /** A token signed by `notify token`. */
 export function token({ vendor, customer, ttl = "1h", secret = SECRET }) {
   const who = vendor !== undefined ? ["--vendor", String(vendor)] : ["--customer", String(customer)];
@@ -163,7 +188,7 @@ export function token({ vendor, customer, ttl = "1h", secret = SECRET }) {
  * A socket.io-client socket on /notification that records every event.
  * Resolves once connected (or rejects with the connect_error).
  */
-export function connect(bridge, { auth, transports = ["websocket"], extraHeaders, reconnection = false } = {}) {
+export function connect(bridge, { auth, transports = ["websocket"], extraHeaders, reconnection = false, listeners = {} } = {}) {
   const socket = io(`${bridge.url}/notification`, {
     auth,
     transports,
@@ -173,6 +198,8 @@ export function connect(bridge, { auth, transports = ["websocket"], extraHeaders
   });
   socket.received = [];
   socket.onAny((event, ...args) => socket.received.push({ event, data: args[0] }));
+  // Listeners that must be there before the first event (e.g. to ack it).
+  for (const [event, listener] of Object.entries(listeners)) socket.on(event, listener);
   return new Promise((resolve, reject) => {
     const refused = (error) => {
       socket.off("connect", connected);
