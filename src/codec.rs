@@ -66,21 +66,26 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
 /// CreateNotificationRequest.content: recursion limit reached` becomes
 /// `content: malformed (recursion limit reached)`. prost lists the path
 /// innermost first, so the request's own field is the last before the reason.
+/// A field named by a Rust keyword comes as a raw identifier
+/// (`CreateNotificationRequest.r#type`), which is still the field `type`.
 fn describe(message: &str) -> String {
     let detail = message.trim_start_matches("failed to decode Protobuf message: ");
     let parts: Vec<&str> = detail.split(": ").collect();
     let is_path = |part: &&str| {
         part.split_once('.').is_some_and(|(message, field)| {
+            let field = field.strip_prefix("r#").unwrap_or(field);
             !message.is_empty()
                 && !field.is_empty()
-                && part
+                && message
                     .chars()
+                    .chain(field.chars())
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         })
     };
     match parts.iter().rposition(is_path) {
         Some(index) => {
             let field = parts[index].rsplit('.').next().unwrap_or("request");
+            let field = field.strip_prefix("r#").unwrap_or(field);
             let reason = parts[index + 1..].join(": ");
             format!("{}: malformed ({reason})", camel_case(field))
         }
@@ -121,6 +126,23 @@ mod tests {
                 "failed to decode Protobuf message: CreateNotificationRequest.idempotency_key: invalid string value: data is not UTF-8 encoded"
             ),
             "idempotencyKey: malformed (invalid string value: data is not UTF-8 encoded)"
+        );
+        // prost names a field spelled like a Rust keyword as a raw identifier.
+        assert_eq!(
+            super::describe(
+                "failed to decode Protobuf message: CreateNotificationRequest.r#type: invalid string value: data is not UTF-8 encoded"
+            ),
+            "type: malformed (invalid string value: data is not UTF-8 encoded)"
+        );
+        assert_eq!(
+            super::describe(
+                "failed to decode Protobuf message: CreateNotificationsRequest.r#type: buffer underflow"
+            ),
+            "type: malformed (buffer underflow)"
+        );
+        assert_eq!(
+            super::describe("failed to decode Protobuf message: invalid tag value: 0"),
+            "request: malformed (invalid tag value: 0)"
         );
     }
 }

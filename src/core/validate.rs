@@ -136,7 +136,9 @@ pub fn priority(value: i32) -> Result<i32, FieldError> {
     }
 }
 
-/// Empty means none; otherwise at most 128 characters.
+/// Empty means none; otherwise at most 128 characters, no control
+/// characters (PostgreSQL cannot store a NUL in text, and a key is
+/// something a person may need to read back).
 pub fn idempotency_key(text: &str) -> Result<Option<String>, FieldError> {
     if text.is_empty() {
         return Ok(None);
@@ -145,6 +147,12 @@ pub fn idempotency_key(text: &str) -> Result<Option<String>, FieldError> {
         return Err(FieldError::new(
             "idempotencyKey",
             format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "idempotencyKey",
+            "must not contain control characters",
         ));
     }
     Ok(Some(text.to_owned()))
@@ -267,6 +275,19 @@ mod tests {
         assert!(kind(&"é".repeat(129)).is_err());
         assert!(kind("   ").is_err());
         assert!(kind("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn idempotency_key_refuses_control_characters() {
+        assert_eq!(idempotency_key(""), Ok(None));
+        assert_eq!(idempotency_key("order-881"), Ok(Some("order-881".into())));
+        for bad in ["key\0", "a\nb", "\u{1b}x", "x\u{7f}"] {
+            assert_eq!(
+                idempotency_key(bad).unwrap_err().field,
+                "idempotencyKey",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
