@@ -129,6 +129,10 @@ struct LimitArgs {
     /// connect, comma-separated (`https://shop.example`); `*` allows any.
     #[arg(long, env = "NOTIFY_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// How long a connection may refuse to read (its TCP window full) before
+    /// it is closed, e.g. 30s.
+    #[arg(long, env = "NOTIFY_WRITE_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    write_stall_timeout: Duration,
 }
 
 impl From<LimitArgs> for notify::bridge::limits::Limits {
@@ -138,6 +142,7 @@ impl From<LimitArgs> for notify::bridge::limits::Limits {
             events_per_second: args.events_per_second.max(1),
             max_payload: args.max_payload,
             allowed_origins: args.allowed_origins,
+            write_stall_timeout: args.write_stall_timeout,
         }
     }
 }

@@ -138,9 +138,10 @@ fn is_stalled(socket: &SocketRef) -> bool {
 /// A socket whose buffer is full reads nothing. It gets nothing more, so
 /// it holds no more than its full buffer ([`super::SOCKET_BUFFER`]
 /// packets), and it is disconnected: at once if the disconnect packet still
-/// fits, otherwise by the heartbeat it cannot answer (ping interval plus
-/// timeout). It gets its backlog from `offlineNotifications` when it
-/// reconnects.
+/// fits, otherwise by the heartbeat it cannot answer; its connection is
+/// closed once writes have waited `--write-stall-timeout` (see
+/// [`super::limits::StallLimited`]). It gets its backlog from
+/// `offlineNotifications` when it reconnects.
 fn emit_failed(socket: &SocketRef, event: &'static str, error: &SendError) {
     metrics::counter!("notify_bridge_emit_failures_total", "event" => event).increment(1);
     tracing::debug!(sid = %socket.id, event, %error, "emit failed");

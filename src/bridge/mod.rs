@@ -148,6 +148,7 @@ pub async fn run(
 
     let stopping = token.clone();
     let closing_io = io.clone();
+    let listener = limits::StallLimitedListener::new(listener, config.limits.write_stall_timeout);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -1,13 +1,31 @@
 // Limits a person can set: events per second per socket, sockets per user,
 // incoming payload size, allowed origins; and a stalled socket's fate.
 import { test } from "node:test";
+import { readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 import { useStack, rawWebSocket, wsFrame, token, connect, until, events, request, toStruct, sleep } from "./harness.js";
 
 const stack = useStack({ bridgeArgs: [
     "--events-per-second", "5", "--max-sockets-per-user", "2", "--max-payload", "20000",
-    "--allowed-origins", "https://shop.example",
+    "--allowed-origins", "https://shop.example", "--write-stall-timeout", "3s",
   ] });
+
+/** The kernel's state of the bridge's end of the connection from our local
+ * port `clientPort` ("01" is ESTABLISHED), or null once it is gone. */
+function serverSideState(bridge, clientPort) {
+  const bridgePort = Number(new URL(bridge.url).port);
+  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = "";
+    try { text = readFileSync(file, "utf8"); } catch { continue; }
+    for (const line of text.split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields.length < 4) continue;
+      const port = (address) => parseInt(address.split(":").pop(), 16);
+      if (port(fields[1]) === bridgePort && port(fields[2]) === clientPort) return fields[3];
+    }
+  }
+  return null;
+}
 
 test("a flood of events gets 429, then the socket is disconnected", { timeout: 20_000 }, async () => {
   const socket = await connect(stack.bridge, { auth: { token: token({ vendor: 71 }) } });
@@ -91,7 +109,7 @@ test("browsers from other origins are refused unless allowed", async () => {
   assert.equal((await fetch(`${stack.bridge.url}/`)).status, 200, "no Origin: not a browser, allowed");
 });
 
-test("a socket that reads nothing stops getting events; others are not slowed", { timeout: 120_000 }, async () => {
+test("a socket that reads nothing stops getting events, others are not slowed, and it is closed", { timeout: 120_000 }, async () => {
   const stalledVendor = 77;
   const { raw } = await rawWebSocket(stack.bridge);
   raw.write(wsFrame(`40/notification,${JSON.stringify({ token: token({ vendor: stalledVendor }) })}`));
@@ -131,6 +149,12 @@ test("a socket that reads nothing stops getting events; others are not slowed", 
     .match(/^notify_bridge_emit_failures_total\{event="notification"\} (\S+)/m)?.[1] ?? 0);
   assert.equal(after, before, "nothing more is queued for the stalled socket");
   assert.ok(healthy.connected);
+  // The bridge closes its end once writes have made no progress for the
+  // write-stall timeout (3 s here), even though the client never reads.
+  assert.equal(serverSideState(stack.bridge, raw.localPort), "01", "open while it is being waited on");
+  const deadline = Date.now() + 30_000;
+  while (serverSideState(stack.bridge, raw.localPort) === "01" && Date.now() < deadline) await sleep(200);
+  assert.notEqual(serverSideState(stack.bridge, raw.localPort), "01", "the bridge closed the stalled connection");
   raw.destroy();
   healthy.close();
 });
