@@ -184,112 +184,6 @@ pub fn cors(allowed: &[String]) -> CorsLayer {
         ])
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_connection_that_reads_nothing_is_shut_down_after_the_stall_timeout() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut listener = StallLimitedListener::new(listener, Duration::from_millis(300));
-        let addr = axum::serve::Listener::local_addr(&listener).unwrap();
-        let client = TcpStream::connect(addr).await.unwrap();
-        let (mut server, _) = axum::serve::Listener::accept(&mut listener).await;
-        // The client never reads: writes succeed until both buffers are
-        // full, then one waits out the timeout and fails.
-        let chunk = vec![7u8; 64 * 1024];
-        let started = Instant::now();
-        let error = loop {
-            match server.write(&chunk).await {
-                Ok(_) => assert!(started.elapsed() < Duration::from_secs(30), "never stalled"),
-                Err(error) => break error,
-            }
-        };
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        // Everything after fails at once.
-        assert!(server.write(b"x").await.is_err());
-        let mut byte = [0u8; 1];
-        assert!(server.read(&mut byte).await.is_err());
-        drop(client);
-    }
-
-    #[tokio::test]
-    async fn a_reader_that_keeps_up_is_never_cut_off() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut listener = StallLimitedListener::new(listener, Duration::from_millis(300));
-        let addr = axum::serve::Listener::local_addr(&listener).unwrap();
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let (mut server, _) = axum::serve::Listener::accept(&mut listener).await;
-        let reader = tokio::spawn(async move {
-            let mut total = 0usize;
-            let mut buf = vec![0u8; 64 * 1024];
-            while total < 64 * 1024 * 1024 {
-                // A slow but steady reader: pauses shorter than the timeout.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                total += client.read(&mut buf).await.unwrap();
-            }
-            total
-        });
-        let chunk = vec![7u8; 64 * 1024];
-        for _ in 0..1024 {
-            server.write_all(&chunk).await.unwrap();
-        }
-        assert_eq!(reader.await.unwrap(), 64 * 1024 * 1024);
-    }
-
-    #[test]
-    fn a_flood_is_dropped_warned_once_a_second_then_disconnected() {
-        let mut limit = RateLimit::new(20);
-        let start = Instant::now();
-        let verdicts: Vec<Verdict> = (0..400).map(|_| limit.check(start)).collect();
-        assert!(
-            verdicts[..40].iter().all(|v| *v == Verdict::Allow),
-            "the burst passes"
-        );
-        assert_eq!(verdicts[40], Verdict::Drop { warn: true });
-        assert_eq!(verdicts[41], Verdict::Drop { warn: false });
-        assert_eq!(verdicts[40 + 200], Verdict::Disconnect);
-        assert_eq!(
-            verdicts[40 + 201],
-            Verdict::Drop { warn: false },
-            "disconnects once"
-        );
-    }
-
-    #[test]
-    fn a_steady_client_is_never_limited() {
-        let mut limit = RateLimit::new(20);
-        let start = Instant::now();
-        for n in 0..1000 {
-            let at = start + Duration::from_millis(n * 60);
-            assert_eq!(limit.check(at), Verdict::Allow);
-        }
-    }
-
-    #[test]
-    fn origins() {
-        let host = HeaderValue::from_static("127.0.0.1:3000");
-        let allowed = vec!["https://shop.example".to_owned()];
-        let check = |origin: &'static str| {
-            origin_allowed(&HeaderValue::from_static(origin), Some(&host), &allowed)
-        };
-        assert!(check("http://127.0.0.1:3000"));
-        assert!(check("https://shop.example"));
-        assert!(!check("https://evil.example"));
-        assert!(origin_allowed(
-            &HeaderValue::from_static("https://evil.example"),
-            Some(&host),
-            &["*".to_owned()]
-        ));
-    }
-}
-
 /// The bridge's listener: every accepted connection gets a write deadline.
 ///
 /// A socket that reads nothing first fills its send buffer, then is marked
@@ -434,5 +328,111 @@ impl AsyncWrite for StallLimited {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_that_reads_nothing_is_shut_down_after_the_stall_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut listener = StallLimitedListener::new(listener, Duration::from_millis(300));
+        let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = axum::serve::Listener::accept(&mut listener).await;
+        // The client never reads: writes succeed until both buffers are
+        // full, then one waits out the timeout and fails.
+        let chunk = vec![7u8; 64 * 1024];
+        let started = Instant::now();
+        let error = loop {
+            match server.write(&chunk).await {
+                Ok(_) => assert!(started.elapsed() < Duration::from_secs(30), "never stalled"),
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        // Everything after fails at once.
+        assert!(server.write(b"x").await.is_err());
+        let mut byte = [0u8; 1];
+        assert!(server.read(&mut byte).await.is_err());
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_up_is_never_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut listener = StallLimitedListener::new(listener, Duration::from_millis(300));
+        let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = axum::serve::Listener::accept(&mut listener).await;
+        let reader = tokio::spawn(async move {
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            while total < 64 * 1024 * 1024 {
+                // A slow but steady reader: pauses shorter than the timeout.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                total += client.read(&mut buf).await.unwrap();
+            }
+            total
+        });
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..1024 {
+            server.write_all(&chunk).await.unwrap();
+        }
+        assert_eq!(reader.await.unwrap(), 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_flood_is_dropped_warned_once_a_second_then_disconnected() {
+        let mut limit = RateLimit::new(20);
+        let start = Instant::now();
+        let verdicts: Vec<Verdict> = (0..400).map(|_| limit.check(start)).collect();
+        assert!(
+            verdicts[..40].iter().all(|v| *v == Verdict::Allow),
+            "the burst passes"
+        );
+        assert_eq!(verdicts[40], Verdict::Drop { warn: true });
+        assert_eq!(verdicts[41], Verdict::Drop { warn: false });
+        assert_eq!(verdicts[40 + 200], Verdict::Disconnect);
+        assert_eq!(
+            verdicts[40 + 201],
+            Verdict::Drop { warn: false },
+            "disconnects once"
+        );
+    }
+
+    #[test]
+    fn a_steady_client_is_never_limited() {
+        let mut limit = RateLimit::new(20);
+        let start = Instant::now();
+        for n in 0..1000 {
+            let at = start + Duration::from_millis(n * 60);
+            assert_eq!(limit.check(at), Verdict::Allow);
+        }
+    }
+
+    #[test]
+    fn origins() {
+        let host = HeaderValue::from_static("127.0.0.1:3000");
+        let allowed = vec!["https://shop.example".to_owned()];
+        let check = |origin: &'static str| {
+            origin_allowed(&HeaderValue::from_static(origin), Some(&host), &allowed)
+        };
+        assert!(check("http://127.0.0.1:3000"));
+        assert!(check("https://shop.example"));
+        assert!(!check("https://evil.example"));
+        assert!(origin_allowed(
+            &HeaderValue::from_static("https://evil.example"),
+            Some(&host),
+            &["*".to_owned()]
+        ));
     }
 }

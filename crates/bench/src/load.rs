@@ -229,7 +229,8 @@ pub async fn create(core: &Core, offer: Offer) -> anyhow::Result<Created> {
     let mut senders = JoinSet::new();
     for (index, mut client) in clients.into_iter().enumerate() {
         let (next, calls) = (next.clone(), calls.clone());
-        // Clients start spread over one interval so the offer is smooth.
+        // Clients start spread over one interval so the offer is smooth:
+        // `seconds` of it make `rate × seconds` notifications.
         let start = interval.map(|every| {
             tokio::time::Instant::from_std(started)
                 + every.mul_f64(index as f64 / offer.clients as f64)
@@ -244,7 +245,13 @@ pub async fn create(core: &Core, offer: Offer) -> anyhow::Result<Created> {
             let (mut created, mut errors) = (0u64, 0u64);
             while Instant::now() < until {
                 if let Some(pace) = &mut pace {
-                    pace.tick().await;
+                    let deadline = tokio::time::Instant::from_std(until);
+                    if tokio::time::timeout_at(deadline, pace.tick())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
                 let first = next.fetch_add(offer.batch as u64, Ordering::Relaxed);
                 let call_started = Instant::now();
