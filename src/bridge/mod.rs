@@ -500,10 +500,16 @@ async fn on_mark_as_read(
     answer(&socket, ack, result);
 }
 
+/// Receipt calls in flight at once. The core's group commit folds
+/// concurrent marks into one transaction; sent one at a time, each would
+/// pay a commit of its own and receipts would fall behind under load.
+const RECEIPTS_IN_FLIGHT: usize = 64;
+
 /// Turns acks into DELIVERED marks, grouped per user: under load many acks
-/// share one call.
+/// share one call, and calls for different users run side by side.
 async fn send_receipts(core: CoreClient, mut receipts: mpsc::Receiver<(User, Vec<String>)>) {
     let mut batch = Vec::new();
+    let mut in_flight = tokio::task::JoinSet::new();
     while receipts.recv_many(&mut batch, 4096).await > 0 {
         let mut by_user: HashMap<User, Vec<String>> = HashMap::new();
         for (user, ids) in batch.drain(..) {
@@ -511,18 +517,25 @@ async fn send_receipts(core: CoreClient, mut receipts: mpsc::Receiver<(User, Vec
         }
         for (user, ids) in by_user {
             for chunk in ids.chunks(validate::MAX_BULK) {
+                while in_flight.len() >= RECEIPTS_IN_FLIGHT {
+                    in_flight.join_next().await;
+                }
                 let request = proto::MarkNotificationsRequest {
                     vendor_id: user.vendor_id(),
                     customer_id: user.customer_id(),
                     ids: chunk.to_vec(),
                     status: proto::Status::Delivered as i32,
                 };
-                if let Err(status) = core.for_user(user).mark_notifications(request).await {
-                    // The notification stays SENT; it is still delivered
-                    // and stays in the offline list until read.
-                    tracing::warn!(%user, error = %status.message(), "delivery receipt not recorded");
-                }
+                let mut client = core.for_user(user);
+                in_flight.spawn(async move {
+                    if let Err(status) = client.mark_notifications(request).await {
+                        // The notification stays SENT; it is still delivered
+                        // and stays in the offline list until read.
+                        tracing::warn!(%user, error = %status.message(), "delivery receipt not recorded");
+                    }
+                });
             }
         }
+        while in_flight.try_join_next().is_some() {}
     }
 }

@@ -502,20 +502,24 @@ async fn mark(
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()?;
-    // Only a move to READ leaves the unread inbox.
-    let read_now = if status == Status::Read {
-        updated.len() as i64
+    // Only a move to READ leaves the unread inbox; anything else (the
+    // DELIVERED receipts, most marks by far) only reads the count.
+    let unread: Option<i64> = if status == Status::Read && !updated.is_empty() {
+        sqlx::query_scalar(
+            "UPDATE users SET unread = unread - $1 WHERE role = $2 AND id = $3 RETURNING unread",
+        )
+        .bind(updated.len() as i64)
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_optional(&mut **tx)
+        .await?
     } else {
-        0
+        sqlx::query_scalar("SELECT unread FROM users WHERE role = $1 AND id = $2")
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_optional(&mut **tx)
+            .await?
     };
-    let unread: Option<i64> = sqlx::query_scalar(
-        "UPDATE users SET unread = unread - $1 WHERE role = $2 AND id = $3 RETURNING unread",
-    )
-    .bind(read_now)
-    .bind(user.role.code())
-    .bind(user.id)
-    .fetch_optional(&mut **tx)
-    .await?;
     Ok(MarkOutcome {
         updated,
         unread: unread.unwrap_or(0),
