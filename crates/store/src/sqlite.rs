@@ -364,22 +364,36 @@ async fn create_run(
         });
         per_user[index].1 += 1;
     }
-    // Next seq and next unread count to hand out, per recipient.
+    // Next seq and next unread count to hand out, per recipient: one
+    // statement for all recipients (per 1,000), not one each.
     let mut next: HashMap<User, (i64, i64)> = HashMap::with_capacity(per_user.len());
-    for (user, count) in per_user {
-        let row = sqlx::query(
-            "INSERT INTO users (role, id, last_seq, unread) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (role, id) DO UPDATE SET last_seq = last_seq + excluded.last_seq, \
-             unread = unread + excluded.unread RETURNING last_seq, unread",
-        )
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(count)
-        .fetch_one(&mut **tx)
-        .await?;
-        let last_seq: i64 = row.try_get(0)?;
-        let unread: i64 = row.try_get(1)?;
-        next.insert(user, (last_seq - count + 1, unread - count + 1));
+    for chunk in per_user.chunks(1000) {
+        let mut upsert =
+            QueryBuilder::<Sqlite>::new("INSERT INTO users (role, id, last_seq, unread) ");
+        upsert.push_values(chunk, |mut values, (user, count)| {
+            values
+                .push_bind(user.role.code())
+                .push_bind(user.id)
+                .push_bind(*count)
+                .push_bind(*count);
+        });
+        upsert.push(
+            " ON CONFLICT (role, id) DO UPDATE SET last_seq = last_seq + excluded.last_seq, \
+             unread = unread + excluded.unread RETURNING role, id, last_seq, unread",
+        );
+        // RETURNING's order is not promised: rows are matched by key.
+        let by_key: HashMap<(i64, i64), (User, i64)> = chunk
+            .iter()
+            .map(|&(user, count)| ((user.role.code(), user.id), (user, count)))
+            .collect();
+        for row in upsert.build().fetch_all(&mut **tx).await? {
+            let key: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let last_seq: i64 = row.try_get(2)?;
+            let unread: i64 = row.try_get(3)?;
+            if let Some(&(user, count)) = by_key.get(&key) {
+                next.insert(user, (last_seq - count + 1, unread - count + 1));
+            }
+        }
     }
 
     let mut rows = Vec::with_capacity(fresh.len());
