@@ -34,13 +34,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::validate::{self, FieldError};
+use crate::core::validate;
 use crate::proto;
 use auth::{Jwt, TokenError};
 use core_client::CoreClient;
 use feed::{Feeds, emit};
 use limits::{Limits, RateLimit, SharedRateLimit, Verdict};
-use payload::{AppError, Envelope, NotificationJson, Page, UnreadCount, Updated};
+use payload::{
+    AppError, Envelope, NotificationJson, Page, UnreadCount, Updated, mark_request, page_request,
+};
 
 /// The Socket.IO namespace of the contract.
 pub const NAMESPACE: &str = "/notification";
@@ -346,34 +348,6 @@ fn user_of(socket: &SocketRef) -> Result<User, AppError> {
         .ok_or_else(|| AppError::new(401, "not authenticated"))
 }
 
-/// An optional integer field of a client payload.
-fn optional_int(payload: &Value, field: &str) -> Result<Option<i32>, FieldError> {
-    match payload.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => value
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| FieldError {
-                field: field.into(),
-                reason: format!("must be an integer, got {value}"),
-            }),
-    }
-}
-
-/// A client payload that must be a JSON object (absent means `{}`).
-fn object(payload: Result<Value, impl std::fmt::Display>) -> Result<Value, AppError> {
-    match payload {
-        Ok(Value::Null) => Ok(Value::Object(Default::default())),
-        Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(other) => Err(AppError::new(
-            400,
-            format!("payload must be a JSON object, got {other}"),
-        )),
-        Err(error) => Err(AppError::new(400, format!("unreadable payload: {error}"))),
-    }
-}
-
 /// Applies the socket's rate limit to one client event. A dropped event
 /// gets 429 at most once a second (an `appError`, and through its ack), so a
 /// flood cannot make the bridge flood back; a socket that keeps flooding is
@@ -440,9 +414,7 @@ async fn on_offline_page(
     };
     let result = async {
         let user = user_of(&socket)?;
-        let payload = object(payload)?;
-        let page = validate::page(optional_int(&payload, "page")?)?;
-        let limit = validate::limit(optional_int(&payload, "limit")?)?;
+        let (page, limit) = page_request(payload)?;
         let (envelope, _ids) = offline_page(&bridge, user, page, limit).await?;
         Ok(envelope)
     }
@@ -461,27 +433,7 @@ async fn on_mark_as_read(
     };
     let result = async {
         let user = user_of(&socket)?;
-        let payload = object(payload)?;
-        let ids: Vec<String> = match payload.get("ids") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(index, item)| {
-                    item.as_str().map(str::to_owned).ok_or_else(|| FieldError {
-                        field: format!("ids[{index}]"),
-                        reason: format!("must be a string, got {item}"),
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => {
-                return Err(AppError::new(
-                    400,
-                    format!("ids: must be an array of ids, got {other}"),
-                ));
-            }
-            None => return Err(AppError::new(400, "ids: required")),
-        };
-        let ids = validate::ids(&ids)?;
+        let ids = mark_request(payload)?;
         let updated = bridge
             .core
             .for_user(user)

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tonic::Code;
 
 use crate::core::convert::struct_to_json;
-use crate::core::validate::FieldError;
+use crate::core::validate::{self, FieldError};
 use crate::proto;
 
 /// A notification as browsers see it (the seed's shape, plus `seq`).
@@ -164,6 +164,75 @@ impl From<tonic::Status> for AppError {
     }
 }
 
+/// The `offlineNotifications` payload as `(page, limit)`: `{"page":2,"limit":20}`,
+/// both optional (1 and 20). Pure, apart from the socket, so the checks are
+/// unit tested and fuzzed without a connection; every error is a 400.
+pub fn page_request(
+    payload: Result<Value, impl std::fmt::Display>,
+) -> Result<(u32, u32), AppError> {
+    let payload = object(payload)?;
+    let page = validate::page(optional_int(&payload, "page")?)?;
+    let limit = validate::limit(optional_int(&payload, "limit")?)?;
+    Ok((page, limit))
+}
+
+/// The `markAsRead` payload as the ids to mark: `{"ids":["…"]}`, 1–1,000
+/// valid ids, in canonical lowercase with duplicates removed. Pure for the
+/// same reason as [`page_request`]; every error is a 400.
+pub fn mark_request(
+    payload: Result<Value, impl std::fmt::Display>,
+) -> Result<Vec<String>, AppError> {
+    let payload = object(payload)?;
+    let ids: Vec<String> = match payload.get("ids") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                item.as_str().map(str::to_owned).ok_or_else(|| FieldError {
+                    field: format!("ids[{index}]"),
+                    reason: format!("must be a string, got {item}"),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(AppError::new(
+                400,
+                format!("ids: must be an array of ids, got {other}"),
+            ));
+        }
+        None => return Err(AppError::new(400, "ids: required")),
+    };
+    Ok(validate::ids(&ids)?)
+}
+
+/// An optional integer field of a client payload.
+fn optional_int(payload: &Value, field: &str) -> Result<Option<i32>, FieldError> {
+    match payload.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| FieldError {
+                field: field.into(),
+                reason: format!("must be an integer, got {value}"),
+            }),
+    }
+}
+
+/// A client payload that must be a JSON object (absent means `{}`).
+fn object(payload: Result<Value, impl std::fmt::Display>) -> Result<Value, AppError> {
+    match payload {
+        Ok(Value::Null) => Ok(Value::Object(Default::default())),
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(other) => Err(AppError::new(
+            400,
+            format!("payload must be a JSON object, got {other}"),
+        )),
+        Err(error) => Err(AppError::new(400, format!("unreadable payload: {error}"))),
+    }
+}
+
 /// A page of the unread inbox.
 #[derive(Debug, Serialize)]
 pub struct Page {
@@ -251,6 +320,7 @@ pub struct PresenceEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn app_error_displays_as_its_json() {
@@ -288,6 +358,114 @@ mod tests {
                 "status": "SENT", "priority": 1, "createdAt": "2025-06-20T10:27:34.307Z",
                 "updatedAt": "2025-06-20T10:27:34.307Z", "seq": 1
             })
+        );
+    }
+
+    fn bad(message: &str) -> AppError {
+        AppError::new(400, message)
+    }
+
+    fn page_of(payload: Value) -> Result<(u32, u32), AppError> {
+        page_request(Ok::<_, String>(payload))
+    }
+
+    fn mark_of(payload: Value) -> Result<Vec<String>, AppError> {
+        mark_request(Ok::<_, String>(payload))
+    }
+
+    #[test]
+    fn page_request_defaults_and_reads_both_fields() {
+        assert_eq!(page_of(Value::Null), Ok((1, 20)));
+        assert_eq!(page_of(json!({})), Ok((1, 20)));
+        assert_eq!(page_of(json!({"page": null, "limit": null})), Ok((1, 20)));
+        assert_eq!(page_of(json!({"page": 2, "limit": 100})), Ok((2, 100)));
+        assert_eq!(page_of(json!({"limit": 1, "other": "x"})), Ok((1, 1)));
+    }
+
+    #[test]
+    fn page_request_errors_are_400_naming_the_field() {
+        assert_eq!(
+            page_of(json!({"page": 0})),
+            Err(bad("page: must be 1 or more, got 0"))
+        );
+        assert_eq!(
+            page_of(json!({"page": "2"})),
+            Err(bad("page: must be an integer, got \"2\""))
+        );
+        assert_eq!(
+            page_of(json!({"page": 1.5})),
+            Err(bad("page: must be an integer, got 1.5"))
+        );
+        assert_eq!(
+            page_of(json!({"page": 2147483648i64})),
+            Err(bad("page: must be an integer, got 2147483648"))
+        );
+        assert_eq!(
+            page_of(json!({"page": 1, "limit": 101})),
+            Err(bad("limit: must be between 1 and 100, got 101"))
+        );
+        assert_eq!(
+            page_of(json!({"limit": -1})),
+            Err(bad("limit: must be between 1 and 100, got -1"))
+        );
+        assert_eq!(
+            page_of(json!([1, 2])),
+            Err(bad("payload must be a JSON object, got [1,2]"))
+        );
+        assert_eq!(
+            page_request(Err::<Value, _>("expected value")),
+            Err(bad("unreadable payload: expected value"))
+        );
+    }
+
+    #[test]
+    fn mark_request_gives_canonical_distinct_ids() {
+        let id = "68553796000745d4620985bc";
+        assert_eq!(
+            mark_of(json!({"ids": [id, id.to_uppercase(), "68553796000745d4620985bd"]})),
+            Ok(vec![id.to_owned(), "68553796000745d4620985bd".to_owned()])
+        );
+    }
+
+    #[test]
+    fn mark_request_errors_are_400_naming_the_field() {
+        assert_eq!(mark_of(Value::Null), Err(bad("ids: required")));
+        assert_eq!(
+            mark_of(json!({"ids": null})),
+            Err(bad("ids: must be an array of ids, got null"))
+        );
+        assert_eq!(
+            mark_of(json!({"ids": "68553796000745d4620985bc"})),
+            Err(bad(
+                "ids: must be an array of ids, got \"68553796000745d4620985bc\""
+            ))
+        );
+        assert_eq!(
+            mark_of(json!({"ids": []})),
+            Err(bad("ids: must list at least one id"))
+        );
+        assert_eq!(
+            mark_of(json!({"ids": ["68553796000745d4620985bc", 7]})),
+            Err(bad("ids[1]: must be a string, got 7"))
+        );
+        assert_eq!(
+            mark_of(json!({"ids": ["nope"]})),
+            Err(bad(
+                "ids[0]: \"nope\" is not a valid id (24 hexadecimal characters)"
+            ))
+        );
+        let many = vec!["68553796000745d4620985bc"; 1001];
+        assert_eq!(
+            mark_of(json!({ "ids": many })),
+            Err(bad("ids: must list at most 1000 ids, got 1001"))
+        );
+        assert_eq!(
+            mark_of(json!("ids")),
+            Err(bad("payload must be a JSON object, got \"ids\""))
+        );
+        assert_eq!(
+            mark_request(Err::<Value, _>("eof")),
+            Err(bad("unreadable payload: eof"))
         );
     }
 }
