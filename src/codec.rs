@@ -57,8 +57,12 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
         })
     }
 
+    /// A 1 KiB starting buffer instead of tonic's 8 KiB: the bridge holds
+    /// one response stream per connected user, and its events are a few
+    /// hundred bytes (the buffer grows for larger ones). 32 KiB is tonic's
+    /// default yield threshold.
     fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+        BufferSettings::new(1024, 32 * 1024)
     }
 }
 

@@ -7,11 +7,14 @@
 //! - `feed`: one core stream per connected user, shared by their sockets.
 //! - `page`: the embedded inbox page served at `/`.
 //! - `limits`: sockets per user, events per second, payload size, origins.
+//! - `handshake`: lets each connection's HTTP read buffer go after the
+//!   handshake.
 //! - this file: the namespace's handlers, HTTP routes and `run`.
 
 pub mod auth;
 pub mod core_client;
 mod feed;
+mod handshake;
 pub mod limits;
 mod page;
 pub mod payload;
@@ -118,6 +121,9 @@ pub async fn run(
         .ping_interval(PING_INTERVAL)
         .ping_timeout(PING_TIMEOUT)
         .ack_timeout(Duration::from_secs(10))
+        // Client events are small; a 4 KiB read buffer per idle socket is
+        // memory it holds for nothing (larger frames still arrive whole).
+        .ws_read_buffer_size(1024)
         .build_layer();
     io.ns(NAMESPACE, on_connect.with(authenticate));
 
@@ -142,6 +148,7 @@ pub async fn run(
             get(|| async { crate::telemetry::metrics_handle().render() }),
         )
         .layer(layer)
+        .layer(axum::middleware::from_fn(handshake::copy_out_of_read_buffer))
         .layer(limits::cors(&config.limits.allowed_origins))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(config.limits.allowed_origins.clone()),
