@@ -289,7 +289,7 @@ fn send_offline_page(
                 .increment(1);
             let receipts = bridge.receipts.clone();
             tokio::spawn(async move {
-                if ack.await.is_ok() && !ids.is_empty() {
+                if feed::acked(&ack.await) && !ids.is_empty() {
                     metrics::counter!("notify_bridge_acks_total").increment(1);
                     let _ = receipts.send((user, ids)).await;
                 }

@@ -124,6 +124,25 @@ test("acknowledging a notification marks it DELIVERED; markAsRead marks READ", a
   }
 });
 
+test("an ack with no arguments is a delivery receipt too", async () => {
+  const vendor = 106;
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor }) },
+    listeners: { notification: (_n, ack) => ack() } });
+  try {
+    await until(socket, () => events(socket, "unreadCount").length, "unreadCount");
+    const created = await stack.core.create({ vendorId: vendor });
+    await until(socket, () => events(socket, "notification").length, "notification");
+    let status;
+    for (let i = 0; i < 100 && status !== "DELIVERED"; i++) {
+      status = (await stack.core.call("GetNotification", { id: created.id })).status;
+      await sleep(50);
+    }
+    assert.equal(status, "DELIVERED");
+  } finally {
+    socket.close();
+  }
+});
+
 test("acknowledging offlineNotifications marks that page DELIVERED", async () => {
   const vendor = 105;
   const first = await stack.core.create({ vendorId: vendor });
