@@ -148,7 +148,9 @@ pub async fn run(
             get(|| async { crate::telemetry::metrics_handle().render() }),
         )
         .layer(layer)
-        .layer(axum::middleware::from_fn(handshake::copy_out_of_read_buffer))
+        .layer(axum::middleware::from_fn(
+            handshake::copy_out_of_read_buffer,
+        ))
         .layer(limits::cors(&config.limits.allowed_origins))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(config.limits.allowed_origins.clone()),
