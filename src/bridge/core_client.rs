@@ -6,7 +6,7 @@
 //! per connection. Channels connect lazily and reconnect by themselves.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -44,6 +44,7 @@ pub struct CoreClient {
     channels: Arc<[Channel]>,
     token: BearerToken,
     ready: Arc<AtomicBool>,
+    next: Arc<AtomicUsize>,
 }
 
 impl CoreClient {
@@ -77,6 +78,7 @@ impl CoreClient {
             channels,
             token: BearerToken(token),
             ready: Arc::new(AtomicBool::new(false)),
+            next: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -84,6 +86,16 @@ impl CoreClient {
     pub fn for_user(&self, user: User) -> CoreApi {
         let index =
             (user.id.unsigned_abs() as usize ^ user.role.code() as usize) % self.channels.len();
+        NotificationServiceClient::with_interceptor(
+            self.channels[index].clone(),
+            self.token.clone(),
+        )
+        .max_decoding_message_size(16 * 1024 * 1024)
+    }
+
+    /// A client on the next channel in turn, for calls about many users.
+    pub fn any(&self) -> CoreApi {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         NotificationServiceClient::with_interceptor(
             self.channels[index].clone(),
             self.token.clone(),

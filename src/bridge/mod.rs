@@ -461,41 +461,69 @@ async fn on_mark_as_read(
     answer(&socket, ack, result);
 }
 
-/// Receipt calls in flight at once. The core's group commit folds
-/// concurrent marks into one transaction; sent one at a time, each would
-/// pay a commit of its own and receipts would fall behind under load.
-const RECEIPTS_IN_FLIGHT: usize = 64;
+/// How long acks gather before they go to the core: one RecordDeliveries
+/// call then carries every user's receipts of that moment. A receipt is a
+/// status for backends to see, so a few milliseconds of delay cost nothing,
+/// and one call per user per ack would cost the core more than the
+/// notification itself.
+const RECEIPT_LINGER: Duration = Duration::from_millis(20);
 
-/// Turns acks into DELIVERED marks, grouped per user: under load many acks
-/// share one call, and calls for different users run side by side.
+/// RecordDeliveries calls in flight at once.
+const RECEIPTS_IN_FLIGHT: usize = 4;
+
+/// Turns acks into DELIVERED marks: gathered for [`RECEIPT_LINGER`],
+/// grouped per user, sent as RecordDeliveries calls of up to 1,000 users.
 async fn send_receipts(core: CoreClient, mut receipts: mpsc::Receiver<(User, Vec<String>)>) {
     let mut batch = Vec::new();
     let mut in_flight = tokio::task::JoinSet::new();
-    while receipts.recv_many(&mut batch, 4096).await > 0 {
+    while receipts.recv_many(&mut batch, 16 * 1024).await > 0 {
+        tokio::time::sleep(RECEIPT_LINGER).await;
+        while batch.len() < 64 * 1024 {
+            match receipts.try_recv() {
+                Ok(receipt) => batch.push(receipt),
+                Err(_) => break,
+            }
+        }
         let mut by_user: HashMap<User, Vec<String>> = HashMap::new();
         for (user, ids) in batch.drain(..) {
             by_user.entry(user).or_default().extend(ids);
         }
+        // Layer k holds every user's k-th chunk of 1,000 ids, so a call cut
+        // from one layer names each user at most once.
+        let mut layers: Vec<Vec<proto::DeliveryReceipts>> = Vec::new();
         for (user, ids) in by_user {
-            for chunk in ids.chunks(validate::MAX_BULK) {
-                while in_flight.len() >= RECEIPTS_IN_FLIGHT {
-                    in_flight.join_next().await;
+            for (layer, chunk) in ids.chunks(validate::MAX_BULK).enumerate() {
+                if layers.len() <= layer {
+                    layers.push(Vec::new());
                 }
-                let request = proto::MarkNotificationsRequest {
+                layers[layer].push(proto::DeliveryReceipts {
                     vendor_id: user.vendor_id(),
                     customer_id: user.customer_id(),
                     ids: chunk.to_vec(),
-                    status: proto::Status::Delivered as i32,
-                };
-                let mut client = core.for_user(user);
-                in_flight.spawn(async move {
-                    if let Err(status) = client.mark_notifications(request).await {
-                        // The notification stays SENT; it is still delivered
-                        // and stays in the offline list until read.
-                        tracing::warn!(%user, error = %status.message(), "delivery receipt not recorded");
-                    }
                 });
             }
+        }
+        let calls = layers.into_iter().flat_map(|layer| {
+            let mut layer = layer.into_iter().peekable();
+            std::iter::from_fn(move || {
+                layer.peek()?;
+                Some(layer.by_ref().take(validate::MAX_BULK).collect::<Vec<_>>())
+            })
+        });
+        for receipts in calls {
+            while in_flight.len() >= RECEIPTS_IN_FLIGHT {
+                in_flight.join_next().await;
+            }
+            let mut client = core.any();
+            in_flight.spawn(async move {
+                let users = receipts.len();
+                let request = proto::RecordDeliveriesRequest { receipts };
+                if let Err(status) = client.record_deliveries(request).await {
+                    // The notifications stay SENT: still delivered, and in
+                    // the offline list until read.
+                    tracing::warn!(users, error = %status.message(), "delivery receipts not recorded");
+                }
+            });
         }
         while in_flight.try_join_next().is_some() {}
     }

@@ -257,6 +257,66 @@ impl NotificationService for Api {
         }))
     }
 
+    async fn record_deliveries(
+        &self,
+        request: Request<proto::RecordDeliveriesRequest>,
+    ) -> Reply<proto::RecordDeliveriesResponse> {
+        let _timer = Timer::start("RecordDeliveries");
+        let request = request.into_inner();
+        let marks = (|| -> Result<_, FieldError> {
+            if request.receipts.is_empty() || request.receipts.len() > validate::MAX_BULK {
+                return Err(FieldError {
+                    field: "receipts".into(),
+                    reason: format!(
+                        "must list 1 to {} users, got {}",
+                        validate::MAX_BULK,
+                        request.receipts.len()
+                    ),
+                });
+            }
+            let mut seen = std::collections::HashSet::with_capacity(request.receipts.len());
+            let mut marks = Vec::with_capacity(request.receipts.len());
+            for (index, receipts) in request.receipts.iter().enumerate() {
+                let within = |e: FieldError| FieldError {
+                    field: format!("receipts[{index}].{}", e.field),
+                    reason: e.reason,
+                };
+                let user = validate::recipient(receipts.vendor_id, receipts.customer_id)
+                    .map_err(within)?;
+                if !seen.insert(user) {
+                    return Err(FieldError {
+                        field: format!("receipts[{index}]"),
+                        reason: format!("{user} is listed twice"),
+                    });
+                }
+                marks.push((user, validate::ids(&receipts.ids).map_err(within)?));
+            }
+            Ok(marks)
+        })()
+        .map_err(invalid)?;
+        // Side by side: the store's group commit folds them into one
+        // transaction.
+        let mut pending = tokio::task::JoinSet::new();
+        for (user, ids) in marks {
+            let store = self.core.store.clone();
+            pending
+                .spawn(async move { store.mark(user, ids, notify_store::Status::Delivered).await });
+        }
+        let mut updated = 0;
+        let mut failure = None;
+        while let Some(joined) = pending.join_next().await {
+            match joined {
+                Ok(Ok(outcome)) => updated += outcome.updated.len() as i32,
+                Ok(Err(error)) => failure = Some(store_status(error)),
+                Err(error) => failure = Some(Status::internal(error.to_string())),
+            }
+        }
+        match failure {
+            Some(status) => Err(status),
+            None => Ok(Response::new(proto::RecordDeliveriesResponse { updated })),
+        }
+    }
+
     type StreamUserEventsStream = ReceiverStream<Result<proto::UserEvent, Status>>;
 
     async fn stream_user_events(

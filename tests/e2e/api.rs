@@ -341,3 +341,102 @@ pub async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     body
 }
+
+#[tokio::test]
+async fn record_deliveries_marks_each_users_own_notifications_delivered() {
+    let core = CoreProcess::start();
+    let mut client = core.client().await;
+    let create = |vendor| {
+        let mut client = client.clone();
+        async move {
+            client
+                .create_notification(simple(vendor, 1))
+                .await
+                .expect("create")
+                .into_inner()
+        }
+    };
+    let (a1, a2, b1) = (create(31).await, create(31).await, create(32).await);
+    let receipts = |vendor, ids: Vec<String>| proto::DeliveryReceipts {
+        vendor_id: Some(vendor),
+        customer_id: None,
+        ids,
+    };
+    let reply = client
+        .record_deliveries(proto::RecordDeliveriesRequest {
+            receipts: vec![
+                receipts(31, vec![a1.id.clone(), a2.id.clone()]),
+                // Vendor 32 names vendor 31's notification too: not theirs,
+                // so it counts for nothing.
+                receipts(32, vec![b1.id.clone(), a1.id.clone()]),
+            ],
+        })
+        .await
+        .expect("record deliveries")
+        .into_inner();
+    assert_eq!(reply.updated, 3);
+    for id in [&a1.id, &a2.id, &b1.id] {
+        let status = client
+            .get_notification(proto::GetNotificationRequest { id: id.clone() })
+            .await
+            .expect("get")
+            .into_inner()
+            .status;
+        assert_eq!(status, proto::Status::Delivered as i32, "{id}");
+    }
+    // Again: nothing left to change, and READ never goes back.
+    client
+        .mark_notifications(MarkNotificationsRequest {
+            vendor_id: Some(31),
+            ids: vec![a1.id.clone()],
+            status: proto::Status::Read as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("mark read");
+    let again = client
+        .record_deliveries(proto::RecordDeliveriesRequest {
+            receipts: vec![receipts(31, vec![a1.id.clone(), a2.id.clone()])],
+        })
+        .await
+        .expect("again")
+        .into_inner();
+    assert_eq!(again.updated, 0);
+
+    // Bad input names the field and changes nothing.
+    let refused = |request| {
+        let mut client = client.clone();
+        async move {
+            let status = client
+                .record_deliveries(request)
+                .await
+                .expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            status.message().to_owned()
+        }
+    };
+    let empty = refused(proto::RecordDeliveriesRequest { receipts: vec![] }).await;
+    assert!(empty.starts_with("receipts:"), "{empty}");
+    let twice = refused(proto::RecordDeliveriesRequest {
+        receipts: vec![
+            receipts(32, vec![b1.id.clone()]),
+            receipts(32, vec![b1.id.clone()]),
+        ],
+    })
+    .await;
+    assert!(twice.starts_with("receipts[1]"), "{twice}");
+    let bad_id = refused(proto::RecordDeliveriesRequest {
+        receipts: vec![receipts(32, vec!["nope".into()])],
+    })
+    .await;
+    assert!(bad_id.starts_with("receipts[0].ids[0]"), "{bad_id}");
+    let nobody = refused(proto::RecordDeliveriesRequest {
+        receipts: vec![proto::DeliveryReceipts {
+            vendor_id: None,
+            customer_id: None,
+            ids: vec![b1.id.clone()],
+        }],
+    })
+    .await;
+    assert!(nobody.starts_with("receipts[0]."), "{nobody}");
+}
