@@ -126,6 +126,7 @@ suite!(
     content_comes_back_exactly_and_changes_are_published,
     idempotency_keys_are_unique_per_recipient,
     marking_moves_forward_and_keeps_the_unread_count,
+    receipts_for_many_users_at_once_touch_only_their_own,
     pages_are_newest_first_with_one_snapshot,
     rooms_and_peers,
     presence_counts_every_node_and_expires,
@@ -309,6 +310,56 @@ async fn marking_moves_forward_and_keeps_the_unread_count(b: Backend) {
             (Status::Delivered, 2)
         ]
     );
+}
+
+/// Many DELIVERED marks at once (as RecordDeliveries makes them) land in
+/// one write group; each still counts and touches only its own user's
+/// notifications.
+async fn receipts_for_many_users_at_once_touch_only_their_own(b: Backend) {
+    let users: Vec<User> = (300..340).map(User::vendor).collect();
+    let mut ids = Vec::new();
+    for &user in &users {
+        let created = b
+            .store
+            .create((0..3).map(|n| new(user, n)).collect())
+            .await
+            .unwrap();
+        ids.push(
+            created
+                .into_iter()
+                .map(|c| c.notification.id)
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Each user names its own first two, its first again, and the next
+    // user's third (not theirs).
+    let marks = users.iter().enumerate().map(|(i, &user)| {
+        let store = b.store.clone();
+        let mut wanted = vec![ids[i][0].clone(), ids[i][1].clone(), ids[i][0].clone()];
+        wanted.push(ids[(i + 1) % users.len()][2].clone());
+        async move { store.mark(user, wanted, Status::Delivered).await.unwrap() }
+    });
+    let handles: Vec<_> = marks.map(tokio::spawn).collect();
+    for handle in handles {
+        let outcome = handle.await.unwrap();
+        assert_eq!(outcome.updated.len(), 2, "{outcome:?}");
+        assert_eq!(outcome.unread, 3);
+    }
+    for user_ids in &ids {
+        let statuses: Vec<Status> = statuses_of(&b, user_ids).await;
+        assert_eq!(
+            statuses,
+            vec![Status::Delivered, Status::Delivered, Status::Sent]
+        );
+    }
+}
+
+async fn statuses_of(b: &Backend, ids: &[String]) -> Vec<Status> {
+    let mut statuses = Vec::new();
+    for id in ids {
+        statuses.push(b.store.get(id).await.unwrap().unwrap().status);
+    }
+    statuses
 }
 
 async fn pages_are_newest_first_with_one_snapshot(b: Backend) {
