@@ -440,3 +440,136 @@ async fn record_deliveries_marks_each_users_own_notifications_delivered() {
     .await;
     assert!(nobody.starts_with("receipts[0]."), "{nobody}");
 }
+
+/// Secrets given on the command line never reach the logs, even at debug
+/// level and through refused calls: the core's API token, and the bridge's
+/// JWT secret and API token.
+#[tokio::test]
+async fn secrets_never_appear_in_logs() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    const TOKEN: &str = "api-token-do-not-log-4f1c";
+    const SECRET: &str = "jwt-secret-do-not-log-9a7e2b";
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("n.db").display());
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_notify"))
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let ready_field = |child: &mut std::process::Child, prefix: &str, field: &str| {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().unwrap();
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with(prefix))
+            .expect("ready line");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(field))
+            .unwrap()
+            .to_owned()
+    };
+    let mut core = spawn(&[
+        "core",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+        "--api-token",
+        TOKEN,
+    ]);
+    let grpc = ready_field(&mut core, "notify core ready", "grpc=");
+    let mut bridge = spawn(&[
+        "bridge",
+        "--listen",
+        "127.0.0.1:0",
+        "--core-url",
+        &format!("http://{grpc}"),
+        "--jwt-secret",
+        SECRET,
+        "--api-token",
+        TOKEN,
+    ]);
+    let http = ready_field(&mut bridge, "notify bridge ready", "http=");
+
+    // A refused call with a wrong token, and a good one.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut wrong = proto::notification_service_client::NotificationServiceClient::with_interceptor(
+        channel.clone(),
+        |mut request: tonic::Request<()>| {
+            request.metadata_mut().insert(
+                "authorization",
+                "Bearer api-token-do-not-log-4f1X".parse().unwrap(),
+            );
+            Ok(request)
+        },
+    );
+    let refused = wrong.create_notification(simple(5, 1)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // The bridge talks to the core with its token (health checks for /readyz).
+    for _ in 0..30 {
+        let ready = http_get(&http, "/readyz").await;
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let metrics = http_get(&http, "/metrics").await;
+    assert!(!metrics.contains(SECRET) && !metrics.contains(TOKEN));
+
+    let mut logs = String::new();
+    for mut child in [bridge, core] {
+        terminate(&child);
+        child.wait().unwrap();
+        let mut text = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        logs.push_str(&text);
+    }
+    assert!(
+        logs.contains("DEBUG") || logs.contains("debug"),
+        "debug logging was on: {logs}"
+    );
+    assert!(!logs.contains(SECRET), "the JWT secret was logged");
+    assert!(!logs.contains(TOKEN), "the API token was logged");
+    assert!(!logs.contains("4f1X"), "a presented token was logged");
+}
+
+/// SIGTERM, so the process flushes its logs as it stops.
+fn terminate(child: &std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+/// `GET path` over a plain HTTP/1.1 connection; the whole response.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response
+}
