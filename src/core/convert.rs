@@ -150,7 +150,6 @@ mod tests {
     /// last place off, because serde_json's default parser is not correctly
     /// rounded (its `float_roundtrip` feature is).
     #[test]
-    #[ignore = "fails until serde_json's float_roundtrip feature is enabled in Cargo.toml"]
     fn full_precision_doubles_come_back_bit_for_bit() {
         for n in [
             378614.58032486675,
