@@ -117,6 +117,10 @@ enum Scenario {
         /// Seconds per step.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Recipients per call: 1 = CreateNotification, more =
+        /// CreateNotifications (creates/s then counts notifications).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// For each bridge and socket count: memory when idle, then rising
     /// rates until p99 passes the limit. Draws the charts.
@@ -227,14 +231,18 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
         Scenario::Creates {
             concurrency,
             seconds,
+            batch,
         } => {
-            let report = scenario::creates(programs, &concurrency, seconds).await?;
+            let report = scenario::creates(programs, &concurrency, seconds, batch).await?;
             let (sweep, ceiling) = scenario::creates_tables(&report);
             output.write(
                 "creates",
                 &[
                     (
-                        format!("core creates/s, synchronous={}", report.synchronous),
+                        format!(
+                            "core creates/s, synchronous={}, {} recipient(s) per call",
+                            report.synchronous, batch
+                        ),
                         sweep,
                     ),
                     (
@@ -256,10 +264,13 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
             stop_p99_ms,
             offer,
         } => {
-            let (mut idle, mut fanout) = (Vec::new(), Vec::new());
+            let (mut idle, mut fanout, mut failed) = (Vec::new(), Vec::new(), Vec::new());
             for target in target.list() {
                 for &count in &sockets {
-                    let (idle_row, phases) = scenario::fanout(
+                    // One step that cannot run (too few descriptors, a
+                    // bridge that gives up) is reported, not fatal: the
+                    // others still make the curves.
+                    match scenario::fanout(
                         programs,
                         target,
                         count,
@@ -268,9 +279,20 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
                         ramp,
                         stop_p99_ms,
                     )
-                    .await?;
-                    idle.extend(idle_row);
-                    fanout.extend(phases);
+                    .await
+                    {
+                        Ok((idle_row, phases)) => {
+                            idle.extend(idle_row);
+                            fanout.extend(phases);
+                        }
+                        Err(error) => {
+                            eprintln!(
+                                "sweep {} at {count} sockets failed: {error:#}",
+                                target.name()
+                            );
+                            failed.push(format!("{} at {count} sockets: {error:#}", target.name()));
+                        }
+                    }
                 }
             }
             let summary = summary_table(&idle, &fanout, stop_p99_ms);
@@ -290,6 +312,9 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
                 &json!({ "idle": idle, "fanout": fanout }),
             )?;
             draw_charts(&output, &idle, &fanout)?;
+            if !failed.is_empty() {
+                bail!("sweep steps failed: {}", failed.join("; "));
+            }
             check_all(&fanout)
         }
     }

@@ -455,6 +455,7 @@ pub async fn creates(
     programs: &Programs,
     concurrency: &[usize],
     seconds: f64,
+    batch: usize,
 ) -> anyhow::Result<CreatesReport> {
     let core = Core::start(programs)?;
     let mut rows = Vec::new();
@@ -465,7 +466,7 @@ pub async fn creates(
             Offer {
                 clients,
                 rate: 0,
-                batch: 1,
+                batch: batch.max(1),
                 users: 10_000,
                 seconds,
             },
