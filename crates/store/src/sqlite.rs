@@ -236,26 +236,32 @@ async fn apply(
                 }
                 continue;
             }
-            WriteOp::Mark { status, .. } if *status != Status::Read => {
-                // Consecutive receipts (DELIVERED) share one UPDATE and one
-                // read of the counts, however many users they are for.
-                let mut run = Vec::new();
-                while let Some(WriteOp::Mark {
-                    user,
-                    ids,
-                    status: next,
-                }) = ops.get(index)
-                    && next == status
-                {
-                    run.push((*user, ids.as_slice()));
+            WriteOp::Mark { user, ids, status } => {
+                let marked: Vec<(User, MarkOutcome)> = if *status == Status::Read {
+                    // READ moves the unread count: one op at a time.
                     index += 1;
-                }
-                for ((user, _), outcome) in
-                    run.iter().zip(mark_run(&mut tx, &run, *status, now).await?)
-                {
+                    vec![(*user, mark(&mut tx, *user, ids, *status, now).await?)]
+                } else {
+                    // Consecutive receipts (DELIVERED) share one UPDATE and
+                    // one read of the counts, however many users they are for.
+                    let mut run = Vec::new();
+                    while let Some(WriteOp::Mark {
+                        user,
+                        ids,
+                        status: next,
+                    }) = ops.get(index)
+                        && next == status
+                    {
+                        run.push((*user, ids.as_slice()));
+                        index += 1;
+                    }
+                    let outcomes = mark_run(&mut tx, &run, *status, now).await?;
+                    run.iter().map(|(user, _)| *user).zip(outcomes).collect()
+                };
+                for (user, outcome) in marked {
                     if !outcome.updated.is_empty() {
                         changes.push(Change::Updated {
-                            user: *user,
+                            user,
                             ids: outcome.updated.clone(),
                             status: *status,
                             updated_at: now,
@@ -265,19 +271,6 @@ async fn apply(
                     outcomes.push(Outcome::Marked(outcome));
                 }
                 continue;
-            }
-            WriteOp::Mark { user, ids, status } => {
-                let outcome = mark(&mut tx, *user, ids, *status, now).await?;
-                if !outcome.updated.is_empty() {
-                    changes.push(Change::Updated {
-                        user: *user,
-                        ids: outcome.updated.clone(),
-                        status: *status,
-                        updated_at: now,
-                        unread: outcome.unread,
-                    });
-                }
-                outcomes.push(Outcome::Marked(outcome));
             }
             WriteOp::Join { room, user } => {
                 sqlx::query(
