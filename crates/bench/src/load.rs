@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use notify::proto;
 use notify_store::User;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -138,7 +138,7 @@ pub struct Offer {
 }
 
 /// What the gRPC side did.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Created {
     /// Notifications acknowledged by the core.
     pub created: u64,

@@ -18,7 +18,7 @@ mod stats;
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -121,6 +121,12 @@ enum Scenario {
         /// CreateNotifications (creates/s then counts notifications).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+    },
+    /// Draws the sweep's charts again from a saved `sweep.json`.
+    Chart {
+        /// The JSON a sweep wrote.
+        #[arg(long)]
+        from: PathBuf,
     },
     /// For each bridge and socket count: memory when idle, then rising
     /// rates until p99 passes the limit. Draws the charts.
@@ -255,6 +261,20 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
                 ],
                 &json!({ "creates": report }),
             )?;
+            Ok(())
+        }
+        Scenario::Chart { from } => {
+            #[derive(serde::Deserialize)]
+            struct Saved {
+                idle: Vec<IdleRow>,
+                fanout: Vec<FanoutRow>,
+            }
+            let text = std::fs::read_to_string(&from)
+                .with_context(|| format!("read {}", from.display()))?;
+            let saved: Saved = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a sweep's JSON", from.display()))?;
+            draw_charts(&output, &saved.idle, &saved.fanout)?;
+            eprintln!("charts in {}", output.path("").display());
             Ok(())
         }
         Scenario::Sweep {
@@ -440,10 +460,11 @@ fn draw_charts(output: &Output, idle: &[IdleRow], fanout: &[FanoutRow]) -> anyho
     }
     line_chart(
         &output.path("sweep-latency.svg"),
-        "p99 create→receive against delivered notifications/s",
+        "p99 create→receive against delivered notifications/s, by bridge and sockets",
         "delivered notifications/s",
-        "p99 ms",
+        "p99 ms (log scale)",
         &latency,
+        true,
     )?;
     let memory: Vec<Series> = [Target::Ours, Target::Peer]
         .into_iter()
@@ -463,6 +484,7 @@ fn draw_charts(output: &Output, idle: &[IdleRow], fanout: &[FanoutRow]) -> anyho
         "connected sockets",
         "RSS MiB",
         &memory,
+        false,
     )?;
     Ok(())
 }

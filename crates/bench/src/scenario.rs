@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ceiling;
 use crate::load::{self, Created, Offer, Ramp, Sockets};
@@ -14,7 +14,7 @@ use crate::stack::{Core, Programs, Stack, Target, Usage};
 use crate::stats::{Latency, median};
 
 /// Memory after `sockets` idle sockets, each its own user.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdleRow {
     /// Which bridge.
     pub target: Target,
@@ -115,7 +115,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// One measured phase of steady load over connected sockets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FanoutRow {
     /// Which bridge.
     pub target: Target,

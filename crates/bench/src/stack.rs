@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use notify::proto::notification_service_client::NotificationServiceClient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 /// The signing secret every token of a run is made with.
 pub const SECRET: &str = "bench-secret-of-at-least-16-bytes";
 
 /// Which bridge a run loads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// `notify bridge`.

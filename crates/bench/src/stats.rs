@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Microseconds since the Unix epoch: senders stamp `content.sentAt` with
 /// it and receivers subtract it, on the same machine's clock.
@@ -72,7 +72,7 @@ impl Recorder {
 }
 
 /// The summary every report quotes, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     /// Number of samples.
     pub count: u64,
