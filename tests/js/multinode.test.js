@@ -38,12 +38,17 @@ test("a user on both bridges is offline once, after both sockets close", { skip:
   await coreA.call("JoinRoom", { room: "order:77", customerId: 63 });
   const peerOn1 = await connect(bridge1, { auth: { token: token({ customer: 63 }) } });
   const peerOn2 = await connect(bridge2, { auth: { token: token({ customer: 63 }) } });
-  const viaBridge1 = await connect(bridge1, { auth: { token: token({ vendor: 62 }) } });
+  // Through bridge 2 first: once the peers hear it online, core B's entry
+  // is stored. Then bridge 1 too (core A's entry is written after its
+  // connect, and before its disconnect, in A's order).
   const viaBridge2 = await connect(bridge2, { auth: { token: token({ vendor: 62 }) } });
+  let viaBridge1;
   try {
     for (const peer of [peerOn1, peerOn2]) {
       await until(peer, () => events(peer, "userIsOnline").some((e) => e.data.vendorId === 62), "userIsOnline");
     }
+    viaBridge1 = await connect(bridge1, { auth: { token: token({ vendor: 62 }) } });
+    await until(viaBridge1, () => events(viaBridge1, "unreadCount").length, "connected through bridge 1");
     viaBridge1.close();
     await sleep(1500);
     for (const peer of [peerOn1, peerOn2]) {
@@ -61,6 +66,6 @@ test("a user on both bridges is offline once, after both sockets close", { skip:
       assert.equal(offline[0].data.customerId, null);
     }
   } finally {
-    for (const s of [peerOn1, peerOn2, viaBridge1, viaBridge2]) s.close();
+    for (const s of [peerOn1, peerOn2, viaBridge1, viaBridge2]) s?.close();
   }
 });

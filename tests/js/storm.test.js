@@ -78,15 +78,26 @@ test("presence stays exact through a connection storm", { timeout: (SECONDS + 24
   for (let i = 0; i < 200 && (await onlineByCore()).size > 0; i++) await sleep(100);
   assert.equal((await onlineByCore()).size, 0);
 
-  // What the peer heard alternates per user and ends offline.
-  await sleep(1000);
-  const heard = new Map();
-  for (const { event, data } of observer.received) {
-    if (event !== "userIsOnline" && event !== "userIsOffline") continue;
-    const list = heard.get(data.data.vendorId) ?? [];
-    list.push(event === "userIsOnline");
-    heard.set(data.data.vendorId, list);
+  // What the peer heard alternates per user and ends offline. The store
+  // says offline before the announcements reach the peer, so wait (up to
+  // 15 s) for the peer to have heard every user's last one.
+  const hearing = () => {
+    const heard = new Map();
+    for (const { event, data } of observer.received) {
+      if (event !== "userIsOnline" && event !== "userIsOffline") continue;
+      const list = heard.get(data.data.vendorId) ?? [];
+      list.push(event === "userIsOnline");
+      heard.set(data.data.vendorId, list);
+    }
+    return heard;
+  };
+  let heard = hearing();
+  for (let i = 0; i < 150 && [...heard.values()].some((changes) => changes.at(-1)); i++) {
+    await sleep(100);
+    heard = hearing();
   }
+  await sleep(500); // and nothing more arrives after the last offline
+  heard = hearing();
   assert.equal(heard.size, USERS, "every user was announced");
   for (const [vendor, changes] of heard) {
     for (let i = 1; i < changes.length; i++) {
