@@ -77,7 +77,7 @@ impl Sockets {
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         while self.opened < total {
             pace.tick().await;
-            while self.opened - self.ready() - self.failed() >= ramp.in_flight {
+            while self.opened.saturating_sub(self.ready() + self.failed()) >= ramp.in_flight {
                 if Instant::now() > deadline {
                     bail!("sockets did not connect within 300 s");
                 }
