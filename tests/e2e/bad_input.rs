@@ -1,7 +1,7 @@
-//! The bad-input table below has 207 cases (192 refused, 15 accepted edges).
+//! The bad-input table below has 220 cases (203 refused, 17 accepted edges).
 //!
 //! Bad input over gRPC as one table. Each case is a request to one of the
-//! nine RPCs (a prost message, or hand-encoded protobuf bytes where prost
+//! ten RPCs (a prost message, or hand-encoded protobuf bytes where prost
 //! cannot produce it: invalid UTF-8, broken varints, content nested 10,000
 //! deep), the status code it must get and the field its message must name.
 //! One core answers them all, after notifications, read states and room
@@ -33,7 +33,7 @@ use crate::{simple, to_json, to_struct};
 /// tonic's default limit on a received message.
 const MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
-/// The nine RPCs of `notify.v1.NotificationService`.
+/// The ten RPCs of `notify.v1.NotificationService`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rpc {
     CreateNotification,
@@ -41,6 +41,7 @@ enum Rpc {
     GetNotification,
     ListOffline,
     MarkNotifications,
+    RecordDeliveries,
     StreamUserEvents,
     JoinRoom,
     LeaveRoom,
@@ -60,6 +61,7 @@ enum Req {
     Get(proto::GetNotificationRequest),
     List(proto::ListOfflineRequest),
     Mark(proto::MarkNotificationsRequest),
+    Deliveries(proto::RecordDeliveriesRequest),
     Stream(proto::StreamUserEventsRequest),
     Join(proto::RoomRequest),
     Leave(proto::RoomRequest),
@@ -75,6 +77,7 @@ impl Req {
             Req::Get(_) => Rpc::GetNotification,
             Req::List(_) => Rpc::ListOffline,
             Req::Mark(_) => Rpc::MarkNotifications,
+            Req::Deliveries(_) => Rpc::RecordDeliveries,
             Req::Stream(_) => Rpc::StreamUserEvents,
             Req::Join(_) => Rpc::JoinRoom,
             Req::Leave(_) => Rpc::LeaveRoom,
@@ -90,6 +93,7 @@ impl Req {
             Req::Get(m) => m.encode_to_vec(),
             Req::List(m) => m.encode_to_vec(),
             Req::Mark(m) => m.encode_to_vec(),
+            Req::Deliveries(m) => m.encode_to_vec(),
             Req::Stream(m) => m.encode_to_vec(),
             Req::Join(m) | Req::Leave(m) => m.encode_to_vec(),
             Req::Members(m) => m.encode_to_vec(),
@@ -1119,6 +1123,87 @@ fn cases(ids: &Ids) -> Vec<Case> {
         list(|r| r.vendor_id = Some(i64::MAX)),
     );
 
+    t.category("delivery receipts");
+    // Valid as it stands: it would move vendor 5's unread notification to
+    // DELIVERED, so a bad case the server took would show in the snapshot.
+    let deliveries = |edit: &dyn Fn(&mut proto::RecordDeliveriesRequest)| {
+        let mut request = proto::RecordDeliveriesRequest {
+            receipts: vec![proto::DeliveryReceipts {
+                vendor_id: Some(5),
+                customer_id: None,
+                ids: vec![ids.unread.clone()],
+            }],
+        };
+        edit(&mut request);
+        Req::Deliveries(request)
+    };
+    t.bad(
+        "receipts: none",
+        deliveries(&|r| r.receipts.clear()),
+        "receipts",
+    );
+    t.bad(
+        "receipts: 1,001 users",
+        deliveries(&|r| {
+            let one = r.receipts[0].clone();
+            r.receipts = (0..1001)
+                .map(|n| proto::DeliveryReceipts {
+                    vendor_id: Some(1_000 + n),
+                    ..one.clone()
+                })
+                .collect();
+        }),
+        "receipts",
+    );
+    t.bad(
+        "receipts: a user twice",
+        deliveries(&|r| r.receipts.push(r.receipts[0].clone())),
+        "receipts[1]",
+    );
+    t.bad(
+        "receipts: no recipient",
+        deliveries(&|r| r.receipts[0].vendor_id = None),
+        "receipts[0].vendorId",
+    );
+    t.bad(
+        "receipts: two recipients",
+        deliveries(&|r| r.receipts[0].customer_id = Some(12)),
+        "receipts[0].vendorId",
+    );
+    t.bad(
+        "receipts: negative vendor id",
+        deliveries(&|r| r.receipts[0].vendor_id = Some(-5)),
+        "receipts[0].vendorId",
+    );
+    t.bad(
+        "receipts: no ids",
+        deliveries(&|r| r.receipts[0].ids.clear()),
+        "receipts[0].ids",
+    );
+    t.bad(
+        "receipts: 1,001 ids",
+        deliveries(&|r| r.receipts[0].ids = vec![r.receipts[0].ids[0].clone(); 1001]),
+        "receipts[0].ids",
+    );
+    t.bad(
+        "receipts: a malformed id after a good one",
+        deliveries(&|r| r.receipts[0].ids.push("not-an-id".into())),
+        "receipts[0].ids[1]",
+    );
+    t.bad(
+        "receipts: a 3 MiB id",
+        deliveries(&|r| r.receipts[0].ids.push("f".repeat(3 << 20))),
+        "receipts[0].ids[1]",
+    );
+    t.accept(
+        "receipts: another user's id, nothing changes",
+        deliveries(&|r| r.receipts[0].ids = vec![ids.other_user.clone()]),
+    );
+    t.accept(
+        "receipts: a READ notification stays READ",
+        deliveries(&|r| r.receipts[0].ids = vec![ids.read.clone()]),
+    );
+
     t.category("malformed protobuf");
     for rpc in [
         Rpc::CreateNotification,
@@ -1126,6 +1211,7 @@ fn cases(ids: &Ids) -> Vec<Case> {
         Rpc::GetNotification,
         Rpc::ListOffline,
         Rpc::MarkNotifications,
+        Rpc::RecordDeliveries,
         Rpc::StreamUserEvents,
         Rpc::JoinRoom,
         Rpc::LeaveRoom,
@@ -1137,6 +1223,7 @@ fn cases(ids: &Ids) -> Vec<Case> {
             Rpc::GetNotification => ("get: empty message", "id"),
             Rpc::ListOffline => ("list: empty message", "vendorId"),
             Rpc::MarkNotifications => ("mark: empty message", "vendorId"),
+            Rpc::RecordDeliveries => ("receipts: empty message", "receipts"),
             Rpc::StreamUserEvents => ("stream: empty message", "vendorId"),
             Rpc::JoinRoom => ("join: empty message", "room"),
             Rpc::LeaveRoom => ("leave: empty message", "room"),
@@ -1583,7 +1670,7 @@ fn the_table_has_at_least_100_cases_and_says_how_many() {
     let names: BTreeSet<_> = cases.iter().map(|c| c.name).collect();
     assert_eq!(names.len(), cases.len(), "case names must be unique");
     let rpcs: BTreeSet<_> = cases.iter().map(|c| c.request.rpc()).collect();
-    assert_eq!(rpcs.len(), 9, "every RPC has cases");
+    assert_eq!(rpcs.len(), 10, "every RPC has cases");
 }
 
 #[test]
