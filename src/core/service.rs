@@ -127,22 +127,13 @@ impl NotificationService for Api {
         let _timer = Timer::start("CreateNotifications");
         let request = request.into_inner();
         let batch = (|| -> Result<_, FieldError> {
-            if request.recipients.is_empty() {
-                return Err(FieldError {
-                    field: "recipients".into(),
-                    reason: "must list at least one recipient".into(),
-                });
-            }
-            if request.recipients.len() > validate::MAX_BULK {
-                return Err(FieldError {
-                    field: "recipients".into(),
-                    reason: format!(
-                        "must list at most {} recipients, got {}",
-                        validate::MAX_BULK,
-                        request.recipients.len()
-                    ),
-                });
-            }
+            let users = validate::users(
+                "recipients",
+                request
+                    .recipients
+                    .iter()
+                    .map(|r| (r.vendor_id, r.customer_id)),
+            )?;
             let template = new_notification(
                 User::vendor(1),
                 &request.r#type,
@@ -151,26 +142,13 @@ impl NotificationService for Api {
                 request.priority,
                 &request.idempotency_key,
             )?;
-            let mut seen = std::collections::HashSet::with_capacity(request.recipients.len());
-            let mut batch = Vec::with_capacity(request.recipients.len());
-            for (index, recipient) in request.recipients.iter().enumerate() {
-                let user = validate::recipient(recipient.vendor_id, recipient.customer_id)
-                    .map_err(|e| FieldError {
-                        field: format!("recipients[{index}].{}", e.field),
-                        reason: e.reason,
-                    })?;
-                if !seen.insert(user) {
-                    return Err(FieldError {
-                        field: format!("recipients[{index}]"),
-                        reason: format!("{user} is listed twice"),
-                    });
-                }
-                batch.push(NewNotification {
-                    recipient: user,
+            Ok(users
+                .into_iter()
+                .map(|recipient| NewNotification {
+                    recipient,
                     ..template.clone()
-                });
-            }
-            Ok(batch)
+                })
+                .collect::<Vec<_>>())
         })()
         .map_err(invalid)?;
         let created = self.core.store.create(batch).await.map_err(store_status)?;
@@ -264,34 +242,25 @@ impl NotificationService for Api {
         let _timer = Timer::start("RecordDeliveries");
         let request = request.into_inner();
         let marks = (|| -> Result<_, FieldError> {
-            if request.receipts.is_empty() || request.receipts.len() > validate::MAX_BULK {
-                return Err(FieldError {
-                    field: "receipts".into(),
-                    reason: format!(
-                        "must list 1 to {} users, got {}",
-                        validate::MAX_BULK,
-                        request.receipts.len()
-                    ),
-                });
-            }
-            let mut seen = std::collections::HashSet::with_capacity(request.receipts.len());
-            let mut marks = Vec::with_capacity(request.receipts.len());
-            for (index, receipts) in request.receipts.iter().enumerate() {
-                let within = |e: FieldError| FieldError {
-                    field: format!("receipts[{index}].{}", e.field),
-                    reason: e.reason,
-                };
-                let user = validate::recipient(receipts.vendor_id, receipts.customer_id)
-                    .map_err(within)?;
-                if !seen.insert(user) {
-                    return Err(FieldError {
-                        field: format!("receipts[{index}]"),
-                        reason: format!("{user} is listed twice"),
-                    });
-                }
-                marks.push((user, validate::ids(&receipts.ids).map_err(within)?));
-            }
-            Ok(marks)
+            let users = validate::users(
+                "receipts",
+                request
+                    .receipts
+                    .iter()
+                    .map(|r| (r.vendor_id, r.customer_id)),
+            )?;
+            users
+                .into_iter()
+                .zip(&request.receipts)
+                .enumerate()
+                .map(|(index, (user, receipts))| {
+                    let ids = validate::ids(&receipts.ids).map_err(|e| FieldError {
+                        field: format!("receipts[{index}].{}", e.field),
+                        reason: e.reason,
+                    })?;
+                    Ok((user, ids))
+                })
+                .collect::<Result<Vec<_>, FieldError>>()
         })()
         .map_err(invalid)?;
         // Side by side: the store's group commit folds them into one

@@ -65,6 +65,38 @@ pub fn recipient(vendor_id: Option<i64>, customer_id: Option<i64>) -> Result<Use
     }
 }
 
+/// The users of a list field such as `recipients` or `receipts`: 1 ..=
+/// [`MAX_BULK`] entries, each a valid recipient, none named twice. Errors
+/// name the entry as JSON spells it (`recipients[3].vendorId`).
+pub fn users(
+    field: &str,
+    entries: impl ExactSizeIterator<Item = (Option<i64>, Option<i64>)>,
+) -> Result<Vec<User>, FieldError> {
+    let count = entries.len();
+    if count == 0 || count > MAX_BULK {
+        return Err(FieldError::new(
+            field,
+            format!("must list 1 to {MAX_BULK} users, got {count}"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    let mut users = Vec::with_capacity(count);
+    for (index, (vendor_id, customer_id)) in entries.enumerate() {
+        let user = recipient(vendor_id, customer_id).map_err(|e| FieldError {
+            field: format!("{field}[{index}].{}", e.field),
+            reason: e.reason,
+        })?;
+        if !seen.insert(user) {
+            return Err(FieldError::new(
+                format!("{field}[{index}]"),
+                format!("{user} is listed twice"),
+            ));
+        }
+        users.push(user);
+    }
+    Ok(users)
+}
+
 /// Non-empty, at most 128 characters, no control characters.
 pub fn kind(text: &str) -> Result<String, FieldError> {
     if text.trim().is_empty() {
@@ -259,6 +291,26 @@ pub fn room(text: &str) -> Result<String, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_are_counted_checked_and_named_once() {
+        let entry = |v: i64| (Some(v), None);
+        assert_eq!(
+            users("recipients", [entry(5), (None, Some(5))].into_iter()).unwrap(),
+            vec![User::vendor(5), User::customer(5)]
+        );
+        let error = users("receipts", std::iter::empty()).unwrap_err();
+        assert_eq!(error.field, "receipts");
+        let error = users("receipts", (1..1002i32).map(|v| entry(v.into()))).unwrap_err();
+        assert_eq!(
+            (error.field.as_str(), error.reason.contains("1001")),
+            ("receipts", true)
+        );
+        let error = users("recipients", [entry(5), entry(-1)].into_iter()).unwrap_err();
+        assert_eq!(error.field, "recipients[1].vendorId");
+        let error = users("recipients", [entry(5), entry(5)].into_iter()).unwrap_err();
+        assert_eq!(error.field, "recipients[1]");
+    }
 
     #[test]
     fn recipient_needs_exactly_one_positive_id() {
