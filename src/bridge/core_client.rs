@@ -84,20 +84,18 @@ impl CoreClient {
 
     /// A client on the user's channel.
     pub fn for_user(&self, user: User) -> CoreApi {
-        let index =
-            (user.id.unsigned_abs() as usize ^ user.role.code() as usize) % self.channels.len();
-        NotificationServiceClient::with_interceptor(
-            self.channels[index].clone(),
-            self.token.clone(),
-        )
-        .max_decoding_message_size(16 * 1024 * 1024)
+        self.on_channel(user.id.unsigned_abs() as usize ^ user.role.code() as usize)
     }
 
     /// A client on the next channel in turn, for calls about many users.
     pub fn any(&self) -> CoreApi {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.on_channel(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A client on channel `index` (modulo their number).
+    fn on_channel(&self, index: usize) -> CoreApi {
         NotificationServiceClient::with_interceptor(
-            self.channels[index].clone(),
+            self.channels[index % self.channels.len()].clone(),
             self.token.clone(),
         )
         .max_decoding_message_size(16 * 1024 * 1024)

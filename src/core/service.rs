@@ -254,10 +254,8 @@ impl NotificationService for Api {
                 .zip(&request.receipts)
                 .enumerate()
                 .map(|(index, (user, receipts))| {
-                    let ids = validate::ids(&receipts.ids).map_err(|e| FieldError {
-                        field: format!("receipts[{index}].{}", e.field),
-                        reason: e.reason,
-                    })?;
+                    let ids = validate::ids(&receipts.ids)
+                        .map_err(|e| e.within(&format!("receipts[{index}]")))?;
                     Ok((user, ids))
                 })
                 .collect::<Result<Vec<_>, FieldError>>()

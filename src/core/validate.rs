@@ -39,6 +39,15 @@ impl FieldError {
             reason: reason.into(),
         }
     }
+
+    /// The same error for a field inside an entry of a list
+    /// (`ids[0]` within `receipts[3]` is `receipts[3].ids[0]`).
+    pub fn within(self, entry: &str) -> FieldError {
+        FieldError {
+            field: format!("{entry}.{}", self.field),
+            reason: self.reason,
+        }
+    }
 }
 
 impl std::fmt::Display for FieldError {
@@ -82,10 +91,8 @@ pub fn users(
     let mut seen = std::collections::HashSet::with_capacity(count);
     let mut users = Vec::with_capacity(count);
     for (index, (vendor_id, customer_id)) in entries.enumerate() {
-        let user = recipient(vendor_id, customer_id).map_err(|e| FieldError {
-            field: format!("{field}[{index}].{}", e.field),
-            reason: e.reason,
-        })?;
+        let user = recipient(vendor_id, customer_id)
+            .map_err(|e| e.within(&format!("{field}[{index}]")))?;
         if !seen.insert(user) {
             return Err(FieldError::new(
                 format!("{field}[{index}]"),
