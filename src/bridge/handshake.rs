@@ -10,15 +10,25 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// Middleware: hands Socket.IO requests on with their URI and headers in
+/// Middleware: hands Socket.IO handshakes on with their URI and headers in
 /// allocations of their own.
 pub async fn copy_out_of_read_buffer(request: Request, next: Next) -> Response {
-    let request = if request.uri().path().starts_with("/socket.io") {
+    let request = if opens_a_session(request.uri()) {
         detached(request)
     } else {
         request
     };
     next.run(request).await
+}
+
+/// A Socket.IO request without a session id opens a session, whose request
+/// is the one kept; later polls and the upgrade of a polling session carry
+/// `sid=` and are not kept, so copying them would be work for nothing.
+fn opens_a_session(uri: &Uri) -> bool {
+    uri.path().starts_with("/socket.io")
+        && !uri
+            .query()
+            .is_some_and(|query| query.split('&').any(|pair| pair.starts_with("sid=")))
 }
 
 /// The same request, its URI and headers copied (body and extensions, such
@@ -45,6 +55,16 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use bytes::Bytes;
+
+    #[test]
+    fn only_requests_that_open_a_session_are_copied() {
+        let opens = |uri: &str| opens_a_session(&uri.parse().unwrap());
+        assert!(opens("/socket.io/?EIO=4&transport=websocket"));
+        assert!(opens("/socket.io/?EIO=4&transport=polling&t=abc"));
+        assert!(!opens("/socket.io/?EIO=4&transport=polling&sid=xyz"));
+        assert!(!opens("/socket.io/?EIO=4&transport=websocket&sid=xyz"));
+        assert!(!opens("/metrics"));
+    }
 
     #[test]
     fn nothing_in_the_copy_points_into_the_read_buffer() {
