@@ -225,11 +225,23 @@ mod tests {
             hub.send(user, event(n));
             fast.events.recv().await.expect("fast stream keeps up");
         }
-        // The slow stream was flagged once its queue filled; the permit waits.
-        tokio::time::timeout(std::time::Duration::from_secs(1), slow.lagged.notified())
-            .await
-            .expect("slow stream flagged as lagging");
+        // A flag is a stored permit: `notified()` is ready at its first
+        // poll, which a zero timeout makes before it gives up.
+        let flagged = |subscription: &Subscription| {
+            let lagged = subscription.lagged.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::ZERO, lagged.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(
+            flagged(&slow).await,
+            "the slow stream is flagged as lagging"
+        );
         assert_eq!(slow.events.len(), STREAM_QUEUE);
+        assert!(!flagged(&fast).await, "the fast stream is not flagged");
+        assert!(fast.events.is_empty(), "the fast stream got every event");
     }
 
     #[test]

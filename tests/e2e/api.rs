@@ -518,14 +518,21 @@ async fn secrets_never_appear_in_logs() {
     );
     let refused = wrong.create_notification(simple(5, 1)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    // The bridge talks to the core with its token (health checks for /readyz).
-    for _ in 0..30 {
-        let ready = http_get(&http, "/readyz").await;
-        if ready.starts_with("HTTP/1.1 200") {
+    // The bridge talks to the core with its token (health checks for
+    // /readyz): without it getting through, the logs below would hold no
+    // authenticated calls worth checking.
+    let mut ready = false;
+    for _ in 0..300 {
+        if http_get(&http, "/readyz").await.starts_with("HTTP/1.1 200") {
+            ready = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert!(
+        ready,
+        "the bridge never reached the core with its api token"
+    );
     let metrics = http_get(&http, "/metrics").await;
     assert!(!metrics.contains(SECRET) && !metrics.contains(TOKEN));
 

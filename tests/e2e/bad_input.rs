@@ -1,5 +1,3 @@
-//! The bad-input table below has 220 cases (203 refused, 17 accepted edges).
-//!
 //! Bad input over gRPC as one table. Each case is a request to one of the
 //! ten RPCs (a prost message, or hand-encoded protobuf bytes where prost
 //! cannot produce it: invalid UTF-8, broken varints, content nested 10,000
@@ -1648,7 +1646,7 @@ async fn store_fixture(client: &mut Client) -> (Ids, Vec<String>) {
 }
 
 #[test]
-fn the_table_has_at_least_100_cases_and_says_how_many() {
+fn the_table_has_at_least_100_refused_cases_and_covers_every_rpc() {
     let ids = Ids {
         unread: "68553796000745d4620985b1".into(),
         read: "68553796000745d4620985b2".into(),
@@ -1656,17 +1654,12 @@ fn the_table_has_at_least_100_cases_and_says_how_many() {
     };
     let cases = cases(&ids);
     let refused = cases.iter().filter(|c| c.code != Code::Ok).count();
-    let header = format!(
-        "//! The bad-input table below has {} cases ({refused} refused, {} accepted edges).",
-        cases.len(),
-        cases.len() - refused
-    );
-    assert_eq!(
-        include_str!("bad_input.rs").lines().next(),
-        Some(header.as_str()),
-        "the first line of bad_input.rs should say how many cases there are"
-    );
     assert!(refused >= 100, "only {refused} refused cases");
+    assert!(
+        cases.len() > refused,
+        "accepted edges are in the table too: {} cases, {refused} refused",
+        cases.len()
+    );
     let names: BTreeSet<_> = cases.iter().map(|c| c.name).collect();
     assert_eq!(names.len(), cases.len(), "case names must be unique");
     let rpcs: BTreeSet<_> = cases.iter().map(|c| c.request.rpc()).collect();

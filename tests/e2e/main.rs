@@ -4,6 +4,7 @@
 
 mod api;
 mod bad_input;
+mod config;
 mod durability;
 mod grpcurl;
 mod harness;
@@ -81,6 +82,23 @@ pub async fn presence_events(
         }
     }
     events
+}
+
+/// The next presence event (`userOnline`, `userOffline`), waiting 10 s at most.
+pub async fn next_presence_event(
+    stream: &mut tonic::Streaming<proto::UserEvent>,
+) -> proto::user_event::Event {
+    use proto::user_event::Event;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("a presence event within 10 s")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(event @ (Event::UserOnline(_) | Event::UserOffline(_))) = message.event {
+            return event;
+        }
+    }
 }
 
 /// Every acknowledged notification reads back exactly as it was returned.

@@ -123,4 +123,12 @@ async fn observer_streams_do_not_count_as_online() {
             .await
             .is_empty()
     );
+    // The peer would have heard: a presence stream of the same user is
+    // announced to it.
+    let _connection = open(&mut client, Some(5), None, true).await;
+    let event = crate::next_presence_event(&mut peer).await;
+    assert!(
+        matches!(&event, Event::UserOnline(online) if online.vendor_id == Some(5)),
+        "{event:?}"
+    );
 }
