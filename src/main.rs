@@ -230,9 +230,10 @@ async fn run_core(args: CoreArgs) -> anyhow::Result<()> {
     if args.api_token.as_deref() == Some("") {
         anyhow::bail!("--api-token must not be empty");
     }
+    let config = core_config(args.store, args.api_token);
+    config.check()?;
     telemetry::metrics_handle();
     let (grpc, metrics) = notify::core::bind(&args.listen, args.metrics_listen.as_deref()).await?;
-    let config = core_config(args.store, args.api_token);
     notify::core::run(config, grpc, metrics, notify::shutdown::signal()).await
 }
 
@@ -258,6 +259,8 @@ async fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let config = core_config(args.store, None);
+    config.check()?;
     telemetry::metrics_handle();
     let (grpc, metrics) =
         notify::core::bind(&args.core_listen, args.metrics_listen.as_deref()).await?;
@@ -272,13 +275,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     println!("open {page}/#token={token}");
     // Either half failing stops the other; so does a signal.
     let core = async {
-        let result = notify::core::run(
-            core_config(args.store, None),
-            grpc,
-            metrics,
-            stop.clone().cancelled_owned(),
-        )
-        .await;
+        let result = notify::core::run(config, grpc, metrics, stop.clone().cancelled_owned()).await;
         stop.cancel();
         result
     };

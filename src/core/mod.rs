@@ -54,6 +54,24 @@ pub struct CoreConfig {
     pub postgres: PgOptions,
 }
 
+/// The shortest `--presence-ttl`: entries are refreshed three times per TTL,
+/// and a shorter one would turn the heartbeat into a write loop.
+pub const MIN_PRESENCE_TTL: Duration = Duration::from_secs(1);
+
+impl CoreConfig {
+    /// Refuses settings the core cannot run with, naming the flag.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.presence_ttl < MIN_PRESENCE_TTL {
+            bail!(
+                "--presence-ttl must be at least {}, got {}",
+                humantime::format_duration(MIN_PRESENCE_TTL),
+                humantime::format_duration(self.presence_ttl)
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The business side of the core, reachable without gRPC.
 pub struct Core {
     /// Where notifications live.
