@@ -555,7 +555,24 @@ impl Store for PgStore {
     ) -> Result<MarkOutcome, StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
-        let counters = lock_users(&mut tx, &[user]).await?;
+        // Lock the user's row only if it exists: a user without one has no
+        // notifications to mark, and a mark must not create rows (any id
+        // a caller names would otherwise leave one behind).
+        let before: Option<i64> = sqlx::query_scalar(
+            "SELECT unread FROM users WHERE role = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(before) = before else {
+            tx.rollback().await?;
+            return Ok(MarkOutcome {
+                updated: Vec::new(),
+                unread: 0,
+                updated_at: now,
+            });
+        };
         let updated: Vec<String> = sqlx::query_scalar(
             "UPDATE notifications SET status = $1, updated_at = $2 \
              WHERE recipient_role = $3 AND recipient_id = $4 AND status < $1 AND id = ANY($5) \
@@ -568,7 +585,6 @@ impl Store for PgStore {
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let before = counters.get(&user).map(|c| c.1).unwrap_or(0);
         let unread = if status == Status::Read && !updated.is_empty() {
             let unread: i64 = sqlx::query_scalar(
                 "UPDATE users SET unread = unread - $1 WHERE role = $2 AND id = $3 RETURNING unread",

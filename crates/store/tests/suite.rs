@@ -40,7 +40,22 @@ impl Changes {
 struct Backend {
     store: Arc<dyn Store>,
     changes: Arc<Changes>,
+    url: String,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    /// How many `users` rows the database holds, read behind the store's back.
+    async fn users_rows(&self) -> i64 {
+        let sql = "SELECT COUNT(*) FROM users";
+        if self.url.starts_with("sqlite:") {
+            let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut connection).await.unwrap()
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut connection).await.unwrap()
+        }
+    }
 }
 
 async fn sqlite() -> Backend {
@@ -53,6 +68,7 @@ async fn sqlite() -> Backend {
     Backend {
         store: Arc::new(store),
         changes,
+        url,
         _dir: Some(dir),
     }
 }
@@ -86,6 +102,7 @@ async fn postgres() -> Option<Backend> {
     Some(Backend {
         store: Arc::new(store),
         changes,
+        url,
         _dir: None,
     })
 }
@@ -127,6 +144,7 @@ suite!(
     idempotency_keys_are_unique_per_recipient,
     marking_moves_forward_and_keeps_the_unread_count,
     receipts_for_many_users_at_once_touch_only_their_own,
+    marks_for_users_without_notifications_store_nothing,
     pages_are_newest_first_with_one_snapshot,
     rooms_and_peers,
     presence_counts_every_node_and_expires,
@@ -352,6 +370,23 @@ async fn receipts_for_many_users_at_once_touch_only_their_own(b: Backend) {
             vec![Status::Delivered, Status::Delivered, Status::Sent]
         );
     }
+}
+
+/// Bad input (any user id, any ids) must not leave rows behind.
+async fn marks_for_users_without_notifications_store_nothing(b: Backend) {
+    b.store.create(vec![new(User::vendor(1), 1)]).await.unwrap();
+    let before = b.users_rows().await;
+    for status in [Status::Read, Status::Delivered] {
+        for id in 987_650..987_660 {
+            let outcome = b
+                .store
+                .mark(User::customer(id), vec![new_object_id()], status)
+                .await
+                .unwrap();
+            assert!(outcome.updated.is_empty());
+        }
+    }
+    assert_eq!(b.users_rows().await, before, "no users row for a mark");
 }
 
 async fn statuses_of(b: &Backend, ids: &[String]) -> Vec<Status> {
