@@ -14,7 +14,7 @@ use notify_store::User;
 use serde_json::Value;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use socketioxide::{AckError, SendError, SocketError};
+use socketioxide::{SendError, SocketError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -288,24 +288,10 @@ fn deliver(bridge: &Bridge, socket: &SocketRef, user: User, json: &NotificationJ
     match socket.emit_with_ack::<_, Value>("notification", json) {
         Ok(ack) => {
             metrics::counter!("notify_bridge_emits_total", "event" => "notification").increment(1);
-            let receipts = bridge.receipts.clone();
-            let id = json.id.clone();
-            tokio::spawn(async move {
-                if acked(&ack.await) {
-                    metrics::counter!("notify_bridge_acks_total").increment(1);
-                    let _ = receipts.send((user, vec![id])).await;
-                }
-            });
+            bridge.receipts.on_ack(user, vec![json.id.clone()], ack);
         }
         Err(error) => emit_failed(socket, "notification", &error),
     }
-}
-
-/// Whether the client answered an ack request. `ack()` with no arguments —
-/// what most clients send — does not decode as a value, but it is an
-/// answer all the same; only a timeout or a lost socket is not.
-pub fn acked<T>(result: &Result<T, AckError>) -> bool {
-    matches!(result, Ok(_) | Err(AckError::Decode(_)))
 }
 
 /// Up to ±25 % so reconnecting feeds do not move in lockstep.

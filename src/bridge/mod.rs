@@ -18,8 +18,8 @@ mod handshake;
 pub mod limits;
 mod page;
 pub mod payload;
+mod receipts;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,6 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::validate;
@@ -46,6 +45,7 @@ use limits::{Limits, RateLimit, SharedRateLimit, Verdict};
 use payload::{
     AppError, Envelope, NotificationJson, Page, UnreadCount, Updated, mark_request, page_request,
 };
+use receipts::Receipts;
 
 /// The Socket.IO namespace of the contract.
 pub const NAMESPACE: &str = "/notification";
@@ -61,6 +61,10 @@ pub const SOCKET_BUFFER: usize = 1024;
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// See [`PING_INTERVAL`].
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the work left at shutdown (delivery receipts of acks already
+/// received) may take before the bridge exits anyway.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// What `notify bridge` needs besides its listener.
 #[derive(Clone, Debug)]
@@ -82,7 +86,7 @@ pub struct Bridge {
     jwt: Jwt,
     core: CoreClient,
     feeds: Feeds,
-    receipts: mpsc::Sender<(User, Vec<String>)>,
+    receipts: Receipts,
     shutdown: CancellationToken,
     limits: Limits,
 }
@@ -100,17 +104,15 @@ pub async fn run(
         config.core_connections,
     )?;
     let token = CancellationToken::new();
-    let (receipts, receipts_rx) = mpsc::channel(16 * 1024);
     let bridge = Arc::new(Bridge {
         jwt: Jwt::new(config.jwt_secret.as_bytes()),
         core: core.clone(),
         feeds: Feeds::default(),
-        receipts,
+        receipts: Receipts::start(core.clone()),
         shutdown: token.clone(),
         limits: config.limits.clone(),
     });
     tokio::spawn(core.clone().watch_health(token.clone()));
-    tokio::spawn(send_receipts(core.clone(), receipts_rx));
 
     let (layer, io) = SocketIo::builder()
         .with_state(bridge.clone())
@@ -170,6 +172,10 @@ pub async fn run(
         .await
         .context("HTTP server failed")?;
     token.cancel();
+    bridge
+        .receipts
+        .flush(tokio::time::Instant::now() + DRAIN_GRACE)
+        .await;
     tracing::info!("bridge stopped");
     Ok(())
 }
@@ -289,13 +295,7 @@ fn send_offline_page(
         Ok(ack) => {
             metrics::counter!("notify_bridge_emits_total", "event" => "offlineNotifications")
                 .increment(1);
-            let receipts = bridge.receipts.clone();
-            tokio::spawn(async move {
-                if feed::acked(&ack.await) && !ids.is_empty() {
-                    metrics::counter!("notify_bridge_acks_total").increment(1);
-                    let _ = receipts.send((user, ids)).await;
-                }
-            });
+            bridge.receipts.on_ack(user, ids, ack);
         }
         Err(error) => tracing::debug!(sid = %socket.id, %error, "offline page emit failed"),
     }
@@ -459,72 +459,4 @@ async fn on_mark_as_read(
     }
     .await;
     answer(&socket, ack, result);
-}
-
-/// How long acks gather before they go to the core: one RecordDeliveries
-/// call then carries every user's receipts of that moment. A receipt is a
-/// status for backends to see, so a few milliseconds of delay cost nothing,
-/// and one call per user per ack would cost the core more than the
-/// notification itself.
-const RECEIPT_LINGER: Duration = Duration::from_millis(20);
-
-/// RecordDeliveries calls in flight at once.
-const RECEIPTS_IN_FLIGHT: usize = 4;
-
-/// Turns acks into DELIVERED marks: gathered for [`RECEIPT_LINGER`],
-/// grouped per user, sent as RecordDeliveries calls of up to 1,000 users.
-async fn send_receipts(core: CoreClient, mut receipts: mpsc::Receiver<(User, Vec<String>)>) {
-    let mut batch = Vec::new();
-    let mut in_flight = tokio::task::JoinSet::new();
-    while receipts.recv_many(&mut batch, 16 * 1024).await > 0 {
-        tokio::time::sleep(RECEIPT_LINGER).await;
-        while batch.len() < 64 * 1024 {
-            match receipts.try_recv() {
-                Ok(receipt) => batch.push(receipt),
-                Err(_) => break,
-            }
-        }
-        let mut by_user: HashMap<User, Vec<String>> = HashMap::new();
-        for (user, ids) in batch.drain(..) {
-            by_user.entry(user).or_default().extend(ids);
-        }
-        // Layer k holds every user's k-th chunk of 1,000 ids, so a call cut
-        // from one layer names each user at most once.
-        let mut layers: Vec<Vec<proto::DeliveryReceipts>> = Vec::new();
-        for (user, ids) in by_user {
-            for (layer, chunk) in ids.chunks(validate::MAX_BULK).enumerate() {
-                if layers.len() <= layer {
-                    layers.push(Vec::new());
-                }
-                layers[layer].push(proto::DeliveryReceipts {
-                    vendor_id: user.vendor_id(),
-                    customer_id: user.customer_id(),
-                    ids: chunk.to_vec(),
-                });
-            }
-        }
-        let calls = layers.into_iter().flat_map(|layer| {
-            let mut layer = layer.into_iter().peekable();
-            std::iter::from_fn(move || {
-                layer.peek()?;
-                Some(layer.by_ref().take(validate::MAX_BULK).collect::<Vec<_>>())
-            })
-        });
-        for receipts in calls {
-            while in_flight.len() >= RECEIPTS_IN_FLIGHT {
-                in_flight.join_next().await;
-            }
-            let mut client = core.any();
-            in_flight.spawn(async move {
-                let users = receipts.len();
-                let request = proto::RecordDeliveriesRequest { receipts };
-                if let Err(status) = client.record_deliveries(request).await {
-                    // The notifications stay SENT: still delivered, and in
-                    // the offline list until read.
-                    tracing::warn!(users, error = %status.message(), "delivery receipts not recorded");
-                }
-            });
-        }
-        while in_flight.try_join_next().is_some() {}
-    }
 }

@@ -146,6 +146,17 @@ export class Bridge {
     await stopProcess(this.child);
   }
 
+  /** SIGTERM, and resolves with the exit code once it has exited. */
+  async terminate() {
+    await stopProcess(this.child, "SIGTERM");
+    return this.child.exitCode;
+  }
+
+  /** The bridge's Prometheus text. */
+  async metrics() {
+    return (await fetch(`${this.url}/metrics`)).text();
+  }
+
   /** Starts again on the same port. */
   async restart() {
     await this.spawn(this.addr);
@@ -214,6 +225,12 @@ export function connect(bridge, { auth, transports = ["websocket"], extraHeaders
     socket.once("connect", connected);
     socket.once("connect_error", refused);
   });
+}
+
+/** The value of an unlabelled Prometheus metric in `text` (0 when absent). */
+export function metric(text, name) {
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ")[1]) : 0;
 }
 
 /** Waits until `predicate(socket.received)` holds (10 s at most). */

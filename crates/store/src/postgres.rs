@@ -558,13 +558,12 @@ impl Store for PgStore {
         // Lock the user's row only if it exists: a user without one has no
         // notifications to mark, and a mark must not create rows (any id
         // a caller names would otherwise leave one behind).
-        let before: Option<i64> = sqlx::query_scalar(
-            "SELECT unread FROM users WHERE role = $1 AND id = $2 FOR UPDATE",
-        )
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let before: Option<i64> =
+            sqlx::query_scalar("SELECT unread FROM users WHERE role = $1 AND id = $2 FOR UPDATE")
+                .bind(user.role.code())
+                .bind(user.id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(before) = before else {
             tx.rollback().await?;
             return Ok(MarkOutcome {

@@ -50,10 +50,16 @@ impl Backend {
         let sql = "SELECT COUNT(*) FROM users";
         if self.url.starts_with("sqlite:") {
             let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-            sqlx::query_scalar(sql).fetch_one(&mut connection).await.unwrap()
+            sqlx::query_scalar(sql)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
         } else {
             let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
-            sqlx::query_scalar(sql).fetch_one(&mut connection).await.unwrap()
+            sqlx::query_scalar(sql)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
         }
     }
 }
