@@ -217,6 +217,7 @@ async fn follow(
             customer_id: feed.user.customer_id(),
             after_seq: Some(after),
             presence: true,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -275,7 +276,7 @@ fn pass_on(bridge: &Bridge, feed: &Feed, event: proto::UserEvent, last_seq: &mut
                 status_code: 200,
             },
         ),
-        Some(Event::NotificationUpdated(_)) | None => {}
+        Some(Event::NotificationUpdated(_) | Event::State(_)) | None => {}
     }
     if let Some(count) = event.unread_count {
         feed.unread_changed(count);

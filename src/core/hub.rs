@@ -25,6 +25,8 @@ pub enum HubEvent {
         notification: Arc<Notification>,
         /// The user's unread count right after it.
         unread: i64,
+        /// The user's change version it took.
+        version: i64,
     },
     /// Some of the user's notifications changed status.
     Updated {
@@ -36,6 +38,8 @@ pub enum HubEvent {
         updated_at: i64,
         /// The user's unread count afterwards.
         unread: i64,
+        /// The user's change version it took.
+        version: i64,
     },
     /// A room peer made their first connection.
     PeerOnline {
@@ -160,11 +164,13 @@ impl ChangeSink for Hub {
             Change::Created {
                 notification,
                 unread,
+                version,
             } => self.send(
                 notification.recipient,
                 HubEvent::Created {
                     notification: Arc::new(notification),
                     unread,
+                    version,
                 },
             ),
             Change::Updated {
@@ -173,6 +179,7 @@ impl ChangeSink for Hub {
                 status,
                 updated_at,
                 unread,
+                version,
             } => self.send(
                 user,
                 HubEvent::Updated {
@@ -180,6 +187,7 @@ impl ChangeSink for Hub {
                     status,
                     updated_at,
                     unread,
+                    version,
                 },
             ),
             Change::Presence { user, online, at } => {
@@ -212,6 +220,7 @@ mod tests {
             status: Status::Read,
             updated_at: 0,
             unread: 0,
+            version: n,
         }
     }
 

@@ -195,6 +195,7 @@ impl NotificationService for Api {
             .await
             .map_err(store_status)?;
         let pagination = Pagination::new(page, limit, offline.total);
+        let epoch = self.core.store.epoch().to_owned();
         Ok(Response::new(proto::ListOfflineResponse {
             items: offline.items.iter().map(convert::notification).collect(),
             pagination: Some(proto::Pagination {
@@ -207,6 +208,8 @@ impl NotificationService for Api {
                 total_records: pagination.total_records,
             }),
             last_seq: offline.last_seq,
+            epoch,
+            version: offline.version,
         }))
     }
 
@@ -291,17 +294,23 @@ impl NotificationService for Api {
         request: Request<proto::StreamUserEventsRequest>,
     ) -> Reply<Self::StreamUserEventsStream> {
         let request = request.into_inner();
-        let (user, after_seq) = (|| -> Result<_, FieldError> {
-            Ok((
-                validate::recipient(request.vendor_id, request.customer_id)?,
-                validate::after_seq(request.after_seq)?,
-            ))
+        let request = (|| -> Result<_, FieldError> {
+            let after_seq = validate::after_seq(request.after_seq)?;
+            Ok(stream::Request {
+                user: validate::recipient(request.vendor_id, request.customer_id)?,
+                after_seq,
+                after_id: validate::after_id(&request.after_id, after_seq)?,
+                after_version: validate::after_version(request.after_version, after_seq)?,
+                epoch: validate::epoch(&request.epoch)?,
+                presence: request.presence,
+                sync: request.sync,
+            })
         })()
         .map_err(invalid)?;
         if self.core.shutdown.is_cancelled() {
             return Err(store_status(StoreError::Closed));
         }
-        let events = stream::open(self.core.clone(), user, after_seq, request.presence);
+        let events = stream::open(self.core.clone(), request).await?;
         Ok(Response::new(ReceiverStream::new(events)))
     }
 

@@ -275,6 +275,55 @@ pub fn after_seq(value: Option<i64>) -> Result<Option<i64>, FieldError> {
     }
 }
 
+/// A resume position's version: 0 or more, and only with `afterSeq`
+/// (the reader's seq says which notifications it already has).
+pub fn after_version(
+    value: Option<i64>,
+    after_seq: Option<i64>,
+) -> Result<Option<i64>, FieldError> {
+    match value {
+        Some(version) if version < 0 => Err(FieldError::new(
+            "afterVersion",
+            format!("must be 0 or more, got {version}"),
+        )),
+        Some(_) if after_seq.is_none() => Err(FieldError::new(
+            "afterVersion",
+            "needs afterSeq (the last seq the reader has)",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// The id at `afterSeq`, if given (empty means not given); only with `afterSeq`.
+pub fn after_id(text: &str, after_seq: Option<i64>) -> Result<Option<String>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let id = id("afterId", text)?;
+    if after_seq.is_none() {
+        return Err(FieldError::new(
+            "afterId",
+            "needs afterSeq (the seq of that id)",
+        ));
+    }
+    Ok(Some(id))
+}
+
+/// An epoch as a list or stream reported it (empty means not given).
+pub fn epoch(text: &str) -> Result<Option<String>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() > 64 || !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let shown: String = text.chars().take(32).collect();
+        return Err(FieldError::new(
+            "epoch",
+            format!("{shown:?} is not an epoch (as ListOffline or a stream's state reports it)"),
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
+
 /// 1 ..= 128 characters, no control characters.
 pub fn room(text: &str) -> Result<String, FieldError> {
     if text.is_empty() {

@@ -743,6 +743,42 @@ fn cases(ids: &Ids) -> Vec<Case> {
         "afterSeq",
     );
     t.bad(
+        "afterVersion -1",
+        stream(|r| r.after_version = Some(-1)),
+        "afterVersion",
+    );
+    t.bad(
+        "afterVersion without afterSeq",
+        stream(|r| {
+            r.after_seq = None;
+            r.after_version = Some(3);
+        }),
+        "afterVersion",
+    );
+    t.bad(
+        "afterId not an id",
+        stream(|r| r.after_id = "seq-5".into()),
+        "afterId",
+    );
+    t.bad(
+        "afterId without afterSeq",
+        stream(|r| {
+            r.after_seq = None;
+            r.after_id = "68553796000745d4620985bc".into();
+        }),
+        "afterId",
+    );
+    t.bad(
+        "epoch with a control character",
+        stream(|r| r.epoch = "abc\u{0}".into()),
+        "epoch",
+    );
+    t.bad(
+        "epoch of 65 characters",
+        stream(|r| r.epoch = "a".repeat(65)),
+        "epoch",
+    );
+    t.bad(
         "vendorId varint of 11 bytes",
         then(
             create(|_| {}),
@@ -1326,6 +1362,14 @@ fn cases(ids: &Ids) -> Vec<Case> {
     t.accept(
         "stream from afterSeq i64::MAX",
         stream(|r| r.after_seq = Some(i64::MAX)),
+    );
+    t.accept(
+        "stream resuming in another epoch",
+        stream(|r| {
+            r.epoch = "0123456789abcdef01234567".into();
+            r.after_version = Some(i64::MAX);
+            r.sync = true;
+        }),
     );
     t.accept(
         "list with a 1 MiB unknown field",

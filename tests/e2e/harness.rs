@@ -95,10 +95,26 @@ impl CoreProcess {
     /// Starts the core again on the same database (on a new port).
     pub fn restart(&mut self) {
         self.kill9();
+        self.start_again();
+    }
+
+    /// Starts the core again after [`Self::kill9`] or [`Self::terminate`],
+    /// on the same database (on a new port).
+    pub fn start_again(&mut self) {
         let (child, addr, metrics_addr) = spawn(&self.database_url, &self.extra);
         self.child = child;
         self.addr = addr;
         self.metrics_addr = metrics_addr;
+    }
+
+    /// The SQLite file and its write-ahead log, for a core on SQLite: with
+    /// the core stopped, copying both is a backup.
+    pub fn sqlite_files(&self) -> [std::path::PathBuf; 2] {
+        let path = self
+            .database_url
+            .strip_prefix("sqlite://")
+            .expect("a core on SQLite");
+        [path.into(), format!("{path}-wal").into()]
     }
 }
 

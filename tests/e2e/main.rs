@@ -11,6 +11,7 @@ mod harness;
 mod multinode;
 mod ordering;
 mod presence;
+mod resync;
 
 use notify::proto;
 use serde_json::{Value, json};

@@ -26,6 +26,7 @@ async fn stream(
             customer_id: user.1,
             after_seq: after,
             presence,
+            ..Default::default()
         })
         .await
         .expect("stream")

@@ -3,6 +3,7 @@
 //! - `model`: users, notifications, statuses, pagination and the timestamp
 //!   format shared by every interface.
 //! - `object_id`: ids made in-process, sortable by creation.
+//! - `peers`: what a reader was told about its room peers' presence.
 //! - `sqlite`: the embedded default, one writer task that commits concurrent
 //!   writes in groups, and a pool of readers.
 //! - `postgres`: several cores on one database; row locks for seqs and
@@ -14,6 +15,7 @@
 
 mod model;
 mod object_id;
+mod peers;
 mod postgres;
 mod sqlite;
 
@@ -22,10 +24,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use model::{
-    Change, Channel, Created, MarkOutcome, NewNotification, Notification, OfflinePage, Pagination,
-    Role, RoomMember, Status, User, format_millis, now_millis,
+    Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
+    Notification, OfflinePage, Pagination, Role, RoomMember, Status, User, UserState,
+    format_millis, now_millis,
 };
 pub use object_id::{new_object_id, parse_object_id};
+pub use peers::PeerView;
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
@@ -83,8 +87,26 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError>;
 
-    /// The user's highest seq (0 before the first notification).
-    async fn last_seq(&self, user: User) -> Result<i64, StoreError>;
+    /// The user's counters.
+    async fn user_state(&self, user: User) -> Result<UserState, StoreError>;
+
+    /// The id of the user's notification with that seq, if there is one.
+    async fn id_at(&self, user: User, seq: i64) -> Result<Option<String>, StoreError>;
+
+    /// Up to `limit` of the user's notifications whose last change comes
+    /// after `after`, in change order, and the user's counters, all from
+    /// one snapshot.
+    async fn changed_after(
+        &self,
+        user: User,
+        after: ChangePosition,
+        limit: u32,
+    ) -> Result<ChangedPage, StoreError>;
+
+    /// This database's epoch: a random id made when it was created, so a
+    /// reader can tell a database from another (or from a restored copy of
+    /// an earlier one) and resync instead of trusting its seqs.
+    fn epoch(&self) -> &str;
 
     /// Moves the user's own notifications among `ids` forward to `status`.
     async fn mark(
@@ -105,6 +127,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every other user sharing at least one room with `user`, each once.
     async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError>;
+
+    /// The room peers of `user` that are online now, on any node.
+    async fn online_peers(&self, user: User) -> Result<Vec<User>, StoreError>;
+
+    /// When the user's last connection closed, if it ever did.
+    async fn last_seen(&self, user: User) -> Result<Option<i64>, StoreError>;
 
     /// Records how many presence streams `node` now holds for each user (0
     /// removes the node's entry). A user is online while any node has an

@@ -197,6 +197,9 @@ pub struct Notification {
     pub created_at: i64,
     /// Milliseconds since the Unix epoch.
     pub updated_at: i64,
+    /// The recipient's change version at this notification's last change
+    /// (its creation, or its last status change).
+    pub version: i64,
 }
 
 /// A notification to be created.
@@ -234,6 +237,53 @@ pub struct OfflinePage {
     pub total: i64,
     /// The user's highest seq when the page was read.
     pub last_seq: i64,
+    /// The user's change version when the page was read: `total` is the
+    /// unread count at that version.
+    pub version: i64,
+}
+
+/// A user's counters, read together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserState {
+    /// The highest seq given (0 before the first notification).
+    pub last_seq: i64,
+    /// Notifications not yet READ.
+    pub unread: i64,
+    /// How many changes the user's notifications have had: every committed
+    /// create and status change takes the next version, so readers can
+    /// order what they hear and catch up on what they missed.
+    pub version: i64,
+}
+
+/// Where a reader of a user's changes stands: changes are ordered by
+/// version, and the notifications of one change (a mark of many ids) by seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChangePosition {
+    /// Changes up to this version were read …
+    pub version: i64,
+    /// … and, of this version's notifications, those up to this seq.
+    pub seq: i64,
+}
+
+impl ChangePosition {
+    /// Right after every change up to and including `version`.
+    pub fn after(version: i64) -> ChangePosition {
+        ChangePosition {
+            version,
+            seq: i64::MAX,
+        }
+    }
+}
+
+/// A batch of a user's changed notifications, in [`ChangePosition`] order,
+/// with the user's counters from the same snapshot.
+#[derive(Clone, Debug)]
+pub struct ChangedPage {
+    /// Each notification as it is now (once, at its latest version).
+    pub items: Vec<Notification>,
+    /// Counters as of the same read: when `items` is shorter than asked for,
+    /// every change up to `state.version` is in the pages read so far.
+    pub state: UserState,
 }
 
 /// What a status change did.
@@ -243,6 +293,8 @@ pub struct MarkOutcome {
     pub updated: Vec<String>,
     /// The user's unread count afterwards.
     pub unread: i64,
+    /// The user's change version afterwards.
+    pub version: i64,
     /// When the change was made (ms since the epoch).
     pub updated_at: i64,
 }
@@ -267,6 +319,8 @@ pub enum Change {
         notification: Notification,
         /// The recipient's unread count right after this insert.
         unread: i64,
+        /// The recipient's change version this insert took.
+        version: i64,
     },
     /// Status changes to some of a user's notifications.
     Updated {
@@ -280,6 +334,8 @@ pub enum Change {
         updated_at: i64,
         /// The user's unread count afterwards.
         unread: i64,
+        /// The user's change version this change took.
+        version: i64,
     },
     /// A user came online on the first node or went offline on the last,
     /// counted across every node sharing the database.

@@ -18,22 +18,69 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use crate::model::{
-    Change, Channel, Created, MarkOutcome, NewNotification, Notification, OfflinePage, Role,
-    RoomMember, Status, User, now_millis,
+    Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
+    Notification, OfflinePage, Role, RoomMember, Status, User, UserState, now_millis,
 };
 use crate::object_id::new_object_id;
 use crate::{ChangeSink, Store, StoreError};
 
 const CHANNEL: &str = "notify_changes";
 const COLUMNS: &str = "id, recipient_role, recipient_id, seq, type, channel, content, status, \
-                       priority, created_at, updated_at";
-/// Ids per NOTIFY of a status change, well under the 8,000-byte payload limit.
-const IDS_PER_NOTIFY: usize = 200;
+                       priority, created_at, updated_at, version";
+
+/// What one NOTIFY on [`CHANNEL`] says: whose notifications changed, how,
+/// and the counters after it; never a payload, and never a list of ids
+/// (which would not fit NOTIFY's 8,000 bytes). Listeners read the rows.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Notice {
+    /// A notification was stored; its row is read by id.
+    Created {
+        role: i64,
+        user: i64,
+        id: String,
+        unread: i64,
+        version: i64,
+    },
+    /// Some of the user's notifications moved to `status`; they are the
+    /// rows of the user at `version` (those not changed again since).
+    Marked {
+        role: i64,
+        user: i64,
+        status: i64,
+        at: i64,
+        unread: i64,
+        version: i64,
+    },
+    /// The user came online on the first node or went offline on the last.
+    Presence {
+        role: i64,
+        user: i64,
+        online: bool,
+        at: i64,
+    },
+}
+
+impl Notice {
+    fn user(&self) -> Option<User> {
+        let (Notice::Created { role, user, .. }
+        | Notice::Marked { role, user, .. }
+        | Notice::Presence { role, user, .. }) = self;
+        Some(User {
+            role: Role::from_code(*role)?,
+            id: *user,
+        })
+    }
+
+    fn payload(&self) -> String {
+        serde_json::to_string(self).expect("a notice is plain data")
+    }
+}
 
 /// Pool settings for [`PgStore::open`].
 #[derive(Clone, Debug)]
@@ -58,6 +105,7 @@ impl Default for PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    epoch: Arc<str>,
 }
 
 impl PgStore {
@@ -77,12 +125,18 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        let epoch: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'epoch'")
+            .fetch_one(&pool)
+            .await?;
         // Listening before `open` returns: no commit made through this store
         // can be notified before this core hears notifications.
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         tokio::spawn(listen(pool.clone(), sink, listener));
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            epoch: epoch.into(),
+        })
     }
 }
 
@@ -137,28 +191,38 @@ async fn follow_changes(pool: &PgPool, sink: &Arc<dyn ChangeSink>, mut listener:
     }
 }
 
-/// Turns NOTIFY payloads into changes, reading created rows by id, and
-/// publishes them in order.
+/// Turns NOTIFY payloads into changes, reading the rows they name (one
+/// query for the created ones, one for the marked ones), and publishes them
+/// in order. A notice whose rows are gone (erased, or changed again since)
+/// is skipped: streams see the gap in versions and catch up from the table.
 async fn publish_batch(
     pool: &PgPool,
     sink: &Arc<dyn ChangeSink>,
     payloads: &[String],
 ) -> Result<(), sqlx::Error> {
-    let parsed: Vec<Value> = payloads
+    let notices: Vec<Notice> = payloads
         .iter()
-        .filter_map(|p| serde_json::from_str(p).ok())
+        .filter_map(|payload| match serde_json::from_str(payload) {
+            Ok(notice) => Some(notice),
+            Err(error) => {
+                tracing::warn!(%error, payload, "unreadable change notice");
+                None
+            }
+        })
         .collect();
-    let ids: Vec<String> = parsed
+    let created: Vec<&str> = notices
         .iter()
-        .filter(|p| p["k"] == "c")
-        .filter_map(|p| p["id"].as_str().map(str::to_owned))
+        .filter_map(|notice| match notice {
+            Notice::Created { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
         .collect();
     let mut rows: HashMap<String, Notification> = HashMap::new();
-    if !ids.is_empty() {
+    if !created.is_empty() {
         let fetched = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM notifications WHERE id = ANY($1)"
         )))
-        .bind(&ids)
+        .bind(&created)
         .fetch_all(pool)
         .await?;
         for row in &fetched {
@@ -166,48 +230,81 @@ async fn publish_batch(
             rows.insert(notification.id.clone(), notification);
         }
     }
-    for payload in parsed {
-        let user = match (
-            payload["r"].as_i64().and_then(Role::from_code),
-            payload["u"].as_i64(),
-        ) {
-            (Some(role), Some(id)) => User { role, id },
-            _ => continue,
-        };
-        match payload["k"].as_str() {
-            Some("c") => {
-                let Some(notification) = payload["id"].as_str().and_then(|id| rows.remove(id))
-                else {
+    let marked: Vec<(i64, i64, i64)> = notices
+        .iter()
+        .filter_map(|notice| match notice {
+            Notice::Marked {
+                role,
+                user,
+                version,
+                ..
+            } => Some((*role, *user, *version)),
+            _ => None,
+        })
+        .collect();
+    let mut marked_ids: HashMap<(i64, i64, i64), Vec<String>> = HashMap::new();
+    if !marked.is_empty() {
+        let fetched = sqlx::query(
+            "SELECT recipient_role, recipient_id, version, id FROM notifications \
+             WHERE (recipient_role, recipient_id, version) IN \
+             (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])) \
+             ORDER BY recipient_role, recipient_id, version, seq",
+        )
+        .bind(marked.iter().map(|m| m.0).collect::<Vec<_>>())
+        .bind(marked.iter().map(|m| m.1).collect::<Vec<_>>())
+        .bind(marked.iter().map(|m| m.2).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+        for row in &fetched {
+            marked_ids
+                .entry((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                .or_default()
+                .push(row.try_get(3)?);
+        }
+    }
+    for notice in notices {
+        let Some(user) = notice.user() else { continue };
+        match notice {
+            Notice::Created {
+                id,
+                unread,
+                version,
+                ..
+            } => {
+                if let Some(notification) = rows.remove(&id) {
+                    sink.publish(Change::Created {
+                        notification,
+                        unread,
+                        version,
+                    });
+                }
+            }
+            Notice::Marked {
+                role,
+                user: id,
+                status,
+                at,
+                unread,
+                version,
+            } => {
+                let (Some(ids), Some(status)) = (
+                    marked_ids.remove(&(role, id, version)),
+                    Status::from_code(status),
+                ) else {
                     continue;
                 };
-                sink.publish(Change::Created {
-                    notification,
-                    unread: payload["n"].as_i64().unwrap_or(0),
+                sink.publish(Change::Updated {
+                    user,
+                    ids,
+                    status,
+                    updated_at: at,
+                    unread,
+                    version,
                 });
             }
-            Some("m") => sink.publish(Change::Updated {
-                user,
-                ids: payload["ids"]
-                    .as_array()
-                    .map(|ids| {
-                        ids.iter()
-                            .filter_map(|id| id.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                status: payload["st"]
-                    .as_i64()
-                    .and_then(Status::from_code)
-                    .unwrap_or(Status::Read),
-                updated_at: payload["at"].as_i64().unwrap_or(0),
-                unread: payload["n"].as_i64().unwrap_or(0),
-            }),
-            Some("p") => sink.publish(Change::Presence {
-                user,
-                online: payload["on"].as_bool().unwrap_or(false),
-                at: payload["at"].as_i64().unwrap_or(0),
-            }),
-            _ => {}
+            Notice::Presence { online, at, .. } => {
+                sink.publish(Change::Presence { user, online, at })
+            }
         }
     }
     Ok(())
@@ -231,11 +328,11 @@ async fn notify_all(
 }
 
 /// Locks the users' rows, creating missing ones, in (role, id) order.
-/// Returns each user's (last_seq, unread).
+/// Returns each user's counters.
 async fn lock_users(
     tx: &mut Transaction<'_, Postgres>,
     users: &[User],
-) -> Result<HashMap<User, (i64, i64)>, sqlx::Error> {
+) -> Result<HashMap<User, UserState>, sqlx::Error> {
     let mut sorted = users.to_vec();
     sorted.sort();
     sorted.dedup();
@@ -250,7 +347,7 @@ async fn lock_users(
     .execute(&mut **tx)
     .await?;
     let rows = sqlx::query(
-        "SELECT role, id, last_seq, unread FROM users \
+        "SELECT role, id, last_seq, unread, version FROM users \
          WHERE (role, id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
          ORDER BY role, id FOR UPDATE",
     )
@@ -260,7 +357,14 @@ async fn lock_users(
     .await?;
     let mut counters = HashMap::with_capacity(rows.len());
     for row in &rows {
-        counters.insert(decode_user(row)?, (row.try_get(2)?, row.try_get(3)?));
+        counters.insert(
+            decode_user(row)?,
+            UserState {
+                last_seq: row.try_get(2)?,
+                unread: row.try_get(3)?,
+                version: row.try_get(4)?,
+            },
+        );
     }
     Ok(counters)
 }
@@ -282,6 +386,7 @@ fn decode(row: &PgRow) -> Result<Notification, sqlx::Error> {
         priority: row.try_get(8)?,
         created_at: row.try_get(9)?,
         updated_at: row.try_get(10)?,
+        version: row.try_get(11)?,
     })
 }
 
@@ -301,7 +406,30 @@ fn decode_all(rows: &[PgRow]) -> Result<Vec<Notification>, StoreError> {
 }
 
 fn presence_payload(user: User, online: bool, at: i64) -> String {
-    json!({"k": "p", "r": user.role.code(), "u": user.id, "on": online, "at": at}).to_string()
+    Notice::Presence {
+        role: user.role.code(),
+        user: user.id,
+        online,
+        at,
+    }
+    .payload()
+}
+
+/// The user's counters (all 0 before their first notification).
+async fn read_state(connection: &mut PgConnection, user: User) -> Result<UserState, sqlx::Error> {
+    let counters: Option<(i64, i64, i64)> =
+        sqlx::query_as("SELECT last_seq, unread, version FROM users WHERE role = $1 AND id = $2")
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_optional(connection)
+            .await?;
+    Ok(counters
+        .map(|(last_seq, unread, version)| UserState {
+            last_seq,
+            unread,
+            version,
+        })
+        .unwrap_or_default())
 }
 
 async fn presence_entries(
@@ -359,7 +487,7 @@ impl Store for PgStore {
             .await?;
             for row in &rows {
                 let notification = decode(row)?;
-                let key: String = row.try_get(11)?;
+                let key: String = row.try_get(12)?;
                 existing.insert((notification.recipient, key), notification);
             }
         }
@@ -377,15 +505,16 @@ impl Store for PgStore {
                 });
                 continue;
             }
-            let (last_seq, unread) = counters
+            let counters = counters
                 .get_mut(&new.recipient)
                 .expect("every recipient's row is locked");
-            *last_seq += 1;
-            *unread += 1;
+            counters.last_seq += 1;
+            counters.unread += 1;
+            counters.version += 1;
             let notification = Notification {
                 id: new_object_id(),
                 recipient: new.recipient,
-                seq: *last_seq,
+                seq: counters.last_seq,
                 kind: new.kind.clone(),
                 channel: new.channel,
                 content: new.content.clone(),
@@ -393,11 +522,17 @@ impl Store for PgStore {
                 priority: new.priority,
                 created_at: now,
                 updated_at: now,
+                version: counters.version,
             };
             payloads.push(
-                json!({"k": "c", "r": new.recipient.role.code(), "u": new.recipient.id,
-                       "s": notification.seq, "id": notification.id, "n": *unread})
-                .to_string(),
+                Notice::Created {
+                    role: new.recipient.role.code(),
+                    user: new.recipient.id,
+                    id: notification.id.clone(),
+                    unread: counters.unread,
+                    version: counters.version,
+                }
+                .payload(),
             );
             if let Some(key) = &new.idempotency_key {
                 existing.insert((new.recipient, key.clone()), notification.clone());
@@ -415,10 +550,10 @@ impl Store for PgStore {
             };
             sqlx::query(
                 "INSERT INTO notifications (id, recipient_role, recipient_id, seq, type, channel, \
-                 content, status, priority, created_at, updated_at, idempotency_key) \
+                 content, status, priority, created_at, updated_at, version, idempotency_key) \
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
                  $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::int[], $10::bigint[], \
-                 $11::bigint[], $12::text[])",
+                 $11::bigint[], $12::bigint[], $13::text[])",
             )
             .bind(fresh.iter().map(|(n, _)| n.id.clone()).collect::<Vec<_>>())
             .bind(column(|(n, _)| n.recipient.role.code()))
@@ -441,19 +576,22 @@ impl Store for PgStore {
             .bind(fresh.iter().map(|(n, _)| n.priority).collect::<Vec<_>>())
             .bind(column(|(n, _)| n.created_at))
             .bind(column(|(n, _)| n.updated_at))
+            .bind(column(|(n, _)| n.version))
             .bind(fresh.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
-            let users: Vec<(User, (i64, i64))> = counters.into_iter().collect();
+            let users: Vec<(User, UserState)> = counters.into_iter().collect();
             sqlx::query(
-                "UPDATE users SET last_seq = v.last_seq, unread = v.unread \
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
-                 AS v(role, id, last_seq, unread) WHERE users.role = v.role AND users.id = v.id",
+                "UPDATE users SET last_seq = v.last_seq, unread = v.unread, version = v.version \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+                 AS v(role, id, last_seq, unread, version) \
+                 WHERE users.role = v.role AND users.id = v.id",
             )
             .bind(users.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
             .bind(users.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
-            .bind(users.iter().map(|(_, c)| c.0).collect::<Vec<_>>())
-            .bind(users.iter().map(|(_, c)| c.1).collect::<Vec<_>>())
+            .bind(users.iter().map(|(_, c)| c.last_seq).collect::<Vec<_>>())
+            .bind(users.iter().map(|(_, c)| c.unread).collect::<Vec<_>>())
+            .bind(users.iter().map(|(_, c)| c.version).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
             notify_all(&mut tx, payloads).await?;
@@ -483,16 +621,8 @@ impl Store for PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let counters =
-            sqlx::query("SELECT unread, last_seq FROM users WHERE role = $1 AND id = $2")
-                .bind(user.role.code())
-                .bind(user.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (total, last_seq): (i64, i64) = match counters {
-            Some(row) => (row.try_get(0)?, row.try_get(1)?),
-            None => (0, 0),
-        };
+        let state = read_state(&mut tx, user).await?;
+        let (total, last_seq) = (state.unread, state.last_seq);
         let offset = i64::from(page.saturating_sub(1)) * i64::from(limit);
         let rows = if offset < total {
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -514,6 +644,7 @@ impl Store for PgStore {
             items: decode_all(&rows)?,
             total,
             last_seq,
+            version: state.version,
         })
     }
 
@@ -537,14 +668,54 @@ impl Store for PgStore {
         decode_all(&rows)
     }
 
-    async fn last_seq(&self, user: User) -> Result<i64, StoreError> {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM users WHERE role = $1 AND id = $2")
-                .bind(user.role.code())
-                .bind(user.id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(last.unwrap_or(0))
+    async fn user_state(&self, user: User) -> Result<UserState, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        Ok(read_state(&mut connection, user).await?)
+    }
+
+    async fn id_at(&self, user: User, seq: i64) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND seq = $3",
+        )
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn changed_after(
+        &self,
+        user: User,
+        after: ChangePosition,
+        limit: u32,
+    ) -> Result<ChangedPage, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM notifications \
+             WHERE recipient_role = $1 AND recipient_id = $2 AND (version, seq) > ($3, $4) \
+             ORDER BY version, seq LIMIT $5"
+        )))
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(after.version)
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let state = read_state(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(ChangedPage {
+            items: decode_all(&rows)?,
+            state,
+        })
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     async fn mark(
@@ -558,58 +729,71 @@ impl Store for PgStore {
         // Lock the user's row only if it exists: a user without one has no
         // notifications to mark, and a mark must not create rows (any id
         // a caller names would otherwise leave one behind).
-        let before: Option<i64> =
-            sqlx::query_scalar("SELECT unread FROM users WHERE role = $1 AND id = $2 FOR UPDATE")
-                .bind(user.role.code())
-                .bind(user.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(before) = before else {
-            tx.rollback().await?;
-            return Ok(MarkOutcome {
-                updated: Vec::new(),
-                unread: 0,
-                updated_at: now,
-            });
+        let locked: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT unread, version FROM users WHERE role = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let nothing = MarkOutcome {
+            updated: Vec::new(),
+            unread: 0,
+            version: 0,
+            updated_at: now,
         };
+        let Some((before, version)) = locked else {
+            tx.rollback().await?;
+            return Ok(nothing);
+        };
+        // The rows and the counter take the user's next version together.
+        let version = version + 1;
         let updated: Vec<String> = sqlx::query_scalar(
-            "UPDATE notifications SET status = $1, updated_at = $2 \
-             WHERE recipient_role = $3 AND recipient_id = $4 AND status < $1 AND id = ANY($5) \
+            "UPDATE notifications SET status = $1, updated_at = $2, version = $3 \
+             WHERE recipient_role = $4 AND recipient_id = $5 AND status < $1 AND id = ANY($6) \
              RETURNING id",
         )
         .bind(status.code())
         .bind(now)
+        .bind(version)
         .bind(user.role.code())
         .bind(user.id)
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let unread = if status == Status::Read && !updated.is_empty() {
-            let unread: i64 = sqlx::query_scalar(
-                "UPDATE users SET unread = unread - $1 WHERE role = $2 AND id = $3 RETURNING unread",
-            )
-            .bind(updated.len() as i64)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_one(&mut *tx)
-            .await?;
-            unread
+        if updated.is_empty() {
+            tx.rollback().await?;
+            return Ok(nothing);
+        }
+        let left = if status == Status::Read {
+            updated.len() as i64
         } else {
-            before
+            0
         };
-        let payloads = updated
-            .chunks(IDS_PER_NOTIFY)
-            .map(|chunk| {
-                json!({"k": "m", "r": user.role.code(), "u": user.id, "ids": chunk,
-                       "st": status.code(), "at": now, "n": unread})
-                .to_string()
-            })
-            .collect();
-        notify_all(&mut tx, payloads).await?;
+        sqlx::query(
+            "UPDATE users SET unread = unread - $1, version = $2 WHERE role = $3 AND id = $4",
+        )
+        .bind(left)
+        .bind(version)
+        .bind(user.role.code())
+        .bind(user.id)
+        .execute(&mut *tx)
+        .await?;
+        let unread = before - left;
+        let notice = Notice::Marked {
+            role: user.role.code(),
+            user: user.id,
+            status: status.code(),
+            at: now,
+            unread,
+            version,
+        };
+        notify_all(&mut tx, vec![notice.payload()]).await?;
         tx.commit().await?;
         Ok(MarkOutcome {
             updated,
             unread,
+            version,
             updated_at: now,
         })
     }
@@ -672,6 +856,32 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
+    }
+
+    async fn online_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
+             JOIN room_members peer ON peer.room = me.room \
+             WHERE me.role = $1 AND me.user_id = $2 \
+             AND NOT (peer.role = $1 AND peer.user_id = $2) \
+             AND EXISTS (SELECT 1 FROM presence p \
+                         WHERE p.role = peer.role AND p.user_id = peer.user_id)",
+        )
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
+    }
+
+    async fn last_seen(&self, user: User) -> Result<Option<i64>, StoreError> {
+        let seen: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT last_seen_at FROM users WHERE role = $1 AND id = $2")
+                .bind(user.role.code())
+                .bind(user.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(seen.flatten())
     }
 
     async fn set_presence(

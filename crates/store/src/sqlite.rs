@@ -21,14 +21,14 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{
-    Change, Channel, Created, MarkOutcome, NewNotification, Notification, OfflinePage, Role,
-    RoomMember, Status, User, now_millis,
+    Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
+    Notification, OfflinePage, Role, RoomMember, Status, User, UserState, now_millis,
 };
 use crate::object_id::new_object_id;
 use crate::{ChangeSink, Store, StoreError};
 
 const COLUMNS: &str = "id, recipient_role, recipient_id, seq, type, channel, content, status, \
-                       priority, created_at, updated_at";
+                       priority, created_at, updated_at, version";
 
 /// SQLite's `synchronous` setting for the write connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +65,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     readers: SqlitePool,
     writer: mpsc::Sender<WriteJob>,
+    epoch: Arc<str>,
 }
 
 enum WriteOp {
@@ -127,6 +128,9 @@ impl SqliteStore {
             .run(&mut writer)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        let epoch: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'epoch'")
+            .fetch_one(&mut writer)
+            .await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
             .connect_with(connect)
@@ -136,6 +140,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             readers,
             writer: tx,
+            epoch: epoch.into(),
         })
     }
 
@@ -237,13 +242,24 @@ async fn apply(
                 continue;
             }
             WriteOp::Mark { user, ids, status } => {
-                let marked: Vec<(User, MarkOutcome)> = if *status == Status::Read {
+                if *status == Status::Read {
                     // READ moves the unread count: one op at a time.
                     index += 1;
-                    vec![(*user, mark(&mut tx, *user, ids, *status, now).await?)]
+                    let outcome = mark(&mut tx, *user, ids, *status, now).await?;
+                    if !outcome.updated.is_empty() {
+                        changes.push(Change::Updated {
+                            user: *user,
+                            ids: outcome.updated.clone(),
+                            status: *status,
+                            updated_at: now,
+                            unread: outcome.unread,
+                            version: outcome.version,
+                        });
+                    }
+                    outcomes.push(Outcome::Marked(outcome));
                 } else {
                     // Consecutive receipts (DELIVERED) share one UPDATE and
-                    // one read of the counts, however many users they are for.
+                    // one counter update, however many users they are for.
                     let mut run = Vec::new();
                     while let Some(WriteOp::Mark {
                         user,
@@ -255,20 +271,9 @@ async fn apply(
                         run.push((*user, ids.as_slice()));
                         index += 1;
                     }
-                    let outcomes = mark_run(&mut tx, &run, *status, now).await?;
-                    run.iter().map(|(user, _)| *user).zip(outcomes).collect()
-                };
-                for (user, outcome) in marked {
-                    if !outcome.updated.is_empty() {
-                        changes.push(Change::Updated {
-                            user,
-                            ids: outcome.updated.clone(),
-                            status: *status,
-                            updated_at: now,
-                            unread: outcome.unread,
-                        });
-                    }
-                    outcomes.push(Outcome::Marked(outcome));
+                    let marked = mark_run(&mut tx, &run, *status, now).await?;
+                    changes.extend(marked.changes);
+                    outcomes.extend(marked.outcomes.into_iter().map(Outcome::Marked));
                 }
                 continue;
             }
@@ -334,6 +339,13 @@ async fn apply(
     Ok((outcomes, changes))
 }
 
+/// The next seq, unread count and version of one recipient in a create run.
+struct Counters {
+    seq: i64,
+    unread: i64,
+    version: i64,
+}
+
 /// Where a create's result comes from once the run is resolved.
 enum Slot {
     Existing(Notification),
@@ -387,22 +399,26 @@ async fn create_run(
         });
         per_user[index].1 += 1;
     }
-    // Next seq and next unread count to hand out, per recipient: one
-    // statement for all recipients (per 1,000), not one each.
-    let mut next: HashMap<User, (i64, i64)> = HashMap::with_capacity(per_user.len());
+    // Next seq, unread count and version to hand out, per recipient: one
+    // statement for all recipients (per 1,000), not one each. Each
+    // notification is one change of its recipient, so it takes a version
+    // as it takes a seq.
+    let mut next: HashMap<User, Counters> = HashMap::with_capacity(per_user.len());
     for chunk in per_user.chunks(1000) {
         let mut upsert =
-            QueryBuilder::<Sqlite>::new("INSERT INTO users (role, id, last_seq, unread) ");
+            QueryBuilder::<Sqlite>::new("INSERT INTO users (role, id, last_seq, unread, version) ");
         upsert.push_values(chunk, |mut values, (user, count)| {
             values
                 .push_bind(user.role.code())
                 .push_bind(user.id)
                 .push_bind(*count)
+                .push_bind(*count)
                 .push_bind(*count);
         });
         upsert.push(
             " ON CONFLICT (role, id) DO UPDATE SET last_seq = last_seq + excluded.last_seq, \
-             unread = unread + excluded.unread RETURNING role, id, last_seq, unread",
+             unread = unread + excluded.unread, version = version + excluded.version \
+             RETURNING role, id, last_seq, unread, version",
         );
         // RETURNING's order is not promised: rows are matched by key.
         let by_key: HashMap<(i64, i64), (User, i64)> = chunk
@@ -413,21 +429,29 @@ async fn create_run(
             let key: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
             let last_seq: i64 = row.try_get(2)?;
             let unread: i64 = row.try_get(3)?;
+            let version: i64 = row.try_get(4)?;
             if let Some(&(user, count)) = by_key.get(&key) {
-                next.insert(user, (last_seq - count + 1, unread - count + 1));
+                next.insert(
+                    user,
+                    Counters {
+                        seq: last_seq - count + 1,
+                        unread: unread - count + 1,
+                        version: version - count + 1,
+                    },
+                );
             }
         }
     }
 
     let mut rows = Vec::with_capacity(fresh.len());
     for new in &fresh {
-        let (seq, unread) = next
+        let next = next
             .get_mut(&new.recipient)
             .expect("every fresh recipient has a reserved block");
         rows.push(Notification {
             id: new_object_id(),
             recipient: new.recipient,
-            seq: *seq,
+            seq: next.seq,
             kind: new.kind.clone(),
             channel: new.channel,
             content: new.content.clone(),
@@ -435,16 +459,19 @@ async fn create_run(
             priority: new.priority,
             created_at: now,
             updated_at: now,
+            version: next.version,
         });
         changes.push(Change::Created {
             notification: rows.last().cloned().expect("just pushed"),
-            unread: *unread,
+            unread: next.unread,
+            version: next.version,
         });
-        *seq += 1;
-        *unread += 1;
+        next.seq += 1;
+        next.unread += 1;
+        next.version += 1;
     }
 
-    // 12 parameters a row stays well under SQLite's 32,766.
+    // 13 parameters a row stays well under SQLite's 32,766.
     for (chunk, news) in rows.chunks(1000).zip(fresh.chunks(1000)) {
         let mut insert = QueryBuilder::<Sqlite>::new(format!(
             "INSERT INTO notifications ({COLUMNS}, idempotency_key) "
@@ -462,6 +489,7 @@ async fn create_run(
                 .push_bind(row.priority)
                 .push_bind(row.created_at)
                 .push_bind(row.updated_at)
+                .push_bind(row.version)
                 .push_bind(new.idempotency_key.clone());
         });
         insert.build().execute(&mut **tx).await?;
@@ -508,17 +536,25 @@ async fn find_by_key(
     row.map(|row| decode(&row)).transpose()
 }
 
+/// What a run of marks did: an outcome per op, in order, and one change
+/// per user whose notifications changed.
+struct MarkedRun {
+    outcomes: Vec<MarkOutcome>,
+    changes: Vec<Change>,
+}
+
 /// Marks that leave the unread count alone (DELIVERED), for several users
-/// at once: one UPDATE per 2,000 ids and one read of the counts, where
-/// one [`mark`] each would take two statements per user. Each outcome is
-/// what `mark` would have answered for that op, in order; an id listed by
-/// two ops of one user counts for the first.
+/// at once: one UPDATE per 2,000 ids and one counter update, where one
+/// [`mark`] each would take two statements per user. Each outcome is what
+/// `mark` would have answered for that op, in order; an id listed by two
+/// ops of one user counts for the first. Each user whose notifications
+/// changed takes one version for all of them.
 async fn mark_run(
     tx: &mut Transaction<'_, Sqlite>,
     run: &[(User, &[String])],
     status: Status,
     now: i64,
-) -> Result<Vec<MarkOutcome>, sqlx::Error> {
+) -> Result<MarkedRun, sqlx::Error> {
     let mut owner: HashMap<(i64, i64, &str), usize> = HashMap::new();
     for (op, (user, ids)) in run.iter().enumerate() {
         for id in ids.iter() {
@@ -532,17 +568,25 @@ async fn mark_run(
         .map(|_| MarkOutcome {
             updated: Vec::new(),
             unread: 0,
+            version: 0,
             updated_at: now,
         })
         .collect();
     let wanted: Vec<(i64, i64, &str)> = owner.keys().copied().collect();
     // 4 parameters an id stays well under SQLite's 32,766.
     for chunk in wanted.chunks(2000) {
+        // Every row of one user takes the user's next version; the counter
+        // itself moves once, below, after every chunk.
         let mut update = QueryBuilder::<Sqlite>::new("UPDATE notifications SET status = ");
         update
             .push_bind(status.code())
             .push(", updated_at = ")
             .push_bind(now)
+            .push(
+                ", version = (SELECT u.version + 1 FROM users u \
+                 WHERE u.role = notifications.recipient_role \
+                 AND u.id = notifications.recipient_id)",
+            )
             .push(" WHERE status < ")
             .push_bind(status.code())
             .push(" AND id IN (");
@@ -573,36 +617,65 @@ async fn mark_run(
             }
         }
     }
-    let mut users: Vec<(i64, i64)> = run.iter().map(|(u, _)| (u.role.code(), u.id)).collect();
-    users.sort_unstable();
-    users.dedup();
-    let mut unread: HashMap<(i64, i64), i64> = HashMap::with_capacity(users.len());
-    for chunk in users.chunks(10_000) {
-        let mut select = QueryBuilder::<Sqlite>::new(
-            "SELECT role, id, unread FROM users WHERE (role, id) IN (VALUES ",
+    let mut changed: Vec<User> = run
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| !outcome.updated.is_empty())
+        .map(|((user, _), _)| *user)
+        .collect();
+    changed.sort_unstable();
+    changed.dedup();
+    let mut counters: HashMap<User, (i64, i64)> = HashMap::with_capacity(changed.len());
+    for chunk in changed.chunks(10_000) {
+        let mut bump = QueryBuilder::<Sqlite>::new(
+            "UPDATE users SET version = version + 1 WHERE (role, id) IN (VALUES ",
         );
-        let mut rows = select.separated(", ");
-        for (role, user_id) in chunk {
+        let mut rows = bump.separated(", ");
+        for user in chunk {
             rows.push("(")
-                .push_bind_unseparated(*role)
+                .push_bind_unseparated(user.role.code())
                 .push_unseparated(", ")
-                .push_bind_unseparated(*user_id)
+                .push_bind_unseparated(user.id)
                 .push_unseparated(")");
         }
-        select.push(")");
-        for row in select.build().fetch_all(&mut **tx).await? {
-            unread.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        bump.push(") RETURNING role, id, unread, version");
+        for row in bump.build().fetch_all(&mut **tx).await? {
+            let user = decode_user(&row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+            counters.insert(user, (row.try_get(2)?, row.try_get(3)?));
         }
     }
+    let mut by_user: HashMap<User, Vec<String>> = HashMap::new();
     for ((user, _), outcome) in run.iter().zip(&mut outcomes) {
-        outcome.unread = unread
-            .get(&(user.role.code(), user.id))
-            .copied()
-            .unwrap_or(0);
+        if outcome.updated.is_empty() {
+            continue;
+        }
+        let (unread, version) = counters.get(user).copied().unwrap_or((0, 0));
+        outcome.unread = unread;
+        outcome.version = version;
+        by_user
+            .entry(*user)
+            .or_default()
+            .extend(outcome.updated.iter().cloned());
     }
-    Ok(outcomes)
+    let changes = changed
+        .into_iter()
+        .map(|user| {
+            let (unread, version) = counters.get(&user).copied().unwrap_or((0, 0));
+            Change::Updated {
+                user,
+                ids: by_user.remove(&user).unwrap_or_default(),
+                status,
+                updated_at: now,
+                unread,
+                version,
+            }
+        })
+        .collect();
+    Ok(MarkedRun { outcomes, changes })
 }
 
+/// One user's mark (READ moves their unread count). The changed rows and
+/// the counter take the user's next version together.
 async fn mark(
     tx: &mut Transaction<'_, Sqlite>,
     user: User,
@@ -615,7 +688,11 @@ async fn mark(
         .push_bind(status.code())
         .push(", updated_at = ")
         .push_bind(now)
-        .push(" WHERE recipient_role = ")
+        .push(", version = (SELECT version + 1 FROM users WHERE role = ")
+        .push_bind(user.role.code())
+        .push(" AND id = ")
+        .push_bind(user.id)
+        .push(") WHERE recipient_role = ")
         .push_bind(user.role.code())
         .push(" AND recipient_id = ")
         .push_bind(user.id)
@@ -634,27 +711,32 @@ async fn mark(
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()?;
-    // Only a move to READ leaves the unread inbox; anything else (the
-    // DELIVERED receipts, most marks by far) only reads the count.
-    let unread: Option<i64> = if status == Status::Read && !updated.is_empty() {
-        sqlx::query_scalar(
-            "UPDATE users SET unread = unread - $1 WHERE role = $2 AND id = $3 RETURNING unread",
-        )
-        .bind(updated.len() as i64)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_optional(&mut **tx)
-        .await?
+    if updated.is_empty() {
+        return Ok(MarkOutcome {
+            updated,
+            unread: 0,
+            version: 0,
+            updated_at: now,
+        });
+    }
+    let left = if status == Status::Read {
+        updated.len() as i64
     } else {
-        sqlx::query_scalar("SELECT unread FROM users WHERE role = $1 AND id = $2")
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_optional(&mut **tx)
-            .await?
+        0
     };
+    let (unread, version): (i64, i64) = sqlx::query_as(
+        "UPDATE users SET unread = unread - $1, version = version + 1 \
+         WHERE role = $2 AND id = $3 RETURNING unread, version",
+    )
+    .bind(left)
+    .bind(user.role.code())
+    .bind(user.id)
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(MarkOutcome {
         updated,
-        unread: unread.unwrap_or(0),
+        unread,
+        version,
         updated_at: now,
     })
 }
@@ -782,6 +864,7 @@ fn decode(row: &SqliteRow) -> Result<Notification, sqlx::Error> {
         priority: row.try_get(8)?,
         created_at: row.try_get(9)?,
         updated_at: row.try_get(10)?,
+        version: row.try_get(11)?,
     })
 }
 
@@ -828,16 +911,8 @@ impl Store for SqliteStore {
         // One read transaction: the count, the page and last_seq come from
         // the same snapshot.
         let mut tx = self.readers.begin().await?;
-        let counters =
-            sqlx::query("SELECT unread, last_seq FROM users WHERE role = $1 AND id = $2")
-                .bind(user.role.code())
-                .bind(user.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (total, last_seq): (i64, i64) = match counters {
-            Some(row) => (row.try_get(0)?, row.try_get(1)?),
-            None => (0, 0),
-        };
+        let state = read_state(&mut tx, user).await?;
+        let (total, last_seq) = (state.unread, state.last_seq);
         let offset = i64::from(page.saturating_sub(1)) * i64::from(limit);
         let rows = if offset < total {
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -859,6 +934,7 @@ impl Store for SqliteStore {
             items: decode_all(&rows)?,
             total,
             last_seq,
+            version: state.version,
         })
     }
 
@@ -882,14 +958,52 @@ impl Store for SqliteStore {
         decode_all(&rows)
     }
 
-    async fn last_seq(&self, user: User) -> Result<i64, StoreError> {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM users WHERE role = $1 AND id = $2")
-                .bind(user.role.code())
-                .bind(user.id)
-                .fetch_optional(&self.readers)
-                .await?;
-        Ok(last.unwrap_or(0))
+    async fn user_state(&self, user: User) -> Result<UserState, StoreError> {
+        let mut connection = self.readers.acquire().await?;
+        Ok(read_state(&mut connection, user).await?)
+    }
+
+    async fn id_at(&self, user: User, seq: i64) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND seq = $3",
+        )
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(seq)
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    async fn changed_after(
+        &self,
+        user: User,
+        after: ChangePosition,
+        limit: u32,
+    ) -> Result<ChangedPage, StoreError> {
+        // One read transaction: the rows and the counters from one snapshot.
+        let mut tx = self.readers.begin().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM notifications \
+             WHERE recipient_role = $1 AND recipient_id = $2 AND (version, seq) > ($3, $4) \
+             ORDER BY version, seq LIMIT $5"
+        )))
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(after.version)
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let state = read_state(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(ChangedPage {
+            items: decode_all(&rows)?,
+            state,
+        })
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     async fn mark(
@@ -958,6 +1072,32 @@ impl Store for SqliteStore {
         rows.iter().map(decode_user).collect()
     }
 
+    async fn online_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
+             JOIN room_members peer ON peer.room = me.room \
+             WHERE me.role = $1 AND me.user_id = $2 \
+             AND NOT (peer.role = $1 AND peer.user_id = $2) \
+             AND EXISTS (SELECT 1 FROM presence p \
+                         WHERE p.role = peer.role AND p.user_id = peer.user_id)",
+        )
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(decode_user).collect()
+    }
+
+    async fn last_seen(&self, user: User) -> Result<Option<i64>, StoreError> {
+        let seen: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT last_seen_at FROM users WHERE role = $1 AND id = $2")
+                .bind(user.role.code())
+                .bind(user.id)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(seen.flatten())
+    }
+
     async fn set_presence(
         &self,
         node: &str,
@@ -985,6 +1125,26 @@ impl Store for SqliteStore {
     async fn expire_presence(&self) -> Result<(), StoreError> {
         self.write(WriteOp::ExpirePresence).await.map(drop)
     }
+}
+
+/// The user's counters (all 0 before their first notification).
+async fn read_state(
+    connection: &mut SqliteConnection,
+    user: User,
+) -> Result<UserState, sqlx::Error> {
+    let counters: Option<(i64, i64, i64)> =
+        sqlx::query_as("SELECT last_seq, unread, version FROM users WHERE role = $1 AND id = $2")
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_optional(connection)
+            .await?;
+    Ok(counters
+        .map(|(last_seq, unread, version)| UserState {
+            last_seq,
+            unread,
+            version,
+        })
+        .unwrap_or_default())
 }
 
 fn decode_user(row: &SqliteRow) -> Result<User, StoreError> {

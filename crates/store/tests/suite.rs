@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify_store::{
-    Change, ChangeSink, Channel, NewNotification, PgOptions, PgStore, SqliteOptions, SqliteStore,
-    Status, Store, User, new_object_id,
+    Change, ChangePosition, ChangeSink, Channel, NewNotification, PgOptions, PgStore,
+    SqliteOptions, SqliteStore, Status, Store, User, new_object_id,
 };
 use sqlx::Connection;
 
@@ -154,6 +154,8 @@ suite!(
     pages_are_newest_first_with_one_snapshot,
     rooms_and_peers,
     presence_counts_every_node_and_expires,
+    changes_take_versions_and_read_back_in_order,
+    the_epoch_is_made_once_per_database,
 );
 
 async fn seqs_are_gapless_under_concurrency(b: Backend) {
@@ -185,8 +187,15 @@ async fn seqs_are_gapless_under_concurrency(b: Backend) {
     }
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=400).collect::<Vec<i64>>());
-    assert_eq!(b.store.last_seq(user).await.unwrap(), 400);
-    assert_eq!(b.store.last_seq(User::customer(7)).await.unwrap(), 80);
+    assert_eq!(b.store.user_state(user).await.unwrap().last_seq, 400);
+    assert_eq!(
+        b.store
+            .user_state(User::customer(7))
+            .await
+            .unwrap()
+            .last_seq,
+        80
+    );
     let stored: Vec<i64> = b
         .store
         .after_seq(user, 0, 1000)
@@ -237,6 +246,7 @@ async fn content_comes_back_exactly_and_changes_are_published(b: Backend) {
             Change::Created {
                 notification,
                 unread,
+                ..
             } => Some((notification.id.clone(), *unread)),
             _ => None,
         })
@@ -274,8 +284,14 @@ async fn idempotency_keys_are_unique_per_recipient(b: Backend) {
         .await
         .unwrap();
     assert_eq!(twice[0].notification.id, twice[1].notification.id);
-    assert_eq!(b.store.last_seq(User::vendor(5)).await.unwrap(), 1);
-    assert_eq!(b.store.last_seq(User::vendor(6)).await.unwrap(), 1);
+    assert_eq!(
+        b.store.user_state(User::vendor(5)).await.unwrap().last_seq,
+        1
+    );
+    assert_eq!(
+        b.store.user_state(User::vendor(6)).await.unwrap().last_seq,
+        1
+    );
 }
 
 async fn marking_moves_forward_and_keeps_the_unread_count(b: Backend) {
@@ -523,4 +539,133 @@ async fn presence_counts_every_node_and_expires(b: Backend) {
     assert_eq!(seen[2..], [(other, true), (other, false)]);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.changes.wait_for(5, presence).await.len(), 4);
+}
+
+/// Every create and every status change takes the user's next version, and
+/// `changed_after` reads back what changed after any position, each
+/// notification once, at its latest change, with the counters of the same
+/// snapshot: how streams catch up on what they missed.
+async fn changes_take_versions_and_read_back_in_order(b: Backend) {
+    let user = User::vendor(21);
+    let other = User::vendor(22);
+    let created = b
+        .store
+        .create((0..5).map(|n| new(user, n)).collect())
+        .await
+        .unwrap();
+    b.store.create(vec![new(other, 0)]).await.unwrap();
+    let versions: Vec<i64> = created.iter().map(|c| c.notification.version).collect();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    let ids: Vec<String> = created.iter().map(|c| c.notification.id.clone()).collect();
+    // One mark: one version for all it changed; a repeat changes nothing.
+    let delivered = b
+        .store
+        .mark(user, ids[..3].to_vec(), Status::Delivered)
+        .await
+        .unwrap();
+    assert_eq!((delivered.updated.len(), delivered.version), (3, 6));
+    let read = b
+        .store
+        .mark(user, ids[1..2].to_vec(), Status::Read)
+        .await
+        .unwrap();
+    assert_eq!((read.version, read.unread), (7, 4));
+    let again = b
+        .store
+        .mark(user, ids[1..2].to_vec(), Status::Read)
+        .await
+        .unwrap();
+    assert!(again.updated.is_empty());
+    let state = b.store.user_state(user).await.unwrap();
+    assert_eq!((state.last_seq, state.unread, state.version), (5, 4, 7));
+
+    // After version 3: seqs 4 and 5 (created at 4, 5), then 1 and 3
+    // (delivered at 6), then 2 (read at 7). Read two at a time.
+    let mut after = ChangePosition::after(3);
+    let mut seen = Vec::new();
+    loop {
+        let page = b.store.changed_after(user, after, 2).await.unwrap();
+        seen.extend(page.items.iter().map(|n| (n.seq, n.version, n.status)));
+        if page.items.len() < 2 {
+            assert_eq!(page.state, state);
+            break;
+        }
+        let last = page.items.last().unwrap();
+        after = ChangePosition {
+            version: last.version,
+            seq: last.seq,
+        };
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (4, 4, Status::Sent),
+            (5, 5, Status::Sent),
+            (1, 6, Status::Delivered),
+            (3, 6, Status::Delivered),
+            (2, 7, Status::Read),
+        ]
+    );
+    let none = b
+        .store
+        .changed_after(user, ChangePosition::after(7), 10)
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+    assert_eq!(b.store.id_at(user, 2).await.unwrap(), Some(ids[1].clone()));
+    assert_eq!(b.store.id_at(user, 6).await.unwrap(), None);
+    let page = b.store.list_unread(user, 1, 20).await.unwrap();
+    assert_eq!((page.total, page.version), (4, 7));
+
+    // Receipts for several users in one group: one version each.
+    let theirs = b.store.create(vec![new(other, 1)]).await.unwrap();
+    let (mine, yours) = tokio::join!(
+        b.store.mark(user, ids[3..].to_vec(), Status::Delivered),
+        b.store.mark(
+            other,
+            vec![theirs[0].notification.id.clone()],
+            Status::Delivered
+        ),
+    );
+    assert_eq!(mine.unwrap().version, 8);
+    assert_eq!(yours.unwrap().version, 3);
+    let updates = b
+        .changes
+        .wait_for(5, |c| match c {
+            Change::Updated {
+                user: who, version, ..
+            } => Some((*who, *version)),
+            _ => None,
+        })
+        .await;
+    let mut updates = updates;
+    updates.sort_unstable();
+    assert_eq!(updates, vec![(user, 6), (user, 7), (user, 8), (other, 3)]);
+}
+
+/// The epoch is made with the database and stays with it.
+async fn the_epoch_is_made_once_per_database(b: Backend) {
+    let epoch = b.store.epoch().to_owned();
+    assert_eq!(epoch.len(), 24, "{epoch}");
+    assert!(epoch.bytes().all(|c| c.is_ascii_hexdigit()));
+    let again: Arc<dyn Store> = if b.url.starts_with("sqlite:") {
+        Arc::new(
+            SqliteStore::open(&b.url, SqliteOptions::default(), b.changes.clone())
+                .await
+                .unwrap(),
+        )
+    } else {
+        Arc::new(
+            PgStore::open(&b.url, PgOptions::default(), b.changes.clone())
+                .await
+                .unwrap(),
+        )
+    };
+    assert_eq!(again.epoch(), epoch, "reopening keeps the epoch");
+    let other = sqlite().await;
+    assert_ne!(
+        other.store.epoch(),
+        epoch,
+        "another database, another epoch"
+    );
 }
