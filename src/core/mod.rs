@@ -17,7 +17,6 @@ pub mod validate;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -82,8 +81,6 @@ pub struct Core {
     pub presence: Arc<Presence>,
     /// Cancelled when the core shuts down; open streams end on it.
     pub shutdown: CancellationToken,
-    /// Stream tasks still running (they end shortly after `shutdown`).
-    pub open_streams: AtomicUsize,
 }
 
 /// Opens the store named by `url`, publishing its commits into `hub`.
@@ -142,7 +139,6 @@ pub async fn run(
         store,
         hub,
         shutdown: token.clone(),
-        open_streams: AtomicUsize::new(0),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -191,15 +187,9 @@ pub async fn run(
             tracing::warn!(grace = ?DRAIN_GRACE, "calls still open after the grace period; stopping anyway");
         }
     }
-    // Stream tasks end right after the cancel; give them a moment, then make
-    // sure their users' presence entries are gone before exiting.
-    for _ in 0..100 {
-        if core.open_streams.load(Ordering::Relaxed) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    core.presence.flush().await;
+    // This core's presence entries stay behind and expire after the TTL:
+    // users whose connections move elsewhere within it are announced to
+    // nobody (see `presence`).
     tracing::info!("core stopped");
     Ok(())
 }

@@ -6,16 +6,22 @@
 //! the store as this node's entry (batched, in order). The store decides
 //! whether that made the user online or offline across every node, and
 //! publishes the change once; the announcer below passes it to the room
-//! peers' streams on this core. Entries are refreshed as a heartbeat and
-//! expire when a core dies without a goodbye, after which the user still
-//! goes offline.
+//! peers' streams on this core.
+//!
+//! Entries are leases: the heartbeat extends this node's every third of the
+//! TTL, and any node expires those past it, so a core that dies without a
+//! goodbye still takes its users offline. A heartbeat that finds one of its
+//! entries gone (another node expired it while this one stalled) writes it
+//! again. A core that shuts down writes nothing more: its entries expire
+//! after the TTL, so a user whose connection moves to another core (or to
+//! this one, restarted) within it is announced to nobody.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify_store::{Store, User, new_object_id};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, HubEvent, PresenceChange};
@@ -23,21 +29,19 @@ use super::hub::{Hub, HubEvent, PresenceChange};
 /// How long a node's presence entries live without a heartbeat.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 
-enum Pending {
-    User(User),
-    Flush(oneshot::Sender<()>),
-}
-
 /// This core's presence streams, and the tasks that share them.
 pub struct Presence {
     node: String,
     streams: Mutex<HashMap<User, u32>>,
-    pending: mpsc::UnboundedSender<Pending>,
+    /// Users whose count here changed, for the writer.
+    pending: mpsc::UnboundedSender<User>,
+    /// The core's shutdown: from then on nothing is written.
+    stop: CancellationToken,
 }
 
 impl Presence {
-    /// Starts the writer, heartbeat and announcer tasks; they stop with `stop`
-    /// (the writer once it has written what is pending).
+    /// Starts the writer, heartbeat and announcer tasks; the writer and the
+    /// heartbeat stop with `stop`.
     pub fn start(
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
@@ -50,6 +54,7 @@ impl Presence {
             node: new_object_id(),
             streams: Mutex::new(HashMap::new()),
             pending,
+            stop,
         });
         tokio::spawn(write_entries(
             presence.clone(),
@@ -57,7 +62,7 @@ impl Presence {
             pending_rx,
             ttl,
         ));
-        tokio::spawn(heartbeat(presence.node.clone(), store.clone(), ttl, stop));
+        tokio::spawn(heartbeat(presence.clone(), store.clone(), ttl));
         tokio::spawn(announce(store, hub, changes));
         presence
     }
@@ -73,12 +78,16 @@ impl Presence {
             first
         };
         if first {
-            let _ = self.pending.send(Pending::User(user));
+            let _ = self.pending.send(user);
         }
     }
 
-    /// A presence stream of `user` closed here.
+    /// A presence stream of `user` closed here. Once the core is shutting
+    /// down its entries are left to expire instead (see the module's doc).
     pub fn disconnect(&self, user: User) {
+        if self.stop.is_cancelled() {
+            return;
+        }
         let last = {
             let mut streams = lock(&self.streams);
             match streams.get_mut(&user) {
@@ -95,20 +104,17 @@ impl Presence {
             }
         };
         if last {
-            let _ = self.pending.send(Pending::User(user));
-        }
-    }
-
-    /// Waits until every change so far is in the store.
-    pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.pending.send(Pending::Flush(done)).is_ok() {
-            let _ = wait.await;
+            let _ = self.pending.send(user);
         }
     }
 
     fn count(&self, user: User) -> u32 {
         lock(&self.streams).get(&user).copied().unwrap_or(0)
+    }
+
+    /// Users with a stream here now.
+    fn users(&self) -> Vec<User> {
+        lock(&self.streams).keys().copied().collect()
     }
 }
 
@@ -118,28 +124,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Writes changed counts in batches, in order. Each write carries the count
-/// as it is when written, so a quick close-and-reopen ends in the right
-/// state whatever the interleaving.
+/// Writes changed counts in batches, in order, until the core stops. Each
+/// write carries the count as it is when written, so a quick close-and-
+/// reopen ends in the right state whatever the interleaving.
 async fn write_entries(
     presence: Arc<Presence>,
     store: Arc<dyn Store>,
-    mut pending: mpsc::UnboundedReceiver<Pending>,
+    mut pending: mpsc::UnboundedReceiver<User>,
     ttl: Duration,
 ) {
+    let stop = presence.stop.clone();
     let mut batch = Vec::new();
-    while pending.recv_many(&mut batch, 1024).await > 0 {
-        let mut users: Vec<User> = Vec::new();
-        let mut flushes = Vec::new();
-        for item in batch.drain(..) {
-            match item {
-                Pending::User(user) if !users.contains(&user) => users.push(user),
-                Pending::User(_) => {}
-                Pending::Flush(done) => flushes.push(done),
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            received = pending.recv_many(&mut batch, 1024) => if received == 0 { return },
+        }
+        let mut users: Vec<User> = Vec::with_capacity(batch.len());
+        for user in batch.drain(..) {
+            if !users.contains(&user) {
+                users.push(user);
             }
         }
         let mut delay = Duration::from_millis(100);
-        while !users.is_empty() {
+        loop {
             let streams: Vec<(User, u32)> = users.iter().map(|&u| (u, presence.count(u))).collect();
             match store.set_presence(&presence.node, streams, ttl).await {
                 Ok(()) => break,
@@ -147,28 +155,36 @@ async fn write_entries(
                     // Entries not written yet are retried; until then the
                     // user keeps their previous state.
                     tracing::warn!(%error, users = users.len(), "presence not stored; retrying");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-        for done in flushes {
-            let _ = done.send(());
         }
     }
 }
 
 /// Refreshes this node's entries and expires everybody's stale ones, three
-/// times per `ttl`.
-async fn heartbeat(node: String, store: Arc<dyn Store>, ttl: Duration, stop: CancellationToken) {
+/// times per `ttl`; writes again the entries it finds gone.
+async fn heartbeat(presence: Arc<Presence>, store: Arc<dyn Store>, ttl: Duration) {
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = presence.stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = store.refresh_presence(&node, ttl).await {
-            tracing::warn!(%error, "presence heartbeat failed");
+        match store.refresh_presence(&presence.node, ttl).await {
+            Ok(refreshed) => {
+                for user in presence.users() {
+                    if !refreshed.contains(&user) {
+                        tracing::info!(%user, "presence entry expired by another node; writing it again");
+                        let _ = presence.pending.send(user);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "presence heartbeat failed"),
         }
         if let Err(error) = store.expire_presence().await {
             tracing::warn!(%error, "presence expiry failed");

@@ -23,7 +23,6 @@
 //! and `state.reset` tells the reader to reload from the list.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use notify_store::{ChangePosition, Notification, PeerView, Status, Store, User, UserState};
@@ -81,7 +80,6 @@ pub async fn open(
         .map_err(store_status)?;
     let subscription = core.hub.subscribe(request.user);
     let (out, receiver) = mpsc::channel(OUTBOUND_QUEUE);
-    core.open_streams.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         metrics::gauge!("notify_open_streams").increment(1.0);
         let user = request.user;
@@ -95,11 +93,13 @@ pub async fn open(
         if presence {
             core.presence.disconnect(user);
         }
-        core.open_streams.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("notify_open_streams").decrement(1.0);
-        if let Err(status) = outcome {
-            tracing::warn!(%user, error = %status.message(), "stream ended by an error");
-            let _ = out.send(Err(status)).await;
+        match outcome {
+            Ok(()) => tracing::debug!(%user, "stream ended"),
+            Err(status) => {
+                tracing::warn!(%user, error = %status.message(), "stream ended by an error");
+                let _ = out.send(Err(status)).await;
+            }
         }
     });
     Ok(receiver)

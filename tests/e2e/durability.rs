@@ -72,7 +72,7 @@ async fn sigterm_ends_open_streams_and_exits_zero() {
         .await
         .unwrap()
         .into_inner();
-    let status = core.terminate();
+    let status = core.shut_down().await;
     assert!(status.success(), "exit status {status:?}");
     // The stream ended instead of hanging.
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
@@ -172,4 +172,29 @@ async fn a_full_disk_gives_clear_errors_and_recovers_on_its_own() {
     core.restart();
     let mut client = core.client().await;
     assert_all_stored(&mut client, &acked).await;
+}
+
+/// With the database down, SIGTERM still ends the core promptly: nothing
+/// it would still write (presence entries) keeps it waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_while_the_database_is_down() {
+    if crate::harness::postgres_admin_url().is_none() {
+        return;
+    }
+    let server = crate::harness::OwnPostgres::start();
+    let url = crate::harness::create_database(&server.url).await;
+    let mut core = CoreProcess::start_on(&url, &[], tempfile::tempdir().unwrap());
+    let mut client = core.client().await;
+    let _connected = client
+        .stream_user_events(StreamUserEventsRequest {
+            vendor_id: Some(3),
+            presence: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    server.stop();
+    // `shut_down` fails the test if the core is still running 15 s later.
+    assert!(core.shut_down().await.success());
 }

@@ -24,6 +24,7 @@ pub struct CoreProcess {
     pub metrics_addr: SocketAddr,
     database_url: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     _dir: std::sync::Arc<tempfile::TempDir>,
 }
 
@@ -42,18 +43,43 @@ impl CoreProcess {
 
     /// A core on `database_url` (several cores may share a PostgreSQL one).
     pub fn start_on(database_url: &str, extra: &[&str], dir: tempfile::TempDir) -> CoreProcess {
+        Self::start_with_env(database_url, extra, &[], dir)
+    }
+
+    /// A core with extra environment variables (such as `LD_PRELOAD` for
+    /// libfaketime).
+    pub fn start_with_env(
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+    ) -> CoreProcess {
         let dir = std::sync::Arc::new(dir);
         let database_url = database_url.to_owned();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr, metrics_addr) = spawn(&database_url, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr, metrics_addr) = spawn(&database_url, &extra, &env);
         CoreProcess {
             child,
             addr,
             metrics_addr,
             database_url,
             extra,
+            env,
             _dir: dir,
         }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, …).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name}");
     }
 
     /// `http://addr` for clients.
@@ -78,8 +104,9 @@ impl CoreProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// SIGTERM, then the exit status, without blocking the test's runtime:
+    /// the clients' connections keep being served (the core drains them).
+    pub async fn shut_down(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -87,7 +114,7 @@ impl CoreProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("core did not exit within 15 s of SIGTERM");
     }
@@ -101,7 +128,7 @@ impl CoreProcess {
     /// Starts the core again after [`Self::kill9`] or [`Self::terminate`],
     /// on the same database (on a new port).
     pub fn start_again(&mut self) {
-        let (child, addr, metrics_addr) = spawn(&self.database_url, &self.extra);
+        let (child, addr, metrics_addr) = spawn(&self.database_url, &self.extra, &self.env);
         self.child = child;
         self.addr = addr;
         self.metrics_addr = metrics_addr;
@@ -124,9 +151,14 @@ impl Drop for CoreProcess {
     }
 }
 
-fn spawn(database_url: &str, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
+fn spawn(
+    database_url: &str,
+    extra: &[String],
+    env: &[(String, String)],
+) -> (Child, SocketAddr, SocketAddr) {
     let log = std::env::var_os("TEST_LOG").is_some();
     let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("core")
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(["--database-url", database_url])
@@ -155,6 +187,18 @@ fn spawn(database_url: &str, extra: &[String]) -> (Child, SocketAddr, SocketAddr
             .unwrap_or_else(|| panic!("no {name} in {line:?}"))
     };
     (child, field("grpc="), field("metrics="))
+}
+
+/// libfaketime (Debian's `faketime` package; `scripts/test` installs it),
+/// preloaded to move a process's wall clock and not its monotonic one.
+pub fn libfaketime() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|path| path.exists())
 }
 
 /// The grpcurl binary: `$GRPCURL`, then `.venv/bin/grpcurl` (installed by
@@ -230,6 +274,11 @@ impl OwnPostgres {
     /// Restarts it (fast shutdown: open connections are cut).
     pub fn restart(&self) {
         postgres_script("restart", &self.dir);
+    }
+
+    /// Stops it (fast shutdown: open connections are cut).
+    pub fn stop(&self) {
+        postgres_script("stop", &self.dir);
     }
 }
 

@@ -233,3 +233,151 @@ async fn a_postgres_restart_under_load_loses_nothing_acknowledged() {
     let seqs: Vec<i64> = received.iter().map(|n| n.seq).collect();
     assert_eq!(seqs, (1..=acked.len() as i64 + 1).collect::<Vec<_>>());
 }
+
+/// Joins everyone to one room through `client`.
+async fn room_of(client: &mut Client, room: &str, users: &[(Option<i64>, Option<i64>)]) {
+    for &(vendor, customer) in users {
+        client
+            .join_room(proto::RoomRequest {
+                room: room.into(),
+                vendor_id: vendor,
+                customer_id: customer,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn online(client: &mut Client, room: &str, vendor: i64) -> bool {
+    client
+        .list_room_members(proto::ListRoomMembersRequest { room: room.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .members
+        .iter()
+        .any(|m| m.vendor_id == Some(vendor) && m.online)
+}
+
+/// A core that stalls past the TTL loses its entries to another core's
+/// expiry; when it comes back its users, still connected, are online again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_expired_while_a_core_stalled_are_written_again() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let url = create_database(&admin).await;
+    let ttl = ["--presence-ttl", "2s"];
+    let (a, b) = (core_on(&url, &ttl), core_on(&url, &ttl));
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    room_of(&mut on_b, "order:5", &[(Some(5), None), (None, Some(12))]).await;
+    let mut peer = stream(&mut on_b, (None, Some(12)), None, false).await;
+    let _connected = stream(&mut on_a, (Some(5), None), None, true).await;
+    assert!(matches!(
+        crate::next_presence_event(&mut peer).await,
+        Event::UserOnline(_)
+    ));
+    a.signal("STOP");
+    let gone = crate::next_presence_event(&mut peer).await;
+    a.signal("CONT");
+    assert!(matches!(gone, Event::UserOffline(_)), "{gone:?}");
+    // Vendor 5's stream on core A never closed: A's next heartbeat finds its
+    // entry gone and writes it again.
+    let back = crate::next_presence_event(&mut peer).await;
+    assert!(matches!(back, Event::UserOnline(_)), "{back:?}");
+    assert!(online(&mut on_b, "order:5", 5).await);
+}
+
+/// Leases are measured on the database's clock: a core whose own clock is
+/// a minute ahead neither expires other cores' live entries early nor
+/// writes entries that outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_with_a_clock_a_minute_ahead_expires_nobody_early() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let Some(faketime) = crate::harness::libfaketime() else {
+        assert!(
+            std::env::var_os("NOTIFY_REQUIRE_POSTGRES").is_none(),
+            "libfaketime is missing (scripts/test installs Debian's faketime)"
+        );
+        return;
+    };
+    let url = create_database(&admin).await;
+    let ttl = ["--presence-ttl", "2s"];
+    let a = core_on(&url, &ttl);
+    let ahead = CoreProcess::start_with_env(
+        &url,
+        &ttl,
+        &[
+            ("LD_PRELOAD", faketime.to_str().unwrap()),
+            ("FAKETIME", "+60s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+        tempfile::tempdir().unwrap(),
+    );
+    let (mut on_a, mut on_ahead) = (a.client().await, ahead.client().await);
+    room_of(&mut on_a, "order:6", &[(Some(6), None), (None, Some(12))]).await;
+    let mut peer = stream(&mut on_a, (None, Some(12)), None, false).await;
+    let _connected = stream(&mut on_a, (Some(6), None), None, true).await;
+    assert!(matches!(
+        crate::next_presence_event(&mut peer).await,
+        Event::UserOnline(_)
+    ));
+    // Three TTLs of expiry runs by the core that is ahead.
+    let events = presence_events(&mut peer, Duration::from_secs(6)).await;
+    assert!(events.is_empty(), "{events:?}");
+    assert!(online(&mut on_ahead, "order:6", 6).await);
+    // And entries it writes expire on time once it is gone.
+    room_of(&mut on_a, "order:6", &[(Some(7), None)]).await;
+    let _theirs = stream(&mut on_ahead, (Some(7), None), None, true).await;
+    let came = crate::next_presence_event(&mut peer).await;
+    assert!(
+        matches!(&came, Event::UserOnline(p) if p.vendor_id == Some(7)),
+        "{came:?}"
+    );
+    drop(ahead);
+    let gone = crate::next_presence_event(&mut peer).await;
+    assert!(
+        matches!(&gone, Event::UserOffline(p) if p.vendor_id == Some(7)),
+        "{gone:?}"
+    );
+}
+
+/// A core stopped with SIGTERM leaves its entries to expire: a user whose
+/// connection moves to another core within the TTL (a rolling restart) is
+/// announced to nobody; one that goes for good, once, after the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_announces_nobody() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let url = create_database(&admin).await;
+    let ttl = ["--presence-ttl", "3s"];
+    let (mut a, b) = (core_on(&url, &ttl), core_on(&url, &ttl));
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    room_of(
+        &mut on_b,
+        "order:8",
+        &[(Some(8), None), (Some(9), None), (None, Some(12))],
+    )
+    .await;
+    let mut peer = stream(&mut on_b, (None, Some(12)), None, false).await;
+    let _moving = stream(&mut on_a, (Some(8), None), None, true).await;
+    let _leaving = stream(&mut on_a, (Some(9), None), None, true).await;
+    for _ in 0..2 {
+        assert!(matches!(
+            crate::next_presence_event(&mut peer).await,
+            Event::UserOnline(_)
+        ));
+    }
+    assert!(a.shut_down().await.success());
+    // Vendor 8's connection moves to core B; vendor 9's does not come back.
+    let _moved = stream(&mut on_b, (Some(8), None), None, true).await;
+    let events = presence_events(&mut peer, Duration::from_secs(8)).await;
+    assert!(
+        matches!(events.as_slice(), [Event::UserOffline(p)] if p.vendor_id == Some(9)),
+        "only vendor 9, once: {events:?}"
+    );
+    assert!(online(&mut on_b, "order:8", 8).await);
+}

@@ -132,3 +132,35 @@ async fn observer_streams_do_not_count_as_online() {
         "{event:?}"
     );
 }
+
+/// A core restarted within the presence TTL announces nobody whose
+/// connection comes back; a user that does not come back goes offline once,
+/// after the TTL.
+#[tokio::test]
+async fn a_restart_within_the_ttl_announces_only_those_who_left() {
+    let mut core = CoreProcess::start_with(&["--presence-ttl", "3s"]);
+    let mut client = core.client().await;
+    join(&mut client, "order:3", Some(31), None).await;
+    join(&mut client, "order:3", Some(32), None).await;
+    join(&mut client, "order:3", None, Some(12)).await;
+    let mut peer = open(&mut client, None, Some(12), false).await;
+    let _staying = open(&mut client, Some(31), None, true).await;
+    let _leaving = open(&mut client, Some(32), None, true).await;
+    for _ in 0..2 {
+        assert!(matches!(
+            crate::next_presence_event(&mut peer).await,
+            Event::UserOnline(_)
+        ));
+    }
+    assert!(core.shut_down().await.success());
+    core.start_again();
+    // Everyone's connection comes back at once but vendor 32's.
+    let mut client = core.client().await;
+    let mut peer = open(&mut client, None, Some(12), false).await;
+    let _back = open(&mut client, Some(31), None, true).await;
+    let events = presence_events(&mut peer, Duration::from_secs(8)).await;
+    assert!(
+        matches!(events.as_slice(), [Event::UserOffline(p)] if p.vendor_id == Some(32)),
+        "only vendor 32, once: {events:?}"
+    );
+}

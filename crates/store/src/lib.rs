@@ -139,7 +139,8 @@ pub trait Store: Send + Sync + 'static {
     /// entry; the first entry and the removal of the last are published as
     /// [`Change::Presence`], once, whichever node caused them. Entries expire
     /// `ttl` after their last refresh, so a node that dies without a goodbye
-    /// does not keep its users online.
+    /// does not keep its users online. Lease times are the database's
+    /// clock, so nodes whose clocks disagree still agree on them.
     async fn set_presence(
         &self,
         node: &str,
@@ -147,8 +148,10 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<(), StoreError>;
 
-    /// Extends every entry of `node` by `ttl` from now (a heartbeat).
-    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Extends every entry of `node` by `ttl` from now (a heartbeat), and
+    /// says whose entries it found: one missing was expired by another
+    /// node (this one stalled past the TTL) and must be written again.
+    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<Vec<User>, StoreError>;
 
     /// Removes expired entries of any node; users left with none go offline.
     async fn expire_presence(&self) -> Result<(), StoreError>;

@@ -415,6 +415,17 @@ fn presence_payload(user: User, online: bool, at: i64) -> String {
     .payload()
 }
 
+/// The database's clock in milliseconds since the Unix epoch, as SQL.
+/// Presence leases are measured on it, so cores whose clocks disagree
+/// (one a minute ahead) still agree on when an entry expires.
+const DATABASE_MILLIS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+async fn database_millis(connection: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {DATABASE_MILLIS}")))
+        .fetch_one(connection)
+        .await
+}
+
 /// The user's counters (all 0 before their first notification).
 async fn read_state(connection: &mut PgConnection, user: User) -> Result<UserState, sqlx::Error> {
     let counters: Option<(i64, i64, i64)> =
@@ -890,9 +901,9 @@ impl Store for PgStore {
         streams: Vec<(User, u32)>,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let now = now_millis();
-        let expires_at = now + ttl.as_millis() as i64;
         let mut tx = self.pool.begin().await?;
+        let now = database_millis(&mut tx).await?;
+        let expires_at = now + ttl.as_millis() as i64;
         let users: Vec<User> = streams.iter().map(|(u, _)| *u).collect();
         lock_users(&mut tx, &users).await?;
         let mut payloads = Vec::new();
@@ -931,17 +942,23 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
-        sqlx::query("UPDATE presence SET expires_at = $1 WHERE node = $2")
-            .bind(now_millis() + ttl.as_millis() as i64)
-            .bind(node)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE presence SET expires_at = {DATABASE_MILLIS} + $1 WHERE node = $2 \
+             RETURNING role, user_id"
+        )))
+        .bind(ttl.as_millis() as i64)
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
     }
 
     async fn expire_presence(&self) -> Result<(), StoreError> {
-        let now = now_millis();
+        let now = {
+            let mut connection = self.pool.acquire().await?;
+            database_millis(&mut connection).await?
+        };
         let rows = sqlx::query("SELECT DISTINCT role, user_id FROM presence WHERE expires_at < $1")
             .bind(now)
             .fetch_all(&self.pool)

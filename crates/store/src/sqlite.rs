@@ -98,6 +98,7 @@ enum WriteOp {
 enum Outcome {
     Created(Vec<Created>),
     Marked(MarkOutcome),
+    Refreshed(Vec<User>),
     Done,
 }
 
@@ -321,12 +322,19 @@ async fn apply(
                 outcomes.push(Outcome::Done);
             }
             WriteOp::RefreshPresence { node, ttl_ms } => {
-                sqlx::query("UPDATE presence SET expires_at = $1 WHERE node = $2")
-                    .bind(now + ttl_ms)
-                    .bind(node)
-                    .execute(&mut *tx)
-                    .await?;
-                outcomes.push(Outcome::Done);
+                let rows = sqlx::query(
+                    "UPDATE presence SET expires_at = $1 WHERE node = $2 RETURNING role, user_id",
+                )
+                .bind(now + ttl_ms)
+                .bind(node)
+                .fetch_all(&mut *tx)
+                .await?;
+                let users = rows
+                    .iter()
+                    .map(decode_user)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+                outcomes.push(Outcome::Refreshed(users));
             }
             WriteOp::ExpirePresence => {
                 expire_presence(&mut tx, now, &mut changes).await?;
@@ -878,6 +886,7 @@ fn unexpected(outcome: Outcome) -> StoreError {
     let what = match outcome {
         Outcome::Created(_) => "created",
         Outcome::Marked(_) => "marked",
+        Outcome::Refreshed(_) => "refreshed",
         Outcome::Done => "done",
     };
     StoreError::Corrupt(format!("writer answered `{what}` to another request"))
@@ -1113,13 +1122,17 @@ impl Store for SqliteStore {
         .map(drop)
     }
 
-    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.write(WriteOp::RefreshPresence {
-            node: node.to_owned(),
-            ttl_ms: ttl.as_millis() as i64,
-        })
-        .await
-        .map(drop)
+    async fn refresh_presence(&self, node: &str, ttl: Duration) -> Result<Vec<User>, StoreError> {
+        match self
+            .write(WriteOp::RefreshPresence {
+                node: node.to_owned(),
+                ttl_ms: ttl.as_millis() as i64,
+            })
+            .await?
+        {
+            Outcome::Refreshed(users) => Ok(users),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn expire_presence(&self) -> Result<(), StoreError> {
