@@ -47,6 +47,15 @@ pub enum TokenError {
     Invalid(&'static str),
 }
 
+/// Who a valid token names, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The user.
+    pub user: User,
+    /// The token's `exp`: a socket opened with it is closed then.
+    pub expires_at: SystemTime,
+}
+
 /// Signs and checks tokens with one secret.
 pub struct Jwt {
     encoding: EncodingKey,
@@ -88,8 +97,8 @@ impl Jwt {
             .expect("HS256 signing with an in-memory key cannot fail")
     }
 
-    /// The user a token names, if it is valid now.
-    pub fn verify(&self, token: &str) -> Result<User, TokenError> {
+    /// Who a token names and until when, if it is valid now.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -106,11 +115,15 @@ impl Jwt {
             .ok()
             .filter(|id| *id > 0)
             .ok_or(TokenError::Invalid("sub must be a positive numeric id"))?;
-        match claims.role.as_str() {
-            "vendor" => Ok(User::vendor(id)),
-            "customer" => Ok(User::customer(id)),
-            _ => Err(TokenError::Invalid("role must be vendor or customer")),
-        }
+        let user = match claims.role.as_str() {
+            "vendor" => User::vendor(id),
+            "customer" => User::customer(id),
+            _ => return Err(TokenError::Invalid("role must be vendor or customer")),
+        };
+        Ok(Identity {
+            user,
+            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+        })
     }
 }
 
@@ -122,7 +135,13 @@ mod tests {
     fn issued_tokens_verify_and_others_do_not() {
         let jwt = Jwt::new(b"secret");
         let token = jwt.issue(User::customer(12), Duration::from_secs(60));
-        assert_eq!(jwt.verify(&token), Ok(User::customer(12)));
+        let identity = jwt.verify(&token).unwrap();
+        assert_eq!(identity.user, User::customer(12));
+        let left = identity
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(left > Duration::from_secs(50) && left <= Duration::from_secs(60));
         let other = Jwt::new(b"another secret");
         assert_eq!(
             other.verify(&token),

@@ -20,6 +20,19 @@ use crate::proto::notification_service_client::NotificationServiceClient;
 /// A client for one call; cheap to make.
 pub type CoreApi = NotificationServiceClient<InterceptedService<Channel, BearerToken>>;
 
+/// How long a call to the core may take, or a stream take to open, before
+/// it fails with UNAVAILABLE (the client hears 503): a hung core must not
+/// hold a socket's answer, or its feed, for as long as TCP would.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A unary request that the core (and the client side) give up on after
+/// [`CALL_TIMEOUT`]. Not for streams: the deadline would end them.
+pub fn unary<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
 /// Adds `authorization: Bearer <api token>` when one is configured.
 #[derive(Clone)]
 pub struct BearerToken(Option<MetadataValue<Ascii>>);

@@ -1,126 +1,183 @@
-//! One feed per connected user: a single StreamUserEvents call (with
-//! presence) shared by all of that user's sockets on this bridge.
+//! One feed per user with sockets on this bridge: a task that owns the
+//! user's single StreamUserEvents call to the core (with presence) and every
+//! socket of that user here, and passes the stream's events to them.
 //!
-//! The feed remembers the last seq it passed on. If the core goes away, its
-//! sockets get `appError` 503 and stay connected; the feed reconnects with
-//! backoff and resumes with `afterSeq` = that seq, so nothing committed in
-//! between is lost (a notification may come twice; `id` tells).
+//! A socket goes through a small state machine, all of it kept by the
+//! feed's task (one owner: no interleaving to reason about):
+//!
+//! ```text
+//!  admitted ──Join──▶ awaiting inbox ──first page sent──▶ live ──Leave──▶ gone
+//!     │                 │        ▲                          │
+//!     │                 │        └───── the store reset ────┘
+//!     │                 └──────────────────Leave──────────────────────▶ gone
+//!     └── handshake never finished: released when dropped ─────────────▶ gone
+//! ```
+//!
+//! - *Admitted*: the connect middleware counted the socket against its
+//!   user's limit ([`Feeds::admit`], under one lock, so handshakes racing
+//!   each other cannot pass it together). The [`Admission`] lives in the
+//!   socket; a socket whose handshake never completes gives its place back
+//!   when it is dropped.
+//! - *Join* (the connect handler) and *Leave* (the disconnect handler, or
+//!   the connect handler itself for a client already gone) reach the feed
+//!   through its mailbox in that order, so no socket stays behind and none
+//!   joins after leaving.
+//! - *Awaiting inbox*: the socket already gets live notifications; once the
+//!   stream is open its first page of the inbox is read (and read again
+//!   after a failure, with backoff) and sent, then its unread count.
+//! - *Live*: it gets everything, and an unread count only when it is newer
+//!   than the last it got (counts carry the version they were read at), so
+//!   an older count never replaces a newer one.
+//!
+//! The stream opens when the first socket joins and closes when the last
+//! leaves, so the core counts the user online exactly while a socket is
+//! connected. After an outage it resumes where it stopped (epoch, seq,
+//! version), so nothing committed in between is lost; sockets get
+//! `appError` 503 once per outage. A stream whose resume does not fit the
+//! database (restored from a backup) resets: every socket gets its inbox
+//! again. A socket is disconnected, with `appError` 401, when its token
+//! expires.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use notify_store::User;
+use notify_store::{PeerView, User};
 use serde_json::Value;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Streaming;
 
-use super::Bridge;
+use super::auth::Identity;
+use super::core_client::CALL_TIMEOUT;
 use super::payload::{
-    AppError, Envelope, NotificationJson, PresenceEnvelope, PresenceJson, UnreadCount,
+    AppError, Envelope, NotificationJson, Page, PresenceEnvelope, PresenceJson, UnreadCount,
 };
+use super::{Bridge, OfflinePage, offline_page};
+use crate::core::validate;
 use crate::proto::{self, user_event::Event};
 
-/// A user's feed and the sockets it serves.
-pub struct Feed {
-    user: User,
-    sockets: Mutex<Vec<SocketRef>>,
-    connected: watch::Sender<bool>,
-    stop: CancellationToken,
-    last_unread: Mutex<Option<i64>>,
-}
-
-/// All feeds of this bridge.
+/// Every feed of this bridge, by user: which sockets are admitted (the
+/// per-user limit) and each feed's mailbox.
 #[derive(Default)]
 pub struct Feeds {
-    by_user: Mutex<HashMap<User, Arc<Feed>>>,
+    users: Mutex<HashMap<User, Entry>>,
+}
+
+struct Entry {
+    admitted: HashSet<Sid>,
+    mailbox: mpsc::UnboundedSender<Message>,
+}
+
+/// What a feed hears from the socket handlers.
+enum Message {
+    /// The socket's connect handler ran: it gets its inbox and what follows.
+    Join(SocketRef, Identity),
+    /// The socket is gone.
+    Leave(Sid),
+}
+
+/// A socket counted against its user's limit. It gives its place back when
+/// the socket leaves, or when it is dropped with a socket that never made
+/// it past the handshake.
+pub struct Admission {
+    feeds: Arc<Feeds>,
+    /// Who, and until when.
+    pub identity: Identity,
+    /// The socket.
+    pub sid: Sid,
+}
+
+impl Admission {
+    /// The socket is gone: its feed forgets it (once, however often called).
+    pub fn leave(&self) {
+        self.feeds.leave(self.identity.user, self.sid);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.leave();
+    }
 }
 
 impl Feeds {
-    /// Adds the socket to its user's feed, starting the feed if it is the
-    /// user's first socket here.
-    pub fn attach(&self, bridge: &Arc<Bridge>, socket: SocketRef, user: User) -> Arc<Feed> {
-        let mut by_user = lock(&self.by_user);
-        let feed = by_user.entry(user).or_insert_with(|| {
-            let feed = Arc::new(Feed {
-                user,
-                sockets: Mutex::new(Vec::new()),
-                connected: watch::Sender::new(false),
-                stop: bridge.shutdown.child_token(),
-                last_unread: Mutex::new(None),
-            });
-            tokio::spawn(run(bridge.clone(), feed.clone()));
-            metrics::gauge!("notify_bridge_users").increment(1.0);
-            feed
+    /// Counts socket `sid` against its user's `limit`, starting the user's
+    /// feed if it is the first; `None` when the user has `limit` already.
+    pub fn admit(
+        self: &Arc<Self>,
+        bridge: &Arc<Bridge>,
+        identity: Identity,
+        sid: Sid,
+        limit: usize,
+    ) -> Option<Admission> {
+        let user = identity.user;
+        let mut users = lock(&self.users);
+        let entry = users.entry(user).or_insert_with(|| Entry {
+            admitted: HashSet::new(),
+            mailbox: Feed::start(bridge.clone(), user),
         });
-        lock(&feed.sockets).push(socket);
-        feed.clone()
-    }
-
-    /// The user's connected sockets on this bridge.
-    pub fn sockets_of(&self, user: User) -> usize {
-        lock(&self.by_user)
-            .get(&user)
-            .map_or(0, |feed| lock(&feed.sockets).len())
-    }
-
-    /// Removes the socket; the user's last socket stops the feed, which
-    /// closes the stream and so tells the core the user went offline.
-    pub fn detach(&self, user: User, socket: Sid) {
-        let mut by_user = lock(&self.by_user);
-        let Some(feed) = by_user.get(&user) else {
-            return;
-        };
-        let empty = {
-            let mut sockets = lock(&feed.sockets);
-            sockets.retain(|s| s.id != socket);
-            sockets.is_empty()
-        };
-        if empty {
-            feed.stop.cancel();
-            by_user.remove(&user);
-            metrics::gauge!("notify_bridge_users").decrement(1.0);
+        if entry.admitted.len() >= limit {
+            return None;
         }
-    }
-}
-
-impl Feed {
-    /// Waits until the feed's stream to the core is open.
-    pub async fn wait_connected(&self) {
-        let mut connected = self.connected.subscribe();
-        let _ = connected.wait_for(|c| *c).await;
+        entry.admitted.insert(sid);
+        Some(Admission {
+            feeds: self.clone(),
+            identity,
+            sid,
+        })
     }
 
-    /// Whether the stream to the core is open now.
-    pub fn is_connected(&self) -> bool {
-        *self.connected.borrow()
+    /// Hands the connected socket to its feed; false if it is no longer
+    /// admitted (it left already).
+    pub fn join(&self, admission: &Admission, socket: SocketRef) -> bool {
+        let mailbox = {
+            let users = lock(&self.users);
+            match users.get(&admission.identity.user) {
+                Some(entry) if entry.admitted.contains(&admission.sid) => entry.mailbox.clone(),
+                _ => return false,
+            }
+        };
+        // Sent outside the lock: a failed send drops the socket handle, and
+        // dropping a socket may drop an admission, which takes the lock.
+        mailbox
+            .send(Message::Join(socket, admission.identity))
+            .is_ok()
     }
 
-    /// Sends `unreadCount` to every socket if the count changed.
-    fn unread_changed(&self, count: i64) {
-        {
-            let mut last = lock(&self.last_unread);
-            if *last == Some(count) {
+    /// The socket is gone. The user's last admitted socket ends the feed,
+    /// once the feed has read this.
+    fn leave(&self, user: User, sid: Sid) {
+        let mailbox = {
+            let mut users = lock(&self.users);
+            let Some(entry) = users.get_mut(&user) else {
+                return;
+            };
+            if !entry.admitted.remove(&sid) {
                 return;
             }
-            *last = Some(count);
-        }
-        self.emit("unreadCount", &Envelope::ok(UnreadCount { count }));
-    }
-
-    fn emit<T: serde::Serialize + ?Sized>(&self, event: &'static str, data: &T) {
-        for socket in lock(&self.sockets).iter().filter(|s| !is_stalled(s)) {
-            emit(socket, event, data);
-        }
+            let mailbox = entry.mailbox.clone();
+            if entry.admitted.is_empty() {
+                users.remove(&user);
+            }
+            mailbox
+        };
+        let _ = mailbox.send(Message::Leave(sid));
     }
 }
 
 /// Emits and counts; a full or closed socket only costs that socket the
-/// event (what it misses stays in its offline list).
+/// event (what it misses stays in its offline list), and a stalled one gets
+/// nothing more.
 pub fn emit<T: serde::Serialize + ?Sized>(socket: &SocketRef, event: &'static str, data: &T) {
+    if is_stalled(socket) {
+        return;
+    }
     match socket.emit(event, data) {
         Ok(()) => metrics::counter!("notify_bridge_emits_total", "event" => event).increment(1),
         Err(error) => emit_failed(socket, event, &error),
@@ -162,130 +219,600 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-async fn run(bridge: Arc<Bridge>, feed: Arc<Feed>) {
-    let mut last_seq: Option<i64> = None;
-    let mut backoff = BACKOFF_START;
-    let mut outage = false;
-    while !feed.stop.is_cancelled() {
-        let result = follow(&bridge, &feed, &mut last_seq, &mut outage).await;
-        match result {
-            Ok(()) => break,
-            Err(status) => {
-                feed.connected.send_replace(false);
-                if !outage {
-                    outage = true;
-                    metrics::counter!("notify_bridge_core_reconnects_total").increment(1);
-                    tracing::warn!(user = %feed.user, error = %status.message(), "stream to the core lost; reconnecting");
-                    feed.emit("appError", &AppError::from(status));
-                }
-                tokio::select! {
-                    _ = feed.stop.cancelled() => break,
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
+/// Up to ±25 % so reconnecting feeds do not move in lockstep.
+fn jitter(base: Duration) -> Duration {
+    let factor = 0.75 + rand::random::<f64>() * 0.5;
+    base.mul_f64(factor)
+}
+
+fn doubled(backoff: Duration) -> Duration {
+    (backoff * 2).min(BACKOFF_MAX)
+}
+
+/// An unread count and the change version it is exact at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Count {
+    unread: i64,
+    version: i64,
+}
+
+impl Count {
+    fn of(event: &proto::UserEvent) -> Option<Count> {
+        Some(Count {
+            unread: event.unread_count?,
+            version: event.version?,
+        })
+    }
+
+    /// Whether this count may replace `known`: only a newer one may.
+    fn replaces(self, known: Option<Count>) -> bool {
+        known.is_none_or(|known| self.version > known.version)
+    }
+}
+
+/// One socket of the feed's user.
+struct Member {
+    socket: SocketRef,
+    /// Its token's expiry.
+    expires_at: Instant,
+    /// Its first page of the inbox is still to come.
+    awaiting_inbox: bool,
+    /// The last count it was sent.
+    count: Option<Count>,
+    /// It was told the core is unavailable, since things last worked.
+    told_unavailable: bool,
+    /// Its token expired; it is being disconnected.
+    expired: bool,
+}
+
+impl Member {
+    /// Sends `count` if it is newer than the last one sent and says something new.
+    fn offer(&mut self, count: Count) {
+        if !count.replaces(self.count) {
+            return;
+        }
+        let changed = self.count.map(|c| c.unread) != Some(count.unread);
+        self.count = Some(count);
+        if changed {
+            emit(
+                &self.socket,
+                "unreadCount",
+                &Envelope::ok(UnreadCount {
+                    count: count.unread,
+                }),
+            );
+        }
+    }
+
+    fn unavailable(&mut self, error: &AppError) {
+        if !self.told_unavailable {
+            self.told_unavailable = true;
+            emit(&self.socket, "appError", error);
         }
     }
 }
 
-/// Opens the stream (resuming after `last_seq`) and passes events on until
-/// the feed stops (`Ok`) or the stream fails (`Err`).
-async fn follow(
-    bridge: &Bridge,
-    feed: &Feed,
-    last_seq: &mut Option<i64>,
-    outage: &mut bool,
-) -> Result<(), tonic::Status> {
-    let mut client = bridge.core.for_user(feed.user);
-    let head = client
-        .list_offline(proto::ListOfflineRequest {
-            vendor_id: feed.user.vendor_id(),
-            customer_id: feed.user.customer_id(),
-            page: Some(1),
-            limit: Some(1),
-        })
-        .await?
-        .into_inner();
-    // First time: start after the newest existing notification, since
-    // sockets get older ones from their offline list, fetched after this.
-    // After an outage: resume where the feed stopped.
-    let after = last_seq.unwrap_or(head.last_seq);
-    *last_seq = Some(after);
-    let mut stream = client
-        .stream_user_events(proto::StreamUserEventsRequest {
-            vendor_id: feed.user.vendor_id(),
-            customer_id: feed.user.customer_id(),
-            after_seq: Some(after),
+/// Where the stream stopped, to resume from.
+#[derive(Clone, Debug)]
+struct Resume {
+    epoch: String,
+    last_seq: i64,
+    last_id: String,
+    version: i64,
+}
+
+type Opening =
+    Pin<Box<dyn Future<Output = Result<Streaming<proto::UserEvent>, tonic::Status>> + Send>>;
+
+/// The feed's stream to the core.
+enum Link {
+    /// No socket: no stream.
+    Idle,
+    /// Down; the next attempt at this time.
+    Waiting(Instant),
+    /// Waiting for the core to answer.
+    Opening(Opening),
+    /// Open; `synced` once its first state arrived (the core caught it up).
+    Open {
+        stream: Box<Streaming<proto::UserEvent>>,
+        synced: bool,
+    },
+}
+
+/// What the link did.
+enum LinkStep {
+    Opened(Result<Streaming<proto::UserEvent>, tonic::Status>),
+    Event(Result<Option<proto::UserEvent>, tonic::Status>),
+}
+
+type Reading = Pin<Box<dyn Future<Output = Result<OfflinePage, tonic::Status>> + Send>>;
+
+/// An inbox read in flight, and the sockets it is for.
+struct InboxRead {
+    serving: Vec<Sid>,
+    reading: Reading,
+}
+
+/// The task's state.
+struct Feed {
+    bridge: Arc<Bridge>,
+    user: User,
+    members: Vec<Member>,
+    link: Link,
+    backoff: Duration,
+    /// The sockets were told the core is unavailable.
+    outage: bool,
+    resume: Option<Resume>,
+    /// The newest count heard.
+    unread: Option<Count>,
+    peers: PeerView,
+    peers_known: bool,
+    inbox: Option<InboxRead>,
+    inbox_retry: Option<Instant>,
+    inbox_backoff: Duration,
+}
+
+impl Feed {
+    /// Starts the feed's task; it runs until its mailbox closes (the user's
+    /// last admitted socket left) or the bridge shuts down.
+    fn start(bridge: Arc<Bridge>, user: User) -> mpsc::UnboundedSender<Message> {
+        let (mailbox, messages) = mpsc::unbounded_channel();
+        let feed = Feed {
+            bridge,
+            user,
+            members: Vec::new(),
+            link: Link::Idle,
+            backoff: BACKOFF_START,
+            outage: false,
+            resume: None,
+            unread: None,
+            peers: PeerView::default(),
+            peers_known: false,
+            inbox: None,
+            inbox_retry: None,
+            inbox_backoff: BACKOFF_START,
+        };
+        tokio::spawn(feed.run(messages));
+        mailbox
+    }
+
+    async fn run(mut self, mut messages: mpsc::UnboundedReceiver<Message>) {
+        let shutdown = self.bridge.shutdown.clone();
+        loop {
+            self.advance();
+            let wake = self.next_wake();
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Some(Message::Join(socket, identity)) => self.join(socket, identity),
+                    Some(Message::Leave(sid)) => self.leave(sid),
+                    None => break,
+                },
+                _ = shutdown.cancelled() => break,
+                step = link_step(&mut self.link) => match step {
+                    LinkStep::Opened(opened) => self.opened(opened),
+                    LinkStep::Event(event) => self.on_event(event),
+                },
+                read = inbox_step(&mut self.inbox) => self.inbox_read(read),
+                _ = tokio::time::sleep_until(wake) => self.expire_tokens(),
+            }
+        }
+        metrics::gauge!("notify_bridge_sockets").decrement(self.members.len() as f64);
+        if !matches!(self.link, Link::Idle) {
+            metrics::gauge!("notify_bridge_users").decrement(1.0);
+        }
+    }
+
+    /// Starts what is due: the stream while sockets are here, an inbox read
+    /// while some await theirs.
+    fn advance(&mut self) {
+        let now = Instant::now();
+        if self.members.is_empty() {
+            if !matches!(self.link, Link::Idle) {
+                self.go_idle();
+            }
+            return;
+        }
+        match self.link {
+            Link::Idle => {
+                metrics::gauge!("notify_bridge_users").increment(1.0);
+                self.link = Link::Opening(self.open_stream());
+            }
+            Link::Waiting(at) if at <= now => self.link = Link::Opening(self.open_stream()),
+            _ => {}
+        }
+        let synced = matches!(self.link, Link::Open { synced: true, .. });
+        if synced
+            && self.inbox.is_none()
+            && self.inbox_retry.is_none_or(|at| at <= now)
+            && self.members.iter().any(|m| m.awaiting_inbox)
+        {
+            self.inbox = Some(self.read_inbox());
+        }
+    }
+
+    /// The last socket left: the stream closes (the core counts the user
+    /// offline), and what the sockets were told is forgotten with them.
+    fn go_idle(&mut self) {
+        self.link = Link::Idle;
+        self.backoff = BACKOFF_START;
+        self.outage = false;
+        self.resume = None;
+        self.unread = None;
+        self.peers = PeerView::default();
+        self.peers_known = false;
+        self.inbox = None;
+        self.inbox_retry = None;
+        self.inbox_backoff = BACKOFF_START;
+        metrics::gauge!("notify_bridge_users").decrement(1.0);
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        if let Link::Waiting(at) = self.link {
+            wake = wake.min(at);
+        }
+        if let Some(at) = self.inbox_retry {
+            wake = wake.min(at);
+        }
+        for member in self.members.iter().filter(|m| !m.expired) {
+            wake = wake.min(member.expires_at);
+        }
+        wake
+    }
+
+    fn join(&mut self, socket: SocketRef, identity: Identity) {
+        if self.members.iter().any(|m| m.socket.id == socket.id) {
+            return;
+        }
+        let left = identity
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let mut member = Member {
+            socket,
+            expires_at: Instant::now() + left,
+            awaiting_inbox: true,
+            count: None,
+            told_unavailable: false,
+            expired: false,
+        };
+        if self.outage {
+            member.unavailable(&AppError::core_unavailable());
+        }
+        self.members.push(member);
+        metrics::gauge!("notify_bridge_sockets").increment(1.0);
+    }
+
+    fn leave(&mut self, sid: Sid) {
+        let before = self.members.len();
+        self.members.retain(|m| m.socket.id != sid);
+        let gone = before - self.members.len();
+        metrics::gauge!("notify_bridge_sockets").decrement(gone as f64);
+    }
+
+    /// Sockets whose token expired get `appError` 401 and are disconnected;
+    /// they leave through their disconnect handler.
+    fn expire_tokens(&mut self) {
+        let now = Instant::now();
+        for member in self
+            .members
+            .iter_mut()
+            .filter(|m| !m.expired && m.expires_at <= now)
+        {
+            member.expired = true;
+            tracing::info!(sid = %member.socket.id, user = %self.user, "token expired; disconnecting the socket");
+            emit(
+                &member.socket,
+                "appError",
+                &AppError::new(401, "token expired"),
+            );
+            let _ = member.socket.clone().disconnect();
+        }
+    }
+
+    fn open_stream(&self) -> Opening {
+        let mut client = self.bridge.core.for_user(self.user);
+        let resume = self.resume.clone();
+        let request = proto::StreamUserEventsRequest {
+            vendor_id: self.user.vendor_id(),
+            customer_id: self.user.customer_id(),
+            // First time: live from now (sockets read their inbox once the
+            // stream is open). After an outage: where it stopped.
+            after_seq: resume.as_ref().map(|r| r.last_seq),
+            after_id: resume
+                .as_ref()
+                .map(|r| r.last_id.clone())
+                .unwrap_or_default(),
+            after_version: resume.as_ref().map(|r| r.version),
+            epoch: resume.map(|r| r.epoch).unwrap_or_default(),
             presence: true,
-            ..Default::default()
+            sync: true,
+        };
+        Box::pin(async move {
+            match tokio::time::timeout(CALL_TIMEOUT, client.stream_user_events(request)).await {
+                Ok(opened) => opened.map(tonic::Response::into_inner),
+                Err(_) => Err(tonic::Status::unavailable(
+                    "the core did not answer in time",
+                )),
+            }
         })
-        .await?
-        .into_inner();
-    feed.connected.send_replace(true);
-    if std::mem::take(outage) {
-        tracing::info!(user = %feed.user, after, "stream to the core resumed");
-        // Tells the sockets the service is back, with the count as it is now.
-        let unread = head.pagination.map(|p| p.total_records).unwrap_or_default();
-        *lock(&feed.last_unread) = None;
-        feed.unread_changed(unread);
     }
-    loop {
-        let message = tokio::select! {
-            _ = feed.stop.cancelled() => return Ok(()),
-            message = stream.message() => message?,
+
+    fn opened(&mut self, opened: Result<Streaming<proto::UserEvent>, tonic::Status>) {
+        match opened {
+            Ok(stream) => {
+                self.link = Link::Open {
+                    stream: Box::new(stream),
+                    synced: false,
+                }
+            }
+            Err(status) => self.link_lost(status),
+        }
+    }
+
+    fn on_event(&mut self, event: Result<Option<proto::UserEvent>, tonic::Status>) {
+        match event {
+            Ok(Some(event)) => self.pass_on(event),
+            Ok(None) => self.link_lost(tonic::Status::unavailable("the core ended the stream")),
+            Err(status) => self.link_lost(status),
+        }
+    }
+
+    /// The stream failed: retry with backoff, and tell the sockets once.
+    fn link_lost(&mut self, status: tonic::Status) {
+        self.link = Link::Waiting(Instant::now() + jitter(self.backoff));
+        self.backoff = doubled(self.backoff);
+        if !self.outage {
+            self.outage = true;
+            metrics::counter!("notify_bridge_core_reconnects_total").increment(1);
+            tracing::warn!(user = %self.user, error = %status.message(), "stream to the core lost; reconnecting");
+        }
+        let error = AppError::from(status);
+        for member in &mut self.members {
+            member.unavailable(&error);
+        }
+    }
+
+    fn pass_on(&mut self, event: proto::UserEvent) {
+        let count = Count::of(&event);
+        match event.event {
+            Some(Event::State(state)) => {
+                self.synced(state);
+                if let Some(count) = count {
+                    self.offer(count);
+                }
+                return;
+            }
+            Some(Event::Notification(notification)) => {
+                if let Some(resume) = &mut self.resume
+                    && notification.seq > resume.last_seq
+                {
+                    resume.last_seq = notification.seq;
+                    resume.last_id = notification.id.clone();
+                }
+                let json = NotificationJson::from(&notification);
+                for member in &self.members {
+                    deliver(&self.bridge, &member.socket, self.user, &json);
+                }
+            }
+            Some(Event::UserOnline(peer)) => self.presence(&peer, true),
+            Some(Event::UserOffline(peer)) => self.presence(&peer, false),
+            Some(Event::NotificationUpdated(_)) | None => {}
+        }
+        if let Some(count) = count {
+            if let Some(resume) = &mut self.resume {
+                resume.version = resume.version.max(count.version);
+            }
+            self.offer(count);
+        }
+    }
+
+    /// The core caught the stream up: where it stands now.
+    fn synced(&mut self, state: proto::StreamState) {
+        let reset = state.reset
+            || self
+                .resume
+                .as_ref()
+                .is_some_and(|resume| resume.epoch != state.epoch);
+        if reset {
+            // Another database than the one the sockets' seqs and counts
+            // came from: each reloads its inbox.
+            tracing::info!(user = %self.user, "the database was reset; sockets reload their inbox");
+            self.unread = None;
+            for member in &mut self.members {
+                member.awaiting_inbox = true;
+                member.count = None;
+            }
+        }
+        self.resume = Some(Resume {
+            epoch: state.epoch,
+            last_seq: state.last_seq,
+            last_id: state.last_id,
+            version: state.version,
+        });
+        if let Link::Open { synced, .. } = &mut self.link {
+            *synced = true;
+        }
+        self.backoff = BACKOFF_START;
+        if self.outage {
+            self.outage = false;
+            tracing::info!(user = %self.user, "stream to the core resumed");
+        }
+        for member in &mut self.members {
+            member.told_unavailable = false;
+        }
+        let online: Vec<User> = state
+            .online_peers
+            .iter()
+            .filter_map(|peer| validate::recipient(peer.vendor_id, peer.customer_id).ok())
+            .collect();
+        if self.peers_known {
+            for (peer, now_online) in self.peers.snapshot(&online) {
+                self.announce(peer, now_online, None);
+            }
+        } else {
+            self.peers.start(&online);
+            self.peers_known = true;
+        }
+    }
+
+    fn presence(&mut self, peer: &proto::PresenceChange, online: bool) {
+        let Ok(user) = validate::recipient(peer.vendor_id, peer.customer_id) else {
+            return;
         };
-        let Some(event) = message else {
-            return Err(tonic::Status::unavailable("the core ended the stream"));
+        if self.peers.change(user, online) {
+            let seen = (!online).then(|| peer.last_seen_at.clone());
+            self.announce(user, online, seen);
+        }
+    }
+
+    fn announce(&self, peer: User, online: bool, last_seen_at: Option<String>) {
+        let (event, message) = if online {
+            ("userIsOnline", "User is online")
+        } else {
+            ("userIsOffline", "User has gone offline")
         };
-        pass_on(bridge, feed, event, last_seq);
+        let envelope =
+            PresenceEnvelope {
+                error: false,
+                message,
+                data: PresenceJson {
+                    vendor_id: peer.vendor_id(),
+                    customer_id: peer.customer_id(),
+                    last_seen_at: if online {
+                        None
+                    } else {
+                        Some(last_seen_at.unwrap_or_else(|| {
+                            notify_store::format_millis(notify_store::now_millis())
+                        }))
+                    },
+                },
+                status_code: 200,
+            };
+        for member in &self.members {
+            emit(&member.socket, event, &envelope);
+        }
+    }
+
+    /// A count heard from the core or a list: kept if it is the newest, and
+    /// sent to the sockets past their inbox that have an older one.
+    fn offer(&mut self, count: Count) {
+        if count.replaces(self.unread) {
+            self.unread = Some(count);
+        }
+        for member in self.members.iter_mut().filter(|m| !m.awaiting_inbox) {
+            member.offer(count);
+        }
+    }
+
+    fn read_inbox(&self) -> InboxRead {
+        let serving = self
+            .members
+            .iter()
+            .filter(|m| m.awaiting_inbox)
+            .map(|m| m.socket.id)
+            .collect();
+        let client = self.bridge.core.for_user(self.user);
+        let reading = Box::pin(offline_page(
+            client,
+            self.user,
+            1,
+            validate::DEFAULT_PAGE_LIMIT,
+        ));
+        InboxRead { serving, reading }
+    }
+
+    fn inbox_read(&mut self, read: Result<OfflinePage, tonic::Status>) {
+        let Some(InboxRead { serving, .. }) = self.inbox.take() else {
+            return;
+        };
+        let page = match read {
+            Ok(page)
+                if self
+                    .resume
+                    .as_ref()
+                    .is_none_or(|resume| resume.epoch == page.epoch) =>
+            {
+                page
+            }
+            Ok(_) => {
+                // A list of another database than the stream's: the stream
+                // resets shortly, and the inbox is read again then.
+                self.retry_inbox();
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(user = %self.user, error = %status.message(), "inbox not read; retrying");
+                let error = AppError::from(status);
+                for member in self
+                    .members
+                    .iter_mut()
+                    .filter(|m| m.awaiting_inbox && serving.contains(&m.socket.id))
+                {
+                    member.unavailable(&error);
+                }
+                self.retry_inbox();
+                return;
+            }
+        };
+        self.inbox_retry = None;
+        self.inbox_backoff = BACKOFF_START;
+        let listed = Count {
+            unread: page.total,
+            version: page.version,
+        };
+        if listed.replaces(self.unread) {
+            self.unread = Some(listed);
+        }
+        let newest = self.unread.unwrap_or(listed);
+        for member in self
+            .members
+            .iter_mut()
+            .filter(|m| m.awaiting_inbox && serving.contains(&m.socket.id))
+        {
+            member.awaiting_inbox = false;
+            member.told_unavailable = false;
+            send_page(
+                &self.bridge,
+                &member.socket,
+                self.user,
+                &page.envelope,
+                &page.ids,
+            );
+            // Right after the page: its count, or a newer one heard since.
+            member.count = None;
+            member.offer(newest);
+        }
+        self.offer(listed);
+    }
+
+    fn retry_inbox(&mut self) {
+        self.inbox_retry = Some(Instant::now() + jitter(self.inbox_backoff));
+        self.inbox_backoff = doubled(self.inbox_backoff);
     }
 }
 
-fn pass_on(bridge: &Bridge, feed: &Feed, event: proto::UserEvent, last_seq: &mut Option<i64>) {
-    match event.event {
-        Some(Event::Notification(notification)) => {
-            *last_seq = Some(last_seq.unwrap_or(0).max(notification.seq));
-            let json = NotificationJson::from(&notification);
-            for socket in lock(&feed.sockets).iter().filter(|s| !is_stalled(s)) {
-                deliver(bridge, socket, feed.user, &json);
-            }
-        }
-        Some(Event::UserOffline(peer)) => feed.emit(
-            "userIsOffline",
-            &PresenceEnvelope {
-                error: false,
-                message: "User has gone offline",
-                data: PresenceJson {
-                    vendor_id: peer.vendor_id,
-                    customer_id: peer.customer_id,
-                    last_seen_at: Some(peer.last_seen_at),
-                },
-                status_code: 200,
-            },
-        ),
-        Some(Event::UserOnline(peer)) => feed.emit(
-            "userIsOnline",
-            &PresenceEnvelope {
-                error: false,
-                message: "User is online",
-                data: PresenceJson {
-                    vendor_id: peer.vendor_id,
-                    customer_id: peer.customer_id,
-                    last_seen_at: None,
-                },
-                status_code: 200,
-            },
-        ),
-        Some(Event::NotificationUpdated(_) | Event::State(_)) | None => {}
+async fn link_step(link: &mut Link) -> LinkStep {
+    match link {
+        Link::Opening(opening) => LinkStep::Opened(opening.await),
+        Link::Open { stream, .. } => LinkStep::Event(stream.message().await),
+        Link::Idle | Link::Waiting(_) => std::future::pending().await,
     }
-    if let Some(count) = event.unread_count {
-        feed.unread_changed(count);
+}
+
+async fn inbox_step(inbox: &mut Option<InboxRead>) -> Result<OfflinePage, tonic::Status> {
+    match inbox {
+        Some(inbox) => (&mut inbox.reading).await,
+        None => std::future::pending().await,
     }
 }
 
 /// Emits `notification` with an ack request; the ack becomes a DELIVERED
 /// receipt.
 fn deliver(bridge: &Bridge, socket: &SocketRef, user: User, json: &NotificationJson) {
+    if is_stalled(socket) {
+        return;
+    }
     match socket.emit_with_ack::<_, Value>("notification", json) {
         Ok(ack) => {
             metrics::counter!("notify_bridge_emits_total", "event" => "notification").increment(1);
@@ -295,8 +822,24 @@ fn deliver(bridge: &Bridge, socket: &SocketRef, user: User, json: &NotificationJ
     }
 }
 
-/// Up to ±25 % so reconnecting feeds do not move in lockstep.
-fn jitter(base: Duration) -> Duration {
-    let factor = 0.75 + rand::random::<f64>() * 0.5;
-    base.mul_f64(factor)
+/// Emits the connect-time page with an ack request; the ack marks its
+/// items DELIVERED.
+fn send_page(
+    bridge: &Bridge,
+    socket: &SocketRef,
+    user: User,
+    page: &Envelope<Page>,
+    ids: &[String],
+) {
+    if is_stalled(socket) {
+        return;
+    }
+    match socket.emit_with_ack::<_, Value>("offlineNotifications", page) {
+        Ok(ack) => {
+            metrics::counter!("notify_bridge_emits_total", "event" => "offlineNotifications")
+                .increment(1);
+            bridge.receipts.on_ack(user, ids.to_vec(), ack);
+        }
+        Err(error) => emit_failed(socket, "offlineNotifications", &error),
+    }
 }

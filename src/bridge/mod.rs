@@ -36,15 +36,13 @@ use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::validate;
 use crate::proto;
 use auth::{Jwt, TokenError};
 use core_client::CoreClient;
-use feed::{Feeds, emit};
+use core_client::unary;
+use feed::{Admission, Feeds, emit};
 use limits::{Limits, RateLimit, SharedRateLimit, Verdict};
-use payload::{
-    AppError, Envelope, NotificationJson, Page, UnreadCount, Updated, mark_request, page_request,
-};
+use payload::{AppError, Envelope, NotificationJson, Page, Updated, mark_request, page_request};
 use receipts::Receipts;
 
 /// The Socket.IO namespace of the contract.
@@ -85,7 +83,7 @@ pub struct BridgeConfig {
 pub struct Bridge {
     jwt: Jwt,
     core: CoreClient,
-    feeds: Feeds,
+    feeds: Arc<Feeds>,
     receipts: Receipts,
     shutdown: CancellationToken,
     limits: Limits,
@@ -107,7 +105,7 @@ pub async fn run(
     let bridge = Arc::new(Bridge {
         jwt: Jwt::new(config.jwt_secret.as_bytes()),
         core: core.clone(),
-        feeds: Feeds::default(),
+        feeds: Arc::default(),
         receipts: Receipts::start(core.clone()),
         shutdown: token.clone(),
         limits: config.limits.clone(),
@@ -147,7 +145,14 @@ pub async fn run(
         )
         .route(
             "/metrics",
-            get(|| async { crate::telemetry::metrics_handle().render() }),
+            get(|| async {
+                // Tasks alive in the process: a leak of per-socket work shows here.
+                let tasks = tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks();
+                metrics::gauge!("notify_bridge_tasks").set(tasks as f64);
+                crate::telemetry::metrics_handle().render()
+            }),
         )
         .layer(layer)
         .layer(axum::middleware::from_fn(
@@ -214,34 +219,34 @@ async fn authenticate(
         .filter(|t| !t.is_empty())
         .or_else(from_header)
         .ok_or(TokenError::Missing);
-    match token.and_then(|token| bridge.jwt.verify(&token)) {
-        Ok(user) if bridge.feeds.sockets_of(user) >= bridge.limits.sockets_per_user => {
+    let identity = token
+        .and_then(|token| bridge.jwt.verify(&token))
+        .map_err(|error| {
             metrics::counter!("notify_bridge_refused_total").increment(1);
-            Err(AppError::new(
-                429,
-                format!(
-                    "too many connections: at most {} sockets per user",
-                    bridge.limits.sockets_per_user
-                ),
-            ))
-        }
-        Ok(user) => {
-            socket.extensions.insert(user);
-            Ok(())
-        }
-        Err(error) => {
-            metrics::counter!("notify_bridge_refused_total").increment(1);
-            Err(AppError::new(401, error.to_string()))
-        }
-    }
+            AppError::new(401, error.to_string())
+        })?;
+    // Counted against the limit here, under one lock: handshakes racing
+    // each other cannot pass it together.
+    let limit = bridge.limits.sockets_per_user;
+    let Some(admission) = bridge.feeds.admit(&bridge, identity, socket.id, limit) else {
+        metrics::counter!("notify_bridge_refused_total").increment(1);
+        return Err(AppError::new(
+            429,
+            format!("too many connections: at most {limit} sockets per user"),
+        ));
+    };
+    socket.extensions.insert(identity.user);
+    socket.extensions.insert(Arc::new(admission));
+    Ok(())
 }
 
-async fn on_connect(socket: SocketRef, State(bridge): State<Arc<Bridge>>) {
-    let Some(user) = socket.extensions.get::<User>() else {
+/// The socket is connected: its handlers, then its feed, which sends its
+/// inbox and everything after (see `feed` for the socket's life).
+async fn on_connect(socket: SocketRef, io: SocketIo, State(bridge): State<Arc<Bridge>>) {
+    let Some(admission) = socket.extensions.get::<Arc<Admission>>() else {
         let _ = socket.disconnect();
         return;
     };
-    metrics::gauge!("notify_bridge_sockets").increment(1.0);
     socket
         .extensions
         .insert::<SharedRateLimit>(Arc::new(Mutex::new(RateLimit::new(
@@ -250,85 +255,73 @@ async fn on_connect(socket: SocketRef, State(bridge): State<Arc<Bridge>>) {
     socket.on("offlineNotifications", on_offline_page);
     socket.on("markAsRead", on_mark_as_read);
     socket.on_fallback(on_unknown_event);
-    socket.on_disconnect(
-        async |socket: SocketRef, State(bridge): State<Arc<Bridge>>| {
-            metrics::gauge!("notify_bridge_sockets").decrement(1.0);
-            if let Some(user) = socket.extensions.get::<User>() {
-                bridge.feeds.detach(user, socket.id);
-            }
-        },
-    );
-
-    // The feed's stream is open before the list is read, so a notification
-    // created meanwhile is in the list, live, or both; never in neither.
-    let feed = bridge.feeds.attach(&bridge, socket.clone(), user);
-    if !feed.is_connected()
-        && tokio::time::timeout(Duration::from_secs(2), feed.wait_connected())
-            .await
-            .is_err()
-    {
-        emit(&socket, "appError", &AppError::core_unavailable());
-        feed.wait_connected().await;
-    }
-    if !socket.connected() {
+    // Join before the disconnect handler exists, so its Leave cannot come
+    // first. A client gone before this handler ran had no disconnect
+    // handler to run: it leaves right after joining. Gone means marked
+    // disconnected, or already removed from the namespace: socketioxide can
+    // close a socket whose connection dropped mid-handshake and still mark
+    // it connected afterwards, then run this handler.
+    if !bridge.feeds.join(&admission, socket.clone()) {
+        let _ = socket.disconnect();
         return;
     }
-    match offline_page(&bridge, user, 1, validate::DEFAULT_PAGE_LIMIT).await {
-        Ok((envelope, ids)) => {
-            let count = envelope.data.pagination.total_records;
-            send_offline_page(&bridge, &socket, user, &envelope, ids);
-            emit(&socket, "unreadCount", &Envelope::ok(UnreadCount { count }));
-        }
-        Err(error) => emit(&socket, "appError", &error),
+    let leaving = admission.clone();
+    socket.on_disconnect(async move || leaving.leave());
+    let present = io
+        .of(NAMESPACE)
+        .is_some_and(|namespace| namespace.get_socket(socket.id).is_some());
+    if !socket.connected() || !present {
+        tracing::debug!(sid = %socket.id, "socket gone before its connect handler ran");
+        metrics::counter!("notify_bridge_gone_before_connect_total").increment(1);
+        admission.leave();
     }
 }
 
-/// Emits the page with an ack request; the ack marks its items DELIVERED.
-fn send_offline_page(
-    bridge: &Bridge,
-    socket: &SocketRef,
-    user: User,
-    envelope: &Envelope<Page>,
-    ids: Vec<String>,
-) {
-    match socket.emit_with_ack::<_, Value>("offlineNotifications", envelope) {
-        Ok(ack) => {
-            metrics::counter!("notify_bridge_emits_total", "event" => "offlineNotifications")
-                .increment(1);
-            bridge.receipts.on_ack(user, ids, ack);
-        }
-        Err(error) => tracing::debug!(sid = %socket.id, %error, "offline page emit failed"),
-    }
+/// One page of a user's unread inbox as sockets see it, with what the
+/// bridge needs besides: its ids (for receipts) and the count's version.
+pub struct OfflinePage {
+    /// The `offlineNotifications` envelope.
+    pub envelope: Envelope<Page>,
+    /// The ids of its items.
+    pub ids: Vec<String>,
+    /// The unread count (`totalRecords`) …
+    pub total: i64,
+    /// … and the change version it is exact at.
+    pub version: i64,
+    /// The database's epoch.
+    pub epoch: String,
 }
 
-/// One page of the user's unread inbox, and its ids.
+/// Reads one page of the user's unread inbox.
 async fn offline_page(
-    bridge: &Bridge,
+    mut client: core_client::CoreApi,
     user: User,
     page: u32,
     limit: u32,
-) -> Result<(Envelope<Page>, Vec<String>), AppError> {
-    let response = bridge
-        .core
-        .for_user(user)
-        .list_offline(proto::ListOfflineRequest {
+) -> Result<OfflinePage, tonic::Status> {
+    let response = client
+        .list_offline(unary(proto::ListOfflineRequest {
             vendor_id: user.vendor_id(),
             customer_id: user.customer_id(),
             page: Some(page as i32),
             limit: Some(limit as i32),
-        })
+        }))
         .await?
         .into_inner();
     let total = response
         .pagination
         .map(|p| p.total_records)
         .unwrap_or_default();
-    let ids = response.items.iter().map(|n| n.id.clone()).collect();
-    let page = Page {
-        items: response.items.iter().map(NotificationJson::from).collect(),
-        pagination: Pagination::new(page, limit, total).into(),
-    };
-    Ok((Envelope::ok(page), ids))
+    Ok(OfflinePage {
+        ids: response.items.iter().map(|n| n.id.clone()).collect(),
+        envelope: Envelope::ok(Page {
+            items: response.items.iter().map(NotificationJson::from).collect(),
+            pagination: Pagination::new(page, limit, total).into(),
+        }),
+        total,
+        version: response.version,
+        epoch: response.epoch,
+    })
 }
 
 /// Answers a client event: the envelope through the ack, and on failure
@@ -424,8 +417,8 @@ async fn on_offline_page(
     let result = async {
         let user = user_of(&socket)?;
         let (page, limit) = page_request(payload)?;
-        let (envelope, _ids) = offline_page(&bridge, user, page, limit).await?;
-        Ok(envelope)
+        let read = offline_page(bridge.core.for_user(user), user, page, limit).await?;
+        Ok(read.envelope)
     }
     .await;
     answer(&socket, ack, result);
@@ -446,12 +439,12 @@ async fn on_mark_as_read(
         let updated = bridge
             .core
             .for_user(user)
-            .mark_notifications(proto::MarkNotificationsRequest {
+            .mark_notifications(unary(proto::MarkNotificationsRequest {
                 vendor_id: user.vendor_id(),
                 customer_id: user.customer_id(),
                 ids,
                 status: proto::Status::Read as i32,
-            })
+            }))
             .await?
             .into_inner()
             .updated;

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::core_client::CoreClient;
+use super::core_client::{CoreClient, unary};
 use crate::core::validate::MAX_BULK;
 use crate::proto;
 
@@ -132,7 +132,7 @@ async fn send(
             let mut client = core.any();
             in_flight.spawn(async move {
                 let users = request.receipts.len();
-                if let Err(status) = client.record_deliveries(request).await {
+                if let Err(status) = client.record_deliveries(unary(request)).await {
                     // The notifications stay SENT: still delivered, and in
                     // the offline list until read.
                     tracing::warn!(users, error = %status.message(), "delivery receipts not recorded");

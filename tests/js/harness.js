@@ -270,6 +270,43 @@ export function toStruct(object) {
 }
 
 /**
+ * A PostgreSQL server of the test's own (for tests that stop it), through
+ * scripts/postgres; `null` when PostgreSQL is not there and not required.
+ */
+export class OwnPostgres {
+  static start() {
+    if (!process.env.NOTIFY_TEST_POSTGRES_URL) {
+      if (process.env.NOTIFY_REQUIRE_POSTGRES) throw new Error("NOTIFY_TEST_POSTGRES_URL is not set");
+      return null;
+    }
+    const server = new OwnPostgres();
+    server.dir = mkdtempSync(join(tmpdir(), "notify-js-pg-"));
+    execFileSync("chmod", ["755", server.dir]);
+    server.url = server.run("start");
+    return server;
+  }
+
+  run(action) {
+    return execFileSync(join(root, "scripts", "postgres"), [action, join(this.dir, "pg")]).toString().trim();
+  }
+
+  /** A fresh database on it. */
+  database() {
+    const name = `t_js_${Date.now()}_${Math.floor(Math.random() * 1e6)}`;
+    execFileSync("psql", [this.url, "-q", "-c", `CREATE DATABASE ${name}`]);
+    return `${this.url.slice(0, this.url.lastIndexOf("/"))}/${name}`;
+  }
+
+  stop() { this.run("stop"); }
+  resume() { this.run("resume"); }
+
+  close() {
+    this.run("stop");
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
  * A fresh database on the test PostgreSQL server (scripts/test starts one),
  * or null when there is none and none is required.
  */

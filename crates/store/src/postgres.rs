@@ -33,9 +33,12 @@ const CHANNEL: &str = "notify_changes";
 const COLUMNS: &str = "id, recipient_role, recipient_id, seq, type, channel, content, status, \
                        priority, created_at, updated_at, version";
 
+/// Ids a status-change notice carries itself; more would not fit NOTIFY's
+/// 8,000 bytes, and listeners read them from the table instead.
+const IDS_PER_NOTICE: usize = 200;
+
 /// What one NOTIFY on [`CHANNEL`] says: whose notifications changed, how,
-/// and the counters after it; never a payload, and never a list of ids
-/// (which would not fit NOTIFY's 8,000 bytes). Listeners read the rows.
+/// and the counters after it; never a payload. Listeners read the rows.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Notice {
@@ -47,8 +50,9 @@ enum Notice {
         unread: i64,
         version: i64,
     },
-    /// Some of the user's notifications moved to `status`; they are the
-    /// rows of the user at `version` (those not changed again since).
+    /// Some of the user's notifications moved to `status`: `ids`, or when
+    /// there were too many to list, the user's rows still at `version`
+    /// (any changed again since come with that later change).
     Marked {
         role: i64,
         user: i64,
@@ -56,6 +60,8 @@ enum Notice {
         at: i64,
         unread: i64,
         version: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ids: Option<Vec<String>>,
     },
     /// The user came online on the first node or went offline on the last.
     Presence {
@@ -237,6 +243,7 @@ async fn publish_batch(
                 role,
                 user,
                 version,
+                ids: None,
                 ..
             } => Some((*role, *user, *version)),
             _ => None,
@@ -286,11 +293,10 @@ async fn publish_batch(
                 at,
                 unread,
                 version,
+                ids,
             } => {
-                let (Some(ids), Some(status)) = (
-                    marked_ids.remove(&(role, id, version)),
-                    Status::from_code(status),
-                ) else {
+                let ids = ids.or_else(|| marked_ids.remove(&(role, id, version)));
+                let (Some(ids), Some(status)) = (ids, Status::from_code(status)) else {
                     continue;
                 };
                 sink.publish(Change::Updated {
@@ -798,6 +804,7 @@ impl Store for PgStore {
             at: now,
             unread,
             version,
+            ids: (updated.len() <= IDS_PER_NOTICE).then(|| updated.clone()),
         };
         notify_all(&mut tx, vec![notice.payload()]).await?;
         tx.commit().await?;

@@ -156,6 +156,7 @@ suite!(
     presence_counts_every_node_and_expires,
     changes_take_versions_and_read_back_in_order,
     the_epoch_is_made_once_per_database,
+    a_mark_of_many_ids_is_published_whole,
 );
 
 async fn seqs_are_gapless_under_concurrency(b: Backend) {
@@ -668,4 +669,28 @@ async fn the_epoch_is_made_once_per_database(b: Backend) {
         epoch,
         "another database, another epoch"
     );
+}
+
+/// A mark of more ids than a database notice can list still reaches the
+/// listeners whole.
+async fn a_mark_of_many_ids_is_published_whole(b: Backend) {
+    let user = User::customer(23);
+    let ids: Vec<String> = b
+        .store
+        .create((0..600).map(|n| new(user, n)).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.notification.id)
+        .collect();
+    let read = b.store.mark(user, ids.clone(), Status::Read).await.unwrap();
+    assert_eq!(read.updated.len(), 600);
+    let published = b
+        .changes
+        .wait_for(1, |c| match c {
+            Change::Updated { ids, version, .. } => Some((ids.len(), *version)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(published, vec![(600, read.version)]);
 }
