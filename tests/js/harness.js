@@ -113,6 +113,12 @@ export class Core {
     await stopProcess(this.child);
   }
 
+  /** SIGTERM, and resolves with the exit code once it has exited. */
+  async terminate() {
+    await stopProcess(this.child, "SIGTERM");
+    return this.child.exitCode;
+  }
+
   /** Starts again on the same database and the same port. */
   async restart() {
     await this.spawn(this.addr);
@@ -208,7 +214,7 @@ export function connect(bridge, { auth, transports = ["websocket"], extraHeaders
     forceNew: true,
   });
   socket.received = [];
-  socket.onAny((event, ...args) => socket.received.push({ event, data: args[0] }));
+  socket.onAny((event, ...args) => socket.received.push({ event, data: args[0], at: Date.now() }));
   // Listeners that must be there before the first event (e.g. to ack it).
   for (const [event, listener] of Object.entries(listeners)) socket.on(event, listener);
   return new Promise((resolve, reject) => {
@@ -373,3 +379,39 @@ export async function rawWebSocket(bridge) {
   return { raw, text: () => received.toString("latin1") };
 }
 
+
+/**
+ * A raw WebSocket client that opens the Engine.IO session, sends the
+ * namespace CONNECT with `jwt` and drops the TCP connection at once, as a
+ * client gone mid-handshake does.
+ */
+export async function connectAndDrop(bridge, jwt) {
+  const url = new URL(bridge.url);
+  const raw = net.connect(Number(url.port), url.hostname);
+  raw.on("error", () => {});
+  await new Promise((resolve, reject) => {
+    raw.once("connect", resolve);
+    raw.once("error", reject);
+  });
+  raw.write(`GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${url.host}\r\n` +
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+    `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\n\r\n`);
+  // The Engine.IO open packet ("0{…}") comes right after the upgrade.
+  await new Promise((resolve) => {
+    let seen = "";
+    const timer = setTimeout(resolve, 5_000);
+    raw.on("data", (chunk) => {
+      seen += chunk.toString("latin1");
+      if (seen.includes("0{")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    raw.once("close", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  raw.write(wsFrame(`40/notification,${JSON.stringify({ token: jwt })}`));
+  raw.destroy();
+}

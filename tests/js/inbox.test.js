@@ -163,3 +163,19 @@ test("sign in by pasting a token; a bad token is refused with the reason", async
   await eventually(async () => page.locator("#empty").isVisible(), "empty inbox");
   await context.close();
 });
+
+test("a token that expires signs the page out with the reason; a fresh one brings it back live", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const vendor = 45;
+  await page.goto(`${bridge.url}/#token=${token({ vendor, ttl: "3s" })}`);
+  await eventually(async () => (await stateOf(page)) === "live", "live");
+  await eventually(async () => page.locator("#sign-in").isVisible(), "signed out at the token's expiry", 15_000);
+  assert.match(await page.locator("#state").textContent(), /session expired/);
+  await page.locator("#token").fill(token({ vendor }));
+  await page.locator("#sign-in-form button").click();
+  await eventually(async () => (await stateOf(page)) === "live", "live with the fresh token");
+  await core.create({ vendorId: vendor, content: toStruct({ message: "After a fresh token" }) });
+  await eventually(async () => (await page.locator("#list > li .message").first().textContent()) === "After a fresh token", "live notifications again");
+  await context.close();
+});

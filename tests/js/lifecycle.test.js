@@ -4,9 +4,7 @@
 // socket waits for its inbox, counts racing creates, tokens that expire.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
-import { randomBytes } from "node:crypto";
-import { Core, Bridge, OwnPostgres, token, connect, until, events, request, metric, sleep, wsFrame, toStruct } from "./harness.js";
+import { Core, Bridge, OwnPostgres, token, connect, connectAndDrop, until, events, metric, sleep, toStruct } from "./harness.js";
 
 const core = await Core.start();
 const bridge = await Bridge.start(core, ["--max-sockets-per-user", "3"]);
@@ -38,36 +36,11 @@ async function onlineIn(target, room) {
   return members.filter((m) => m.online).map((m) => Number(m.vendorId ?? m.customerId));
 }
 
-/**
- * A raw WebSocket client that opens the Engine.IO session, sends the
- * namespace CONNECT with a valid token and drops the TCP connection at once,
- * as a client gone mid-handshake does.
- */
-async function connectAndDrop(target, vendor) {
-  const url = new URL(target.url);
-  const raw = net.connect(Number(url.port), url.hostname);
-  raw.on("error", () => {});
-  await new Promise((resolve) => raw.once("connect", resolve));
-  raw.write(`GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${url.host}\r\n` +
-    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
-    `Sec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\n\r\n`);
-  // The Engine.IO open packet ("0{…}") comes right after the upgrade.
-  await new Promise((resolve) => {
-    let seen = "";
-    raw.on("data", (chunk) => {
-      seen += chunk.toString("latin1");
-      if (seen.includes("0{")) resolve();
-    });
-  });
-  raw.write(wsFrame(`40/notification,${JSON.stringify({ token: token({ vendor }) })}`));
-  raw.destroy();
-}
-
 test("clients gone right after the namespace CONNECT leave nobody online", { timeout: 120_000 }, async () => {
   const users = Array.from({ length: 300 }, (_, i) => 10_000 + i);
   for (const vendor of users) await core.call("JoinRoom", { room: "phantoms", vendorId: vendor });
   for (let start = 0; start < users.length; start += 50) {
-    await Promise.all(users.slice(start, start + 50).map((vendor) => connectAndDrop(bridge, vendor)));
+    await Promise.all(users.slice(start, start + 50).map((vendor) => connectAndDrop(bridge, token({ vendor }))));
   }
   await eventually(async () => (await onlineIn(core, "phantoms")).length === 0, "nobody online at the core");
   await eventually(async () => metric(await bridge.metrics(), "notify_bridge_users") === 0, "no feed left on the bridge");

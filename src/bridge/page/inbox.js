@@ -67,17 +67,32 @@ function setState(state, text) {
 
 function start(token) {
   view.socket?.close();
+  view.expired = false;
   $("sign-in").hidden = true;
   $("inbox").hidden = false;
   $("sign-out").hidden = false;
   setState("connecting", "Connecting…");
 
-  const socket = io("/notification", { auth: { token } });
+  sessionStorage.setItem("notify.token", token);
+  // The token is asked for at every (re)connect, so a fresh one pasted in
+  // after the old one expired is the one sent.
+  const socket = io("/notification", {
+    auth: (send) => send({ token: sessionStorage.getItem("notify.token") }),
+  });
   view.socket = socket;
 
   socket.on("connect", () => setState("live", "Live"));
   socket.on("disconnect", (reason) => {
     if (reason === "io client disconnect") return;
+    if (reason === "io server disconnect") {
+      // The bridge closed the session: at the token's expiry (appError 401
+      // came first) sign in again; otherwise reconnect, which socket.io-client
+      // does not do by itself after a server disconnect.
+      if (view.expired) return;
+      setState("reconnecting", "Reconnecting…");
+      socket.connect();
+      return;
+    }
     setState("reconnecting", "Reconnecting…");
   });
   socket.io.on("reconnect_attempt", () => setState("reconnecting", "Reconnecting…"));
@@ -120,6 +135,13 @@ function start(token) {
 
   socket.on("appError", (error) => {
     if (error.statusCode === 503) setState("reconnecting", "Reconnecting to the notification service…");
+    if (error.statusCode === 401) {
+      // The token expired: the bridge disconnects this socket now.
+      view.expired = true;
+      sessionStorage.removeItem("notify.token");
+      showSignIn("Your session expired: paste a fresh token to go on.");
+      return;
+    }
     showError(error.message, error.statusCode);
   });
 }
