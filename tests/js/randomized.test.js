@@ -18,11 +18,11 @@
 // RANDOMIZED_SEED replays a seed (the schedule of operations; the processes'
 // timing is real), RANDOMIZED_SECONDS sets each setup's schedule length
 // (default 20 s per setup).
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Core, Bridge, postgresDatabase, token, connect, connectAndDrop, request, metric, sleep, toStruct } from "./harness.js";
 
-const SEED = Number(process.env.RANDOMIZED_SEED ?? Math.floor(Math.random() * 2 ** 31));
+const SEED = process.env.RANDOMIZED_SEED ? Number(process.env.RANDOMIZED_SEED) : Math.floor(Math.random() * 2 ** 31);
 const SECONDS = Number(process.env.RANDOMIZED_SECONDS ?? 20);
 const USERS = 16;
 const ROOMS = 6;
@@ -203,19 +203,28 @@ async function run(setup) {
       }
     }
   }, 10);
-  let faultsRun = [];
-  while (Date.now() < end) {
-    const progress = (Date.now() - started) / (SECONDS * 1000);
-    while (faults.length && faults[0].at <= progress) {
-      const fault = faults.shift();
-      faultsRun.push(fault.run().then(() => fault.name));
+  // Faults run one after another (two at once on one process would start
+  // it twice), beside the operations.
+  let faultChain = Promise.resolve();
+  const happened = [];
+  try {
+    while (Date.now() < end) {
+      const progress = (Date.now() - started) / (SECONDS * 1000);
+      while (faults.length && faults[0].at <= progress) {
+        const fault = faults.shift();
+        faultChain = faultChain.then(fault.run).then(() => happened.push(fault.name));
+      }
+      await Promise.all(Array.from({ length: 3 }, () => operate()));
+      await sleep(10);
     }
-    await Promise.all(Array.from({ length: 3 }, () => operate()));
-    await sleep(10);
+    for (const fault of faults) faultChain = faultChain.then(fault.run).then(() => happened.push(fault.name));
+    await faultChain;
+  } finally {
+    clearInterval(watcher);
+    // Whatever happened, nothing of this run may keep the process alive.
+    await faultChain.catch(() => {});
+    setup.cleanup = () => { for (const socket of sockets) socket.close(); };
   }
-  const happened = await Promise.all(faultsRun);
-  for (const f of faults) happened.push(await f.run().then(() => f.name));
-  clearInterval(watcher);
   for (const socket of sockets) {
     if (!socket.liveAt && socket.received.some((r) => r.event === "offlineNotifications")) {
       socket.liveAt = socket.received.find((r) => r.event === "offlineNotifications").at;
@@ -335,27 +344,31 @@ function presenceHeardBy(socket) {
   return heard;
 }
 
+/** Runs `body` on processes it starts, and stops them (and the run's sockets) however it ends. */
+async function withProcesses(start, body) {
+  const setup = { cores: [], bridges: [] };
+  try {
+    await start(setup);
+    await body(setup);
+  } finally {
+    setup.cleanup?.();
+    for (const bridge of setup.bridges) await bridge.stop();
+    for (const core of setup.cores) await core.stop();
+  }
+}
+
 test(`randomized faults, one core on SQLite (seed ${SEED})`, { timeout: (SECONDS + 240) * 1000 }, async () => {
-  const core = await Core.start(["--presence-ttl", TTL]);
-  const bridges = [await Bridge.start(core), await Bridge.start(core)];
-  after(async () => {
-    for (const bridge of bridges) await bridge.stop();
-    await core.stop();
-  });
-  await run({ name: "sqlite", cores: [core], bridges, firstUser: 100 });
+  await withProcesses(async (setup) => {
+    setup.cores.push(await Core.start(["--presence-ttl", TTL]));
+    for (let i = 0; i < 2; i++) setup.bridges.push(await Bridge.start(setup.cores[0]));
+  }, (setup) => run(Object.assign(setup, { name: "sqlite", firstUser: 100 })));
 });
 
 test(`randomized faults, two cores on PostgreSQL (seed ${SEED})`, { timeout: (SECONDS + 240) * 1000 }, async (t) => {
   const databaseUrl = postgresDatabase();
   if (!databaseUrl) return t.skip("no PostgreSQL");
-  const cores = [
-    await Core.start(["--presence-ttl", TTL], { databaseUrl }),
-    await Core.start(["--presence-ttl", TTL], { databaseUrl }),
-  ];
-  const bridges = [await Bridge.start(cores[0]), await Bridge.start(cores[1])];
-  after(async () => {
-    for (const bridge of bridges) await bridge.stop();
-    for (const core of cores) await core.stop();
-  });
-  await run({ name: "postgres", cores, bridges, firstUser: 200 });
+  await withProcesses(async (setup) => {
+    for (let i = 0; i < 2; i++) setup.cores.push(await Core.start(["--presence-ttl", TTL], { databaseUrl }));
+    for (const core of setup.cores) setup.bridges.push(await Bridge.start(core));
+  }, (setup) => run(Object.assign(setup, { name: "postgres", firstUser: 200 })));
 });
