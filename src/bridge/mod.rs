@@ -4,7 +4,9 @@
 //! - `auth`: JWT checks and issuing (`notify token`).
 //! - `payload`: the Socket.IO JSON of the seed, and the `appError` mapping.
 //! - `core_client`: the connections to the core, and its health for `/readyz`.
-//! - `feed`: one core stream per connected user, shared by their sockets.
+//! - `feed`: one task per connected user: their core stream and their
+//!   sockets, each socket's life an explicit state machine.
+//! - `receipts`: acks become DELIVERED marks, batched; flushed at shutdown.
 //! - `page`: the embedded inbox page served at `/`.
 //! - `limits`: sockets per user, events per second, payload size, origins.
 //! - `handshake`: lets each connection's HTTP read buffer go after the
@@ -38,8 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proto;
 use auth::{Jwt, TokenError};
-use core_client::CoreClient;
-use core_client::unary;
+use core_client::{CoreClient, unary};
 use feed::{Admission, Feeds, emit};
 use limits::{Limits, RateLimit, SharedRateLimit, Verdict};
 use payload::{AppError, Envelope, NotificationJson, Page, Updated, mark_request, page_request};

@@ -3,7 +3,7 @@
 //!
 //! Each stream has a bounded queue. Publishing never waits: when a queue is
 //! full the event is dropped and the stream is flagged as lagging, and the
-//! stream then catches up from the store by seq. A slow reader therefore
+//! stream then catches up from the store by version. A slow reader therefore
 //! costs its own queue and nothing else, and loses no notification.
 
 use std::collections::HashMap;

@@ -214,7 +214,9 @@ export function connect(bridge, { auth, transports = ["websocket"], extraHeaders
     forceNew: true,
   });
   socket.received = [];
-  socket.onAny((event, ...args) => socket.received.push({ event, data: args[0], at: Date.now() }));
+  // `at` (when it arrived) is not enumerable: records compare by content.
+  socket.onAny((event, ...args) => socket.received.push(
+    Object.defineProperty({ event, data: args[0] }, "at", { value: Date.now() })));
   // Listeners that must be there before the first event (e.g. to ack it).
   for (const [event, listener] of Object.entries(listeners)) socket.on(event, listener);
   return new Promise((resolve, reject) => {

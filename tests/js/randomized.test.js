@@ -327,7 +327,7 @@ async function pageThrough(socket) {
   for (let page = 1; page < 100; page++) {
     const answer = await request(socket, "offlineNotifications", { page, limit: 100 }).catch(() => null);
     if (!answer || answer.statusCode !== 200) return;
-    socket.received.push({ event: "offlineNotifications", data: answer, at: Date.now() });
+    socket.received.push(Object.defineProperty({ event: "offlineNotifications", data: answer }, "at", { value: Date.now() }));
     if (!answer.data.pagination.hasNext) return;
   }
 }

@@ -7,7 +7,7 @@
 //! - `sqlite`: the embedded default, one writer task that commits concurrent
 //!   writes in groups, and a pool of readers.
 //! - `postgres`: several cores on one database; row locks for seqs and
-//!   presence, LISTEN/NOTIFY (ids and seqs only) for the cross-core fan-out.
+//!   presence, LISTEN/NOTIFY (ids, versions and counts, never payloads) for the cross-core fan-out.
 //!
 //! Callers hold an `Arc<dyn Store>` and never see which database is behind it.
 //! After each commit a store hands what changed to a [`ChangeSink`] (the core's

@@ -4,14 +4,18 @@
 //!   concurrent creates cannot deadlock), reads the counters, checks
 //!   idempotency keys, inserts and updates the counters in one transaction.
 //!   Rows locked across every core keep seqs gapless and unique.
+//! - Versions: every create and status change also takes the user's next
+//!   version under that lock, so each user's changes are ordered across
+//!   every core.
 //! - Fan-out: the transaction also sends `NOTIFY notify_changes` with ids,
-//!   seqs and counts, never payloads. Every core (this one included)
-//!   LISTENs, reads the rows by id and publishes them to its hub in commit
-//!   order. If the listening connection drops, the core reconnects and asks
-//!   every open stream to catch up from the table by seq, so a lost NOTIFY
-//!   never loses a notification.
+//!   versions and counts ([`Notice`]), never payloads. Every core (this one
+//!   included) LISTENs, reads the rows and publishes them to its hub in
+//!   commit order. If the listening connection drops, the core reconnects
+//!   and asks every open stream to catch up from the table by version, so
+//!   a lost NOTIFY never loses a notification.
 //! - Presence: entries per core, changed under the user's row lock, so the
-//!   first entry and the removal of the last are announced once.
+//!   first entry and the removal of the last are announced once; their
+//!   leases are measured on the database's clock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,7 +169,7 @@ async fn listen(pool: PgPool, sink: Arc<dyn ChangeSink>, first: PgListener) {
             continue;
         }
         // Whatever was notified while we were not listening is in the
-        // tables: streams catch up by seq.
+        // tables: streams catch up by version.
         tracing::info!("listening for changes again; resyncing open streams");
         metrics::counter!("notify_change_feed_resyncs_total").increment(1);
         sink.publish(Change::Resync);
