@@ -2,8 +2,8 @@
 // FoundationDB's simulation: two bridges, one core on SQLite (then two cores
 // on one PostgreSQL database), users in shared rooms, and a random schedule
 // of connects (WebSocket and polling), clean and abrupt disconnects (also
-// mid-handshake), creates, marks, a bridge kill -9, a core restart and a
-// core kill -9. Afterwards it checks, from the clients' own records:
+// mid-handshake), creates, marks, and per 20 s of schedule a bridge
+// kill -9, a core restart and a core kill -9. Afterwards it checks, from the clients' own records:
 //
 // - every acknowledged notification reached each socket that was live (had
 //   its first inbox page) when it was created and stayed open, live or in a
@@ -169,9 +169,9 @@ async function run(setup) {
     await request(socket, "markAsRead", { ids }).catch(() => {});
   }
 
-  // Faults at random moments of the schedule, each once.
-  const faults = [
-    { at: 0.2 + random.next() * 0.6, name: "bridge kill -9", run: async () => {
+  // Faults at random moments: a round of the three per 20 s of schedule.
+  const kinds = [
+    { name: "bridge kill -9", run: async () => {
       const index = random.int(bridges.length);
       down.add(`bridge${index}`);
       await bridges[index].kill();
@@ -179,19 +179,25 @@ async function run(setup) {
       await bridges[index].restart();
       down.delete(`bridge${index}`);
     } },
-    { at: 0.2 + random.next() * 0.6, name: "core restart", run: async () => {
+    { name: "core restart", run: async () => {
       const core = random.pick(cores);
       await core.terminate();
       await sleep(200 + random.int(1000));
       await core.restart();
     } },
-    { at: 0.2 + random.next() * 0.6, name: "core kill -9", run: async () => {
+    { name: "core kill -9", run: async () => {
       const core = random.pick(cores);
       await core.kill();
       await sleep(200 + random.int(1000));
       await core.restart();
     } },
-  ].sort((a, b) => a.at - b.at);
+  ];
+  const rounds = Math.max(1, Math.floor(SECONDS / 20));
+  const faults = [];
+  for (let round = 0; round < rounds; round++) {
+    for (const kind of kinds) faults.push({ ...kind, at: (round + 0.2 + random.next() * 0.6) / rounds });
+  }
+  faults.sort((a, b) => a.at - b.at);
 
   // Marks a socket live once its first page arrived.
   const started = Date.now();
@@ -230,7 +236,9 @@ async function run(setup) {
       socket.liveAt = socket.received.find((r) => r.event === "offlineNotifications").at;
     }
   }
-  console.log(`randomized ${setup.name}: seed ${SEED}, ${SECONDS} s, ${JSON.stringify(counts)}, faults: ${happened.join(", ")}`);
+  const tally = kinds.map((kind) => `${happened.filter((name) => name === kind.name).length} × ${kind.name}`);
+  console.log(`randomized ${setup.name}: seed ${SEED}, ${SECONDS} s, ${JSON.stringify(counts)}, faults in this order: ` +
+    `${happened.join(", ").slice(0, 200)}${happened.length > 3 ? "…" : ""} (${tally.join(", ")})`);
 
   // 1. Every acknowledged notification reached each socket live at its creation.
   const survivors = open();
