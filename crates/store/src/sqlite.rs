@@ -27,8 +27,112 @@ use crate::model::{
 use crate::object_id::new_object_id;
 use crate::{ChangeSink, Store, StoreError};
 
-const COLUMNS: &str = "id, recipient_role, recipient_id, seq, type, channel, content, status, \
-                       priority, created_at, updated_at, version";
+/// A notification's columns, in the order [`decode`] reads them.
+macro_rules! columns {
+    () => {
+        "id, recipient_role, recipient_id, seq, type, channel, content, status, \
+         priority, created_at, updated_at, version"
+    };
+}
+const COLUMNS: &str = columns!();
+
+// The statements that take user input, each planned on the index named
+// beside it whatever the statistics say (the `plans` test checks them):
+// where a table has several indexes a statement could use, `INDEXED BY`
+// names the one meant (and makes the statement fail to prepare, rather
+// than scan, if it could no longer use it).
+
+/// The notifications primary key (SQLite names the index of a TEXT key).
+macro_rules! by_id {
+    () => {
+        "notifications INDEXED BY sqlite_autoindex_notifications_1"
+    };
+}
+
+/// By id: the primary key.
+const GET: &str = concat!("SELECT ", columns!(), " FROM ", by_id!(), " WHERE id = $1");
+/// A page of the unread inbox: `notifications_unread`.
+const UNREAD_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications INDEXED BY notifications_unread \
+     WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
+     ORDER BY seq DESC LIMIT $3 OFFSET $4"
+);
+/// Replay after a seq: `notifications_recipient_seq`.
+const AFTER_SEQ: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications INDEXED BY notifications_recipient_seq \
+     WHERE recipient_role = $1 AND recipient_id = $2 AND seq > $3 \
+     ORDER BY seq LIMIT $4"
+);
+/// The id at one seq: `notifications_recipient_seq`.
+const ID_AT: &str = "SELECT id FROM notifications INDEXED BY notifications_recipient_seq \
+     WHERE recipient_role = $1 AND recipient_id = $2 AND seq = $3";
+/// Rows changed after a (version, seq): `notifications_changes`.
+const CHANGED_AFTER: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications INDEXED BY notifications_changes \
+     WHERE recipient_role = $1 AND recipient_id = $2 \
+     AND (version, seq) > ($3, $4) ORDER BY version, seq LIMIT $5"
+);
+/// An idempotency key: `notifications_idempotency`.
+const BY_KEY: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications INDEXED BY notifications_idempotency \
+     WHERE recipient_role = $1 AND recipient_id = $2 AND idempotency_key = $3"
+);
+/// A user's counters: the users primary key.
+const USER_STATE: &str = "SELECT last_seq, unread, version FROM users WHERE role = $1 AND id = $2";
+/// When a user was last seen: the users primary key.
+const LAST_SEEN: &str = "SELECT last_seen_at FROM users WHERE role = $1 AND id = $2";
+/// How many presence entries a user has: `presence_user`.
+const PRESENCE_ENTRIES: &str =
+    "SELECT COUNT(*) FROM presence INDEXED BY presence_user WHERE role = $1 AND user_id = $2";
+/// A room's members: the room_members primary key.
+const ROOM_MEMBERS: &str = "SELECT m.role, m.user_id, u.last_seen_at, \
+     EXISTS (SELECT 1 FROM presence p WHERE p.role = m.role AND p.user_id = m.user_id) \
+     FROM room_members m \
+     LEFT JOIN users u ON u.role = m.role AND u.id = m.user_id \
+     WHERE m.room = $1 ORDER BY m.role, m.user_id";
+/// Who shares a room with a user: `room_members_user`, then the primary key.
+const ROOM_PEERS: &str = "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
+     JOIN room_members peer ON peer.room = me.room \
+     WHERE me.role = $1 AND me.user_id = $2 \
+     AND NOT (peer.role = $1 AND peer.user_id = $2)";
+/// The online ones among them: the same, and `presence_user`.
+const ONLINE_PEERS: &str = "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
+     JOIN room_members peer ON peer.room = me.room \
+     WHERE me.role = $1 AND me.user_id = $2 \
+     AND NOT (peer.role = $1 AND peer.user_id = $2) \
+     AND EXISTS (SELECT 1 FROM presence p \
+                 WHERE p.role = peer.role AND p.user_id = peer.user_id)";
+/// Joins a room: the room_members primary key.
+const JOIN_ROOM: &str = "INSERT INTO room_members (room, role, user_id, joined_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+/// Leaves a room: the room_members primary key.
+const LEAVE_ROOM: &str = "DELETE FROM room_members WHERE room = $1 AND role = $2 AND user_id = $3";
+/// A node's entry for a user: the presence primary key.
+const SET_ENTRY: &str = "INSERT INTO presence (node, role, user_id, streams, expires_at) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (node, role, user_id) DO UPDATE \
+     SET streams = excluded.streams, expires_at = excluded.expires_at";
+/// Drops a node's entry for a user: the presence primary key.
+const DROP_ENTRY: &str = "DELETE FROM presence WHERE node = $1 AND role = $2 AND user_id = $3";
+/// A node's heartbeat: the presence primary key (its first column).
+const REFRESH_ENTRIES: &str =
+    "UPDATE presence SET expires_at = $1 WHERE node = $2 RETURNING role, user_id";
+/// The users with an expired entry: `presence_expiry`.
+const EXPIRED_USERS: &str =
+    "SELECT DISTINCT role, user_id FROM presence INDEXED BY presence_expiry WHERE expires_at < $1";
+/// Drops a user's expired entries: `presence_user`.
+const DROP_EXPIRED: &str = "DELETE FROM presence INDEXED BY presence_user \
+     WHERE role = $1 AND user_id = $2 AND expires_at < $3";
+/// Records a user's offline moment: the users primary key.
+const WENT_OFFLINE: &str = "INSERT INTO users (role, id, last_seen_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (role, id) DO UPDATE SET last_seen_at = excluded.last_seen_at";
 
 /// SQLite's `synchronous` setting for the write connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,10 +383,7 @@ async fn apply(
                 continue;
             }
             WriteOp::Join { room, user } => {
-                sqlx::query(
-                    "INSERT INTO room_members (room, role, user_id, joined_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT DO NOTHING",
-                )
+                sqlx::query(JOIN_ROOM)
                 .bind(room)
                 .bind(user.role.code())
                 .bind(user.id)
@@ -292,9 +393,7 @@ async fn apply(
                 outcomes.push(Outcome::Done);
             }
             WriteOp::Leave { room, user } => {
-                sqlx::query(
-                    "DELETE FROM room_members WHERE room = $1 AND role = $2 AND user_id = $3",
-                )
+                sqlx::query(LEAVE_ROOM)
                 .bind(room)
                 .bind(user.role.code())
                 .bind(user.id)
@@ -322,9 +421,7 @@ async fn apply(
                 outcomes.push(Outcome::Done);
             }
             WriteOp::RefreshPresence { node, ttl_ms } => {
-                let rows = sqlx::query(
-                    "UPDATE presence SET expires_at = $1 WHERE node = $2 RETURNING role, user_id",
-                )
+                let rows = sqlx::query(REFRESH_ENTRIES)
                 .bind(now + ttl_ms)
                 .bind(node)
                 .fetch_all(&mut *tx)
@@ -532,16 +629,89 @@ async fn find_by_key(
     user: User,
     key: &str,
 ) -> Result<Option<Notification>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM notifications \
-         WHERE recipient_role = $1 AND recipient_id = $2 AND idempotency_key = $3"
-    )))
+    let row = sqlx::query(BY_KEY)
     .bind(user.role.code())
     .bind(user.id)
     .bind(key)
     .fetch_optional(&mut **tx)
     .await?;
     row.map(|row| decode(&row)).transpose()
+}
+
+// Marks find their rows by id alone: the id's primary key is the only index
+// these statements can use, whatever the statistics say, so a mark costs
+// the ids it names, never the size of the user's inbox. (A statement that
+// also filtered on the recipient could be planned on the recipient's
+// index, which scans their whole inbox inside the single writer.) The
+// owner and status checks are made on the rows found.
+
+/// The owner and status of each named notification that exists.
+const FIND_FOR_MARK: &str = concat!(
+    "SELECT id, recipient_role, recipient_id, status FROM ",
+    by_id!(),
+    " WHERE id IN (SELECT value FROM json_each($1))"
+);
+
+/// Sets the status of rows already checked; each takes its owner's next
+/// version (the counter itself moves once per mark, after).
+const SET_STATUS: &str = concat!(
+    "UPDATE ",
+    by_id!(),
+    " SET status = $1, updated_at = $2, \
+     version = (SELECT u.version + 1 FROM users u \
+                WHERE u.role = notifications.recipient_role AND u.id = notifications.recipient_id) \
+     WHERE id IN (SELECT value FROM json_each($3))"
+);
+
+/// One user's counters after a mark: what was read leaves the unread count.
+const SETTLE_MARK: &str = "UPDATE users SET unread = unread - $1, version = version + 1 \
+     WHERE role = $2 AND id = $3 RETURNING unread, version";
+
+/// Several users' versions after a run of receipts, by `[role, id]` pairs.
+const BUMP_VERSIONS: &str = "UPDATE users SET version = version + 1 \
+     WHERE (role, id) IN (SELECT value ->> 0, value ->> 1 FROM json_each($1)) \
+     RETURNING role, id, unread, version";
+
+/// A list as one JSON array parameter: one statement text whatever its
+/// length (one cached plan, no limit on bound parameters).
+fn json_array<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).expect("lists of ids and numbers serialize")
+}
+
+/// The owner (role, id) and status of each of `ids` that exists, by id.
+async fn find_for_mark(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &[&str],
+) -> Result<HashMap<String, (i64, i64, i64)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(FIND_FOR_MARK)
+        .bind(json_array(ids))
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?))))
+        .collect()
+}
+
+/// Moves the checked rows `ids` to `status`.
+async fn set_status(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &[&str],
+    status: Status,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(SET_STATUS)
+        .bind(status.code())
+        .bind(now)
+        .bind(json_array(ids))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// What a run of marks did: an outcome per op, in order, and one change
@@ -552,8 +722,8 @@ struct MarkedRun {
 }
 
 /// Marks that leave the unread count alone (DELIVERED), for several users
-/// at once: one UPDATE per 2,000 ids and one counter update, where one
-/// [`mark`] each would take two statements per user. Each outcome is what
+/// at once: one lookup, one UPDATE and one counter update for the whole
+/// run, where one [`mark`] each would take three statements per user. Each outcome is what
 /// `mark` would have answered for that op, in order; an id listed by two
 /// ops of one user counts for the first. Each user whose notifications
 /// changed takes one version for all of them.
@@ -580,51 +750,18 @@ async fn mark_run(
             updated_at: now,
         })
         .collect();
-    let wanted: Vec<(i64, i64, &str)> = owner.keys().copied().collect();
-    // 4 parameters an id stays well under SQLite's 32,766.
-    for chunk in wanted.chunks(2000) {
-        // Every row of one user takes the user's next version; the counter
-        // itself moves once, below, after every chunk.
-        let mut update = QueryBuilder::<Sqlite>::new("UPDATE notifications SET status = ");
-        update
-            .push_bind(status.code())
-            .push(", updated_at = ")
-            .push_bind(now)
-            .push(
-                ", version = (SELECT u.version + 1 FROM users u \
-                 WHERE u.role = notifications.recipient_role \
-                 AND u.id = notifications.recipient_id)",
-            )
-            .push(" WHERE status < ")
-            .push_bind(status.code())
-            .push(" AND id IN (");
-        let mut ids = update.separated(", ");
-        for (_, _, id) in chunk {
-            ids.push_bind(*id);
-        }
-        // The id finds the row; the recipient check keeps a user from
-        // marking another's notification.
-        update.push(") AND (recipient_role, recipient_id, id) IN (VALUES ");
-        let mut rows = update.separated(", ");
-        for (role, user_id, id) in chunk {
-            rows.push("(")
-                .push_bind_unseparated(*role)
-                .push_unseparated(", ")
-                .push_bind_unseparated(*user_id)
-                .push_unseparated(", ")
-                .push_bind_unseparated(*id)
-                .push_unseparated(")");
-        }
-        update.push(") RETURNING recipient_role, recipient_id, id");
-        for row in update.build().fetch_all(&mut **tx).await? {
-            let role: i64 = row.try_get(0)?;
-            let user_id: i64 = row.try_get(1)?;
-            let id: String = row.try_get(2)?;
-            if let Some(&op) = owner.get(&(role, user_id, id.as_str())) {
-                outcomes[op].updated.push(id);
-            }
+    let wanted: Vec<&str> = owner.keys().map(|(_, _, id)| *id).collect();
+    let found = find_for_mark(tx, &wanted).await?;
+    let mut claimed: Vec<&str> = Vec::new();
+    for (id, (role, user_id, current)) in &found {
+        if *current < status.code()
+            && let Some(&op) = owner.get(&(*role, *user_id, id.as_str()))
+        {
+            outcomes[op].updated.push(id.clone());
+            claimed.push(id);
         }
     }
+    set_status(tx, &claimed, status, now).await?;
     let mut changed: Vec<User> = run
         .iter()
         .zip(&outcomes)
@@ -634,20 +771,13 @@ async fn mark_run(
     changed.sort_unstable();
     changed.dedup();
     let mut counters: HashMap<User, (i64, i64)> = HashMap::with_capacity(changed.len());
-    for chunk in changed.chunks(10_000) {
-        let mut bump = QueryBuilder::<Sqlite>::new(
-            "UPDATE users SET version = version + 1 WHERE (role, id) IN (VALUES ",
-        );
-        let mut rows = bump.separated(", ");
-        for user in chunk {
-            rows.push("(")
-                .push_bind_unseparated(user.role.code())
-                .push_unseparated(", ")
-                .push_bind_unseparated(user.id)
-                .push_unseparated(")");
-        }
-        bump.push(") RETURNING role, id, unread, version");
-        for row in bump.build().fetch_all(&mut **tx).await? {
+    if !changed.is_empty() {
+        let keys: Vec<(i64, i64)> = changed.iter().map(|u| (u.role.code(), u.id)).collect();
+        let rows = sqlx::query(BUMP_VERSIONS)
+            .bind(json_array(&keys))
+            .fetch_all(&mut **tx)
+            .await?;
+        for row in rows {
             let user = decode_user(&row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
             counters.insert(user, (row.try_get(2)?, row.try_get(3)?));
         }
@@ -691,34 +821,17 @@ async fn mark(
     status: Status,
     now: i64,
 ) -> Result<MarkOutcome, sqlx::Error> {
-    let mut update = QueryBuilder::<Sqlite>::new("UPDATE notifications SET status = ");
-    update
-        .push_bind(status.code())
-        .push(", updated_at = ")
-        .push_bind(now)
-        .push(", version = (SELECT version + 1 FROM users WHERE role = ")
-        .push_bind(user.role.code())
-        .push(" AND id = ")
-        .push_bind(user.id)
-        .push(") WHERE recipient_role = ")
-        .push_bind(user.role.code())
-        .push(" AND recipient_id = ")
-        .push_bind(user.id)
-        .push(" AND status < ")
-        .push_bind(status.code())
-        .push(" AND id IN (");
-    let mut list = update.separated(", ");
-    for id in ids {
-        list.push_bind(id.clone());
-    }
-    update.push(") RETURNING id");
-    let updated: Vec<String> = update
-        .build()
-        .fetch_all(&mut **tx)
+    let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let updated: Vec<String> = find_for_mark(tx, &wanted)
         .await?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
+        .into_iter()
+        .filter(|(_, (role, user_id, current))| {
+            (*role, *user_id) == (user.role.code(), user.id) && *current < status.code()
+        })
+        .map(|(id, _)| id)
+        .collect();
+    let claimed: Vec<&str> = updated.iter().map(String::as_str).collect();
+    set_status(tx, &claimed, status, now).await?;
     if updated.is_empty() {
         return Ok(MarkOutcome {
             updated,
@@ -732,10 +845,7 @@ async fn mark(
     } else {
         0
     };
-    let (unread, version): (i64, i64) = sqlx::query_as(
-        "UPDATE users SET unread = unread - $1, version = version + 1 \
-         WHERE role = $2 AND id = $3 RETURNING unread, version",
-    )
+    let (unread, version): (i64, i64) = sqlx::query_as(SETTLE_MARK)
     .bind(left)
     .bind(user.role.code())
     .bind(user.id)
@@ -753,7 +863,7 @@ async fn presence_entries(
     tx: &mut Transaction<'_, Sqlite>,
     user: User,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM presence WHERE role = $1 AND user_id = $2")
+    sqlx::query_scalar(PRESENCE_ENTRIES)
         .bind(user.role.code())
         .bind(user.id)
         .fetch_one(&mut **tx)
@@ -767,10 +877,7 @@ async fn went_offline(
     now: i64,
     changes: &mut Vec<Change>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO users (role, id, last_seen_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (role, id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
-    )
+    sqlx::query(WENT_OFFLINE)
     .bind(user.role.code())
     .bind(user.id)
     .bind(now)
@@ -795,11 +902,7 @@ async fn set_presence(
 ) -> Result<(), sqlx::Error> {
     let before = presence_entries(tx, user).await?;
     if streams > 0 {
-        sqlx::query(
-            "INSERT INTO presence (node, role, user_id, streams, expires_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (node, role, user_id) DO UPDATE SET streams = excluded.streams, \
-             expires_at = excluded.expires_at",
-        )
+        sqlx::query(SET_ENTRY)
         .bind(node)
         .bind(user.role.code())
         .bind(user.id)
@@ -808,7 +911,7 @@ async fn set_presence(
         .execute(&mut **tx)
         .await?;
     } else {
-        sqlx::query("DELETE FROM presence WHERE node = $1 AND role = $2 AND user_id = $3")
+        sqlx::query(DROP_ENTRY)
             .bind(node)
             .bind(user.role.code())
             .bind(user.id)
@@ -833,13 +936,13 @@ async fn expire_presence(
     now: i64,
     changes: &mut Vec<Change>,
 ) -> Result<(), sqlx::Error> {
-    let expired = sqlx::query("SELECT DISTINCT role, user_id FROM presence WHERE expires_at < $1")
+    let expired = sqlx::query(EXPIRED_USERS)
         .bind(now)
         .fetch_all(&mut **tx)
         .await?;
     for row in &expired {
         let user = decode_user(row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
-        sqlx::query("DELETE FROM presence WHERE role = $1 AND user_id = $2 AND expires_at < $3")
+        sqlx::query(DROP_EXPIRED)
             .bind(user.role.code())
             .bind(user.id)
             .bind(now)
@@ -902,9 +1005,7 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM notifications WHERE id = $1"
-        )))
+        let rows = sqlx::query(GET)
         .bind(id)
         .fetch_all(&self.readers)
         .await?;
@@ -924,11 +1025,7 @@ impl Store for SqliteStore {
         let (total, last_seq) = (state.unread, state.last_seq);
         let offset = i64::from(page.saturating_sub(1)) * i64::from(limit);
         let rows = if offset < total {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM notifications \
-                 WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
-                 ORDER BY seq DESC LIMIT $3 OFFSET $4"
-            )))
+            sqlx::query(UNREAD_PAGE)
             .bind(user.role.code())
             .bind(user.id)
             .bind(i64::from(limit))
@@ -953,11 +1050,7 @@ impl Store for SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM notifications \
-             WHERE recipient_role = $1 AND recipient_id = $2 AND seq > $3 \
-             ORDER BY seq LIMIT $4"
-        )))
+        let rows = sqlx::query(AFTER_SEQ)
         .bind(user.role.code())
         .bind(user.id)
         .bind(after)
@@ -973,9 +1066,7 @@ impl Store for SqliteStore {
     }
 
     async fn id_at(&self, user: User, seq: i64) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND seq = $3",
-        )
+        Ok(sqlx::query_scalar(ID_AT)
         .bind(user.role.code())
         .bind(user.id)
         .bind(seq)
@@ -991,11 +1082,7 @@ impl Store for SqliteStore {
     ) -> Result<ChangedPage, StoreError> {
         // One read transaction: the rows and the counters from one snapshot.
         let mut tx = self.readers.begin().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM notifications \
-             WHERE recipient_role = $1 AND recipient_id = $2 AND (version, seq) > ($3, $4) \
-             ORDER BY version, seq LIMIT $5"
-        )))
+        let rows = sqlx::query(CHANGED_AFTER)
         .bind(user.role.code())
         .bind(user.id)
         .bind(after.version)
@@ -1046,13 +1133,7 @@ impl Store for SqliteStore {
     }
 
     async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT m.role, m.user_id, u.last_seen_at, \
-             EXISTS (SELECT 1 FROM presence p WHERE p.role = m.role AND p.user_id = m.user_id) \
-             FROM room_members m \
-             LEFT JOIN users u ON u.role = m.role AND u.id = m.user_id \
-             WHERE m.room = $1 ORDER BY m.role, m.user_id",
-        )
+        let rows = sqlx::query(ROOM_MEMBERS)
         .bind(room)
         .fetch_all(&self.readers)
         .await?;
@@ -1068,12 +1149,7 @@ impl Store for SqliteStore {
     }
 
     async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
-             JOIN room_members peer ON peer.room = me.room \
-             WHERE me.role = $1 AND me.user_id = $2 \
-             AND NOT (peer.role = $1 AND peer.user_id = $2)",
-        )
+        let rows = sqlx::query(ROOM_PEERS)
         .bind(user.role.code())
         .bind(user.id)
         .fetch_all(&self.readers)
@@ -1082,14 +1158,7 @@ impl Store for SqliteStore {
     }
 
     async fn online_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
-             JOIN room_members peer ON peer.room = me.room \
-             WHERE me.role = $1 AND me.user_id = $2 \
-             AND NOT (peer.role = $1 AND peer.user_id = $2) \
-             AND EXISTS (SELECT 1 FROM presence p \
-                         WHERE p.role = peer.role AND p.user_id = peer.user_id)",
-        )
+        let rows = sqlx::query(ONLINE_PEERS)
         .bind(user.role.code())
         .bind(user.id)
         .fetch_all(&self.readers)
@@ -1099,7 +1168,7 @@ impl Store for SqliteStore {
 
     async fn last_seen(&self, user: User) -> Result<Option<i64>, StoreError> {
         let seen: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT last_seen_at FROM users WHERE role = $1 AND id = $2")
+            sqlx::query_scalar(LAST_SEEN)
                 .bind(user.role.code())
                 .bind(user.id)
                 .fetch_optional(&self.readers)
@@ -1146,7 +1215,7 @@ async fn read_state(
     user: User,
 ) -> Result<UserState, sqlx::Error> {
     let counters: Option<(i64, i64, i64)> =
-        sqlx::query_as("SELECT last_seq, unread, version FROM users WHERE role = $1 AND id = $2")
+        sqlx::query_as(USER_STATE)
             .bind(user.role.code())
             .bind(user.id)
             .fetch_optional(connection)
@@ -1167,4 +1236,194 @@ fn decode_user(row: &SqliteRow) -> Result<User, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role}")))?,
         id: row.try_get(1)?,
     })
+}
+
+#[cfg(test)]
+mod plans {
+    //! Every statement that takes user input is planned on the index meant
+    //! for it, on a database whose statistics favour the wrong one: one
+    //! user with a large unread inbox, analysed.
+
+    use super::*;
+
+    struct Nowhere;
+    impl ChangeSink for Nowhere {
+        fn publish(&self, _: Change) {}
+    }
+
+    const ID: &str = "SEARCH notifications USING INDEX sqlite_autoindex_notifications_1 (id=?)";
+    const USERS: &str = "SEARCH users USING PRIMARY KEY (role=? AND id=?)";
+
+    /// Each statement and the lines its plan must hold; any other way into
+    /// a table (a SCAN, or an index not listed) fails the test.
+    const EXPECTED: &[(&str, &str, &[&str])] = &[
+        ("GET", GET, &[ID]),
+        ("FIND_FOR_MARK", FIND_FOR_MARK, &[ID]),
+        (
+            "SET_STATUS",
+            SET_STATUS,
+            &[
+                "SEARCH notifications USING COVERING INDEX sqlite_autoindex_notifications_1 (id=?)",
+                "SEARCH u USING PRIMARY KEY (role=? AND id=?)",
+            ],
+        ),
+        ("SETTLE_MARK", SETTLE_MARK, &[USERS]),
+        ("BUMP_VERSIONS", BUMP_VERSIONS, &[USERS]),
+        (
+            "UNREAD_PAGE",
+            UNREAD_PAGE,
+            &["SEARCH notifications USING INDEX notifications_unread (recipient_role=? AND recipient_id=?)"],
+        ),
+        (
+            "AFTER_SEQ",
+            AFTER_SEQ,
+            &["SEARCH notifications USING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=? AND seq>?)"],
+        ),
+        (
+            "ID_AT",
+            ID_AT,
+            &["SEARCH notifications USING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=? AND seq=?)"],
+        ),
+        (
+            "CHANGED_AFTER",
+            CHANGED_AFTER,
+            &["SEARCH notifications USING INDEX notifications_changes (recipient_role=? AND recipient_id=? AND (version,seq)>(?,?))"],
+        ),
+        (
+            "BY_KEY",
+            BY_KEY,
+            &["SEARCH notifications USING INDEX notifications_idempotency (recipient_role=? AND recipient_id=? AND idempotency_key=?)"],
+        ),
+        ("USER_STATE", USER_STATE, &[USERS]),
+        ("LAST_SEEN", LAST_SEEN, &[USERS]),
+        ("WENT_OFFLINE", WENT_OFFLINE, &[]),
+        (
+            "PRESENCE_ENTRIES",
+            PRESENCE_ENTRIES,
+            &["SEARCH presence USING COVERING INDEX presence_user (role=? AND user_id=?)"],
+        ),
+        (
+            "ROOM_MEMBERS",
+            ROOM_MEMBERS,
+            &[
+                "SEARCH m USING PRIMARY KEY (room=?)",
+                "SEARCH u USING PRIMARY KEY (role=? AND id=?) LEFT-JOIN",
+                "SEARCH p USING COVERING INDEX presence_user (role=? AND user_id=?)",
+            ],
+        ),
+        (
+            "ROOM_PEERS",
+            ROOM_PEERS,
+            &[
+                "SEARCH me USING COVERING INDEX room_members_user (role=? AND user_id=?)",
+                "SEARCH peer USING PRIMARY KEY (room=?)",
+            ],
+        ),
+        (
+            "ONLINE_PEERS",
+            ONLINE_PEERS,
+            &[
+                "SEARCH me USING COVERING INDEX room_members_user (role=? AND user_id=?)",
+                "SEARCH peer USING PRIMARY KEY (room=?)",
+                "SEARCH p EXISTS USING COVERING INDEX presence_user (role=? AND user_id=?)",
+            ],
+        ),
+        ("JOIN_ROOM", JOIN_ROOM, &[]),
+        (
+            "LEAVE_ROOM",
+            LEAVE_ROOM,
+            &["SEARCH room_members USING PRIMARY KEY (room=? AND role=? AND user_id=?)"],
+        ),
+        ("SET_ENTRY", SET_ENTRY, &[]),
+        (
+            "DROP_ENTRY",
+            DROP_ENTRY,
+            &["SEARCH presence USING PRIMARY KEY (node=? AND role=? AND user_id=?)"],
+        ),
+        (
+            "REFRESH_ENTRIES",
+            REFRESH_ENTRIES,
+            &["SEARCH presence USING PRIMARY KEY (node=?)"],
+        ),
+        (
+            "EXPIRED_USERS",
+            EXPIRED_USERS,
+            &["SEARCH presence USING COVERING INDEX presence_expiry (expires_at<?)"],
+        ),
+        (
+            "DROP_EXPIRED",
+            DROP_EXPIRED,
+            &["SEARCH presence USING INDEX presence_user (role=? AND user_id=?)"],
+        ),
+    ];
+
+    /// How many `$n` parameters a statement has.
+    fn parameters(sql: &str) -> usize {
+        (1..=20)
+            .take_while(|n| sql.contains(&format!("${n}")))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn every_statement_taking_user_input_uses_the_index_meant_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plans.db").display());
+        let store = SqliteStore::open(&url, SqliteOptions::default(), Arc::new(Nowhere))
+            .await
+            .unwrap();
+        let big = User {
+            role: Role::Vendor,
+            id: 1,
+        };
+        for _ in 0..20 {
+            let batch = (0..1000)
+                .map(|n| NewNotification {
+                    recipient: big,
+                    kind: "order:placed".into(),
+                    channel: Channel::Push,
+                    content: "{}".into(),
+                    priority: 1,
+                    idempotency_key: Some(new_object_id() + &n.to_string()),
+                })
+                .collect();
+            store.create(batch).await.unwrap();
+        }
+        store.join_room("order:1", big).await.unwrap();
+        store
+            .set_presence("node", vec![(big, 1)], Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut connection = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("ANALYZE").execute(&mut connection).await.unwrap();
+
+        let mut wrong = Vec::new();
+        for (name, sql, expected) in EXPECTED {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(explain));
+            for _ in 0..parameters(sql) {
+                query = query.bind(None::<i64>);
+            }
+            let plan: Vec<String> = query
+                .fetch_all(&mut connection)
+                .await
+                .unwrap_or_else(|error| panic!("{name}: {error}"))
+                .iter()
+                .map(|row| row.get::<String, _>(3))
+                .collect();
+            let missing: Vec<&&str> = expected
+                .iter()
+                .filter(|line| !plan.iter().any(|step| step == **line))
+                .collect();
+            let unexpected: Vec<&String> = plan
+                .iter()
+                .filter(|step| step.starts_with("SCAN ") || step.starts_with("SEARCH "))
+                .filter(|step| !step.contains("json_each"))
+                .filter(|step| !expected.contains(&step.as_str()))
+                .collect();
+            if !missing.is_empty() || !unexpected.is_empty() {
+                wrong.push(format!("{name}: planned as {plan:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
 }
