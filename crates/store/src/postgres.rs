@@ -34,8 +34,113 @@ use crate::object_id::new_object_id;
 use crate::{ChangeSink, Store, StoreError};
 
 const CHANNEL: &str = "notify_changes";
-const COLUMNS: &str = "id, recipient_role, recipient_id, seq, type, channel, content, status, \
-                       priority, created_at, updated_at, version";
+/// A notification's columns, in the order [`decode`] reads them.
+macro_rules! columns {
+    () => {
+        "id, recipient_role, recipient_id, seq, type, channel, content, status, \
+         priority, created_at, updated_at, version"
+    };
+}
+
+// The statements that take user input, each on the index named beside it
+// (the `plans` test checks them with generic plans on an analysed
+// database). Marks find their rows by id alone, so the primary key is the
+// only index they can use: a mark costs the ids it names, never the size
+// of the user's inbox; the owner and status checks are made on the rows
+// found.
+
+/// By id: `notifications_pkey`.
+const GET: &str = concat!("SELECT ", columns!(), " FROM notifications WHERE id = $1");
+/// Rows named by NOTIFY: `notifications_pkey`.
+const BY_IDS: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications WHERE id = ANY($1)"
+);
+/// A page of the unread inbox: `notifications_unread`.
+const UNREAD_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
+     ORDER BY seq DESC LIMIT $3 OFFSET $4"
+);
+/// Replay after a seq: `notifications_recipient_seq`.
+const AFTER_SEQ: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND seq > $3 \
+     ORDER BY seq LIMIT $4"
+);
+/// The id at one seq: `notifications_recipient_seq`.
+const ID_AT: &str =
+    "SELECT id FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND seq = $3";
+/// Rows changed after a (version, seq): `notifications_changes`.
+const CHANGED_AFTER: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 \
+     AND (version, seq) > ($3, $4) ORDER BY version, seq LIMIT $5"
+);
+/// Rows of a status change too large for its notice: `notifications_changes`.
+const AT_VERSIONS: &str = "SELECT recipient_role, recipient_id, version, id FROM notifications \
+     WHERE (recipient_role, recipient_id, version) IN \
+     (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])) \
+     ORDER BY recipient_role, recipient_id, version, seq";
+/// Idempotency keys: `notifications_idempotency`.
+const BY_KEYS: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", idempotency_key FROM notifications \
+     WHERE (recipient_role, recipient_id, idempotency_key) IN \
+     (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]))"
+);
+/// The owner and status of each named notification: `notifications_pkey`.
+const FIND_FOR_MARK: &str =
+    "SELECT id, recipient_role, recipient_id, status FROM notifications WHERE id = ANY($1)";
+/// Sets the status of rows already checked: `notifications_pkey`.
+const SET_STATUS: &str =
+    "UPDATE notifications SET status = $1, updated_at = $2, version = $3 WHERE id = ANY($4)";
+/// A user's counters, locked for a mark: `users_pkey`.
+const LOCK_USER: &str = "SELECT unread, version FROM users WHERE role = $1 AND id = $2 FOR UPDATE";
+/// Several users' counters, locked in order: `users_pkey`.
+const LOCK_USERS: &str = "SELECT role, id, last_seq, unread, version FROM users \
+     WHERE (role, id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
+     ORDER BY role, id FOR UPDATE";
+/// A user's counters: `users_pkey`.
+const USER_STATE: &str = "SELECT last_seq, unread, version FROM users WHERE role = $1 AND id = $2";
+/// When a user was last seen: `users_pkey`.
+const LAST_SEEN: &str = "SELECT last_seen_at FROM users WHERE role = $1 AND id = $2";
+/// How many presence entries a user has: `presence_user`.
+const PRESENCE_ENTRIES: &str = "SELECT COUNT(*) FROM presence WHERE role = $1 AND user_id = $2";
+/// A room's members: `room_members_pkey`, `users_pkey`, `presence_user`.
+const ROOM_MEMBERS: &str = "SELECT m.role, m.user_id, u.last_seen_at, \
+     EXISTS (SELECT 1 FROM presence p WHERE p.role = m.role AND p.user_id = m.user_id) \
+     FROM room_members m \
+     LEFT JOIN users u ON u.role = m.role AND u.id = m.user_id \
+     WHERE m.room = $1 ORDER BY m.role, m.user_id";
+/// Who shares a room with a user: `room_members_user`, `room_members_pkey`.
+const ROOM_PEERS: &str = "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
+     JOIN room_members peer ON peer.room = me.room \
+     WHERE me.role = $1 AND me.user_id = $2 \
+     AND NOT (peer.role = $1 AND peer.user_id = $2)";
+/// The online ones among them: the same, and `presence_user`.
+const ONLINE_PEERS: &str = "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
+     JOIN room_members peer ON peer.room = me.room \
+     WHERE me.role = $1 AND me.user_id = $2 \
+     AND NOT (peer.role = $1 AND peer.user_id = $2) \
+     AND EXISTS (SELECT 1 FROM presence p \
+                 WHERE p.role = peer.role AND p.user_id = peer.user_id)";
+/// Leaves a room: `room_members_pkey`.
+const LEAVE_ROOM: &str = "DELETE FROM room_members WHERE room = $1 AND role = $2 AND user_id = $3";
+/// Drops a node's entry for a user: `presence_pkey`.
+const DROP_ENTRY: &str = "DELETE FROM presence WHERE node = $1 AND role = $2 AND user_id = $3";
+/// The users with an expired entry: `presence_expiry`.
+const EXPIRED_USERS: &str = "SELECT DISTINCT role, user_id FROM presence WHERE expires_at < $1";
+/// Drops a user's expired entries: `presence_user`.
+const DROP_EXPIRED: &str =
+    "DELETE FROM presence WHERE role = $1 AND user_id = $2 AND expires_at < $3";
+/// Records a user's offline moment: `users_pkey`.
+const WENT_OFFLINE: &str = "UPDATE users SET last_seen_at = $1 WHERE role = $2 AND id = $3";
 
 /// Ids a status-change notice carries itself; more would not fit NOTIFY's
 /// 8,000 bytes, and listeners read them from the table instead.
@@ -229,12 +334,7 @@ async fn publish_batch(
         .collect();
     let mut rows: HashMap<String, Notification> = HashMap::new();
     if !created.is_empty() {
-        let fetched = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM notifications WHERE id = ANY($1)"
-        )))
-        .bind(&created)
-        .fetch_all(pool)
-        .await?;
+        let fetched = sqlx::query(BY_IDS).bind(&created).fetch_all(pool).await?;
         for row in &fetched {
             let notification = decode(row)?;
             rows.insert(notification.id.clone(), notification);
@@ -255,17 +355,12 @@ async fn publish_batch(
         .collect();
     let mut marked_ids: HashMap<(i64, i64, i64), Vec<String>> = HashMap::new();
     if !marked.is_empty() {
-        let fetched = sqlx::query(
-            "SELECT recipient_role, recipient_id, version, id FROM notifications \
-             WHERE (recipient_role, recipient_id, version) IN \
-             (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])) \
-             ORDER BY recipient_role, recipient_id, version, seq",
-        )
-        .bind(marked.iter().map(|m| m.0).collect::<Vec<_>>())
-        .bind(marked.iter().map(|m| m.1).collect::<Vec<_>>())
-        .bind(marked.iter().map(|m| m.2).collect::<Vec<_>>())
-        .fetch_all(pool)
-        .await?;
+        let fetched = sqlx::query(AT_VERSIONS)
+            .bind(marked.iter().map(|m| m.0).collect::<Vec<_>>())
+            .bind(marked.iter().map(|m| m.1).collect::<Vec<_>>())
+            .bind(marked.iter().map(|m| m.2).collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await?;
         for row in &fetched {
             marked_ids
                 .entry((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
@@ -356,15 +451,11 @@ async fn lock_users(
     .bind(&ids)
     .execute(&mut **tx)
     .await?;
-    let rows = sqlx::query(
-        "SELECT role, id, last_seq, unread, version FROM users \
-         WHERE (role, id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
-         ORDER BY role, id FOR UPDATE",
-    )
-    .bind(&roles)
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query(LOCK_USERS)
+        .bind(&roles)
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
     let mut counters = HashMap::with_capacity(rows.len());
     for row in &rows {
         counters.insert(
@@ -438,12 +529,11 @@ async fn database_millis(connection: &mut PgConnection) -> Result<i64, sqlx::Err
 
 /// The user's counters (all 0 before their first notification).
 async fn read_state(connection: &mut PgConnection, user: User) -> Result<UserState, sqlx::Error> {
-    let counters: Option<(i64, i64, i64)> =
-        sqlx::query_as("SELECT last_seq, unread, version FROM users WHERE role = $1 AND id = $2")
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_optional(connection)
-            .await?;
+    let counters: Option<(i64, i64, i64)> = sqlx::query_as(USER_STATE)
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_optional(connection)
+        .await?;
     Ok(counters
         .map(|(last_seq, unread, version)| UserState {
             last_seq,
@@ -457,7 +547,7 @@ async fn presence_entries(
     tx: &mut Transaction<'_, Postgres>,
     user: User,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM presence WHERE role = $1 AND user_id = $2")
+    sqlx::query_scalar(PRESENCE_ENTRIES)
         .bind(user.role.code())
         .bind(user.id)
         .fetch_one(&mut **tx)
@@ -470,7 +560,7 @@ async fn went_offline(
     now: i64,
     payloads: &mut Vec<String>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET last_seen_at = $1 WHERE role = $2 AND id = $3")
+    sqlx::query(WENT_OFFLINE)
         .bind(now)
         .bind(user.role.code())
         .bind(user.id)
@@ -496,16 +586,12 @@ impl Store for PgStore {
             .collect();
         let mut existing: HashMap<(User, String), Notification> = HashMap::new();
         if !keyed.is_empty() {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS}, idempotency_key FROM notifications \
-                 WHERE (recipient_role, recipient_id, idempotency_key) IN \
-                 (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]))"
-            )))
-            .bind(keyed.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
-            .bind(keyed.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
-            .bind(keyed.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = sqlx::query(BY_KEYS)
+                .bind(keyed.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
+                .bind(keyed.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
+                .bind(keyed.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>())
+                .fetch_all(&mut *tx)
+                .await?;
             for row in &rows {
                 let notification = decode(row)?;
                 let key: String = row.try_get(12)?;
@@ -622,12 +708,7 @@ impl Store for PgStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM notifications WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(GET).bind(id).fetch_all(&self.pool).await?;
         Ok(decode_all(&rows)?.pop())
     }
 
@@ -646,17 +727,13 @@ impl Store for PgStore {
         let (total, last_seq) = (state.unread, state.last_seq);
         let offset = i64::from(page.saturating_sub(1)) * i64::from(limit);
         let rows = if offset < total {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM notifications \
-                 WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
-                 ORDER BY seq DESC LIMIT $3 OFFSET $4"
-            )))
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(i64::from(limit))
-            .bind(offset)
-            .fetch_all(&mut *tx)
-            .await?
+            sqlx::query(UNREAD_PAGE)
+                .bind(user.role.code())
+                .bind(user.id)
+                .bind(i64::from(limit))
+                .bind(offset)
+                .fetch_all(&mut *tx)
+                .await?
         } else {
             Vec::new()
         };
@@ -675,17 +752,13 @@ impl Store for PgStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM notifications \
-             WHERE recipient_role = $1 AND recipient_id = $2 AND seq > $3 \
-             ORDER BY seq LIMIT $4"
-        )))
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(AFTER_SEQ)
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         decode_all(&rows)
     }
 
@@ -695,14 +768,12 @@ impl Store for PgStore {
     }
 
     async fn id_at(&self, user: User, seq: i64) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND seq = $3",
-        )
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(seq)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(ID_AT)
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     async fn changed_after(
@@ -715,18 +786,14 @@ impl Store for PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM notifications \
-             WHERE recipient_role = $1 AND recipient_id = $2 AND (version, seq) > ($3, $4) \
-             ORDER BY version, seq LIMIT $5"
-        )))
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(after.version)
-        .bind(after.seq)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(CHANGED_AFTER)
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(after.version)
+            .bind(after.seq)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
         let state = read_state(&mut tx, user).await?;
         tx.commit().await?;
         Ok(ChangedPage {
@@ -750,13 +817,11 @@ impl Store for PgStore {
         // Lock the user's row only if it exists: a user without one has no
         // notifications to mark, and a mark must not create rows (any id
         // a caller names would otherwise leave one behind).
-        let locked: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT unread, version FROM users WHERE role = $1 AND id = $2 FOR UPDATE",
-        )
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let locked: Option<(i64, i64)> = sqlx::query_as(LOCK_USER)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let nothing = MarkOutcome {
             updated: Vec::new(),
             unread: 0,
@@ -769,23 +834,29 @@ impl Store for PgStore {
         };
         // The rows and the counter take the user's next version together.
         let version = version + 1;
-        let updated: Vec<String> = sqlx::query_scalar(
-            "UPDATE notifications SET status = $1, updated_at = $2, version = $3 \
-             WHERE recipient_role = $4 AND recipient_id = $5 AND status < $1 AND id = ANY($6) \
-             RETURNING id",
-        )
-        .bind(status.code())
-        .bind(now)
-        .bind(version)
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
+        // Under the user's lock: none of these rows can change meanwhile.
+        let found: Vec<(String, i64, i64, i64)> = sqlx::query_as(FIND_FOR_MARK)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        let updated: Vec<String> = found
+            .into_iter()
+            .filter(|(_, role, id, current)| {
+                (*role, *id) == (user.role.code(), user.id) && *current < status.code()
+            })
+            .map(|(id, ..)| id)
+            .collect();
         if updated.is_empty() {
             tx.rollback().await?;
             return Ok(nothing);
         }
+        sqlx::query(SET_STATUS)
+            .bind(status.code())
+            .bind(now)
+            .bind(version)
+            .bind(&updated)
+            .execute(&mut *tx)
+            .await?;
         let left = if status == Status::Read {
             updated.len() as i64
         } else {
@@ -835,7 +906,7 @@ impl Store for PgStore {
     }
 
     async fn leave_room(&self, room: &str, user: User) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM room_members WHERE room = $1 AND role = $2 AND user_id = $3")
+        sqlx::query(LEAVE_ROOM)
             .bind(room)
             .bind(user.role.code())
             .bind(user.id)
@@ -845,16 +916,10 @@ impl Store for PgStore {
     }
 
     async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT m.role, m.user_id, u.last_seen_at, \
-             EXISTS (SELECT 1 FROM presence p WHERE p.role = m.role AND p.user_id = m.user_id) \
-             FROM room_members m \
-             LEFT JOIN users u ON u.role = m.role AND u.id = m.user_id \
-             WHERE m.room = $1 ORDER BY m.role, m.user_id",
-        )
-        .bind(room)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(ROOM_MEMBERS)
+            .bind(room)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(RoomMember {
@@ -867,42 +932,29 @@ impl Store for PgStore {
     }
 
     async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
-             JOIN room_members peer ON peer.room = me.room \
-             WHERE me.role = $1 AND me.user_id = $2 \
-             AND NOT (peer.role = $1 AND peer.user_id = $2)",
-        )
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(ROOM_PEERS)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
     }
 
     async fn online_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT peer.role, peer.user_id FROM room_members me \
-             JOIN room_members peer ON peer.room = me.room \
-             WHERE me.role = $1 AND me.user_id = $2 \
-             AND NOT (peer.role = $1 AND peer.user_id = $2) \
-             AND EXISTS (SELECT 1 FROM presence p \
-                         WHERE p.role = peer.role AND p.user_id = peer.user_id)",
-        )
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(ONLINE_PEERS)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
     }
 
     async fn last_seen(&self, user: User) -> Result<Option<i64>, StoreError> {
-        let seen: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT last_seen_at FROM users WHERE role = $1 AND id = $2")
-                .bind(user.role.code())
-                .bind(user.id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let seen: Option<Option<i64>> = sqlx::query_scalar(LAST_SEEN)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(seen.flatten())
     }
 
@@ -934,7 +986,7 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
             } else {
-                sqlx::query("DELETE FROM presence WHERE node = $1 AND role = $2 AND user_id = $3")
+                sqlx::query(DROP_ENTRY)
                     .bind(node)
                     .bind(user.role.code())
                     .bind(user.id)
@@ -970,7 +1022,7 @@ impl Store for PgStore {
             let mut connection = self.pool.acquire().await?;
             database_millis(&mut connection).await?
         };
-        let rows = sqlx::query("SELECT DISTINCT role, user_id FROM presence WHERE expires_at < $1")
+        let rows = sqlx::query(EXPIRED_USERS)
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
@@ -980,15 +1032,13 @@ impl Store for PgStore {
             // same entries, only the one that removes the last announces it.
             let mut tx = self.pool.begin().await?;
             lock_users(&mut tx, &[user]).await?;
-            let removed = sqlx::query(
-                "DELETE FROM presence WHERE role = $1 AND user_id = $2 AND expires_at < $3",
-            )
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let removed = sqlx::query(DROP_EXPIRED)
+                .bind(user.role.code())
+                .bind(user.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             let mut payloads = Vec::new();
             if removed > 0 && presence_entries(&mut tx, user).await? == 0 {
                 went_offline(&mut tx, user, now, &mut payloads).await?;
@@ -997,5 +1047,174 @@ impl Store for PgStore {
             tx.commit().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod plans {
+    //! Every statement that takes user input is planned on the index meant
+    //! for it: generic plans (what a prepared statement runs after a few
+    //! executions, whatever the values) on an analysed database where one
+    //! user has a large unread inbox. Needs `NOTIFY_TEST_POSTGRES_URL`.
+
+    use super::*;
+    use sqlx::Connection;
+
+    struct Nowhere;
+    impl ChangeSink for Nowhere {
+        fn publish(&self, _: Change) {}
+    }
+
+    /// Each statement and the indexes its plan uses, all of them (`a|b`:
+    /// either, both being a full match of the key): a sequential scan, or
+    /// any other index, fails the test.
+    const EXPECTED: &[(&str, &str, &[&str])] = &[
+        ("GET", GET, &["notifications_pkey"]),
+        ("BY_IDS", BY_IDS, &["notifications_pkey"]),
+        ("FIND_FOR_MARK", FIND_FOR_MARK, &["notifications_pkey"]),
+        ("SET_STATUS", SET_STATUS, &["notifications_pkey"]),
+        ("UNREAD_PAGE", UNREAD_PAGE, &["notifications_unread"]),
+        ("AFTER_SEQ", AFTER_SEQ, &["notifications_recipient_seq"]),
+        ("ID_AT", ID_AT, &["notifications_recipient_seq"]),
+        ("CHANGED_AFTER", CHANGED_AFTER, &["notifications_changes"]),
+        ("AT_VERSIONS", AT_VERSIONS, &["notifications_changes"]),
+        ("BY_KEYS", BY_KEYS, &["notifications_idempotency"]),
+        ("LOCK_USER", LOCK_USER, &["users_pkey"]),
+        ("LOCK_USERS", LOCK_USERS, &["users_pkey"]),
+        ("USER_STATE", USER_STATE, &["users_pkey"]),
+        ("LAST_SEEN", LAST_SEEN, &["users_pkey"]),
+        ("WENT_OFFLINE", WENT_OFFLINE, &["users_pkey"]),
+        ("PRESENCE_ENTRIES", PRESENCE_ENTRIES, &["presence_user"]),
+        (
+            "ROOM_MEMBERS",
+            ROOM_MEMBERS,
+            &["room_members_pkey", "users_pkey", "presence_user"],
+        ),
+        (
+            "ROOM_PEERS",
+            ROOM_PEERS,
+            &["room_members_user", "room_members_pkey"],
+        ),
+        (
+            "ONLINE_PEERS",
+            ONLINE_PEERS,
+            &["room_members_user", "room_members_pkey", "presence_user"],
+        ),
+        (
+            "LEAVE_ROOM",
+            LEAVE_ROOM,
+            &["room_members_pkey|room_members_user"],
+        ),
+        ("DROP_ENTRY", DROP_ENTRY, &["presence_pkey|presence_user"]),
+        ("EXPIRED_USERS", EXPIRED_USERS, &["presence_expiry"]),
+        ("DROP_EXPIRED", DROP_EXPIRED, &["presence_user"]),
+    ];
+
+    /// How many `$n` parameters a statement has.
+    fn parameters(sql: &str) -> usize {
+        (1..=20)
+            .take_while(|n| sql.contains(&format!("${n}")))
+            .count()
+    }
+
+    /// The index names a plan line reads (`… using NAME on …`,
+    /// `Bitmap Index Scan on NAME`).
+    fn indexes(line: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for marker in [" using ", "Bitmap Index Scan on "] {
+            if let Some((_, rest)) = line.split_once(marker) {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_statement_taking_user_input_uses_the_index_meant_for_it() {
+        let Ok(admin) = std::env::var("NOTIFY_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("NOTIFY_REQUIRE_POSTGRES").is_none(),
+                "NOTIFY_REQUIRE_POSTGRES is set but NOTIFY_TEST_POSTGRES_URL is not"
+            );
+            eprintln!("PostgreSQL plans not checked: set NOTIFY_TEST_POSTGRES_URL");
+            return;
+        };
+        let name = format!("t_{}", new_object_id());
+        let mut connection = PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        let store = PgStore::open(&url, PgOptions::default(), Arc::new(Nowhere))
+            .await
+            .unwrap();
+        let big = User {
+            role: Role::Vendor,
+            id: 1,
+        };
+        let others = (2..2002).map(|id| User {
+            role: Role::Customer,
+            id,
+        });
+        let recipients: Vec<User> = std::iter::repeat_n(big, 20_000).chain(others).collect();
+        for chunk in recipients.chunks(1000) {
+            let batch = chunk
+                .iter()
+                .map(|&recipient| NewNotification {
+                    recipient,
+                    kind: "order:placed".into(),
+                    channel: Channel::Push,
+                    content: "{}".into(),
+                    priority: 1,
+                    idempotency_key: Some(new_object_id()),
+                })
+                .collect();
+            store.create(batch).await.unwrap();
+        }
+        let mut connection = PgConnection::connect(&url).await.unwrap();
+        // As many users as a modest platform has: the planner's choice for
+        // the users table depends on its size, which no one user controls.
+        for setup in [
+            "INSERT INTO users (role, id) SELECT 2, g FROM generate_series(3000, 50000) g",
+            "INSERT INTO presence SELECT 'node-' || (g % 3), 2, g, 1, g FROM generate_series(1, 6000) g",
+            "INSERT INTO room_members SELECT 'order:' || g, 2, g, 0 FROM generate_series(1, 6000) g",
+            "ANALYZE",
+            "SET plan_cache_mode = force_generic_plan",
+        ] {
+            sqlx::query(setup).execute(&mut connection).await.unwrap();
+        }
+
+        let mut wrong = Vec::new();
+        for (index, (name, sql, expected)) in EXPECTED.iter().enumerate() {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE p{index} AS {sql}")))
+                .execute(&mut connection)
+                .await
+                .unwrap_or_else(|error| panic!("{name}: {error}"));
+            let nulls = vec!["NULL"; parameters(sql)].join(", ");
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN EXECUTE p{index}({nulls})"
+            )))
+            .fetch_all(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+            let used: Vec<String> = plan.iter().flat_map(|line| indexes(line)).collect();
+            let seq_scan = plan.iter().any(|line| line.contains("Seq Scan"));
+            let allowed = |index: &str, used: &str| index.split('|').any(|name| name == used);
+            let missing = expected
+                .iter()
+                .any(|index| !used.iter().any(|u| allowed(index, u)));
+            let other = used
+                .iter()
+                .any(|u| !expected.iter().any(|index| allowed(index, u)));
+            if seq_scan || missing || other {
+                wrong.push(format!("{name}: planned as\n  {}", plan.join("\n  ")));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 }

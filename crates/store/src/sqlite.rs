@@ -384,21 +384,21 @@ async fn apply(
             }
             WriteOp::Join { room, user } => {
                 sqlx::query(JOIN_ROOM)
-                .bind(room)
-                .bind(user.role.code())
-                .bind(user.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                    .bind(room)
+                    .bind(user.role.code())
+                    .bind(user.id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 outcomes.push(Outcome::Done);
             }
             WriteOp::Leave { room, user } => {
                 sqlx::query(LEAVE_ROOM)
-                .bind(room)
-                .bind(user.role.code())
-                .bind(user.id)
-                .execute(&mut *tx)
-                .await?;
+                    .bind(room)
+                    .bind(user.role.code())
+                    .bind(user.id)
+                    .execute(&mut *tx)
+                    .await?;
                 outcomes.push(Outcome::Done);
             }
             WriteOp::Presence {
@@ -422,10 +422,10 @@ async fn apply(
             }
             WriteOp::RefreshPresence { node, ttl_ms } => {
                 let rows = sqlx::query(REFRESH_ENTRIES)
-                .bind(now + ttl_ms)
-                .bind(node)
-                .fetch_all(&mut *tx)
-                .await?;
+                    .bind(now + ttl_ms)
+                    .bind(node)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 let users = rows
                     .iter()
                     .map(decode_user)
@@ -630,11 +630,11 @@ async fn find_by_key(
     key: &str,
 ) -> Result<Option<Notification>, sqlx::Error> {
     let row = sqlx::query(BY_KEY)
-    .bind(user.role.code())
-    .bind(user.id)
-    .bind(key)
-    .fetch_optional(&mut **tx)
-    .await?;
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
     row.map(|row| decode(&row)).transpose()
 }
 
@@ -691,7 +691,12 @@ async fn find_for_mark(
         .fetch_all(&mut **tx)
         .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?))))
+        .map(|row| {
+            Ok((
+                row.try_get(0)?,
+                (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
+            ))
+        })
         .collect()
 }
 
@@ -846,11 +851,11 @@ async fn mark(
         0
     };
     let (unread, version): (i64, i64) = sqlx::query_as(SETTLE_MARK)
-    .bind(left)
-    .bind(user.role.code())
-    .bind(user.id)
-    .fetch_one(&mut **tx)
-    .await?;
+        .bind(left)
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(MarkOutcome {
         updated,
         unread,
@@ -878,11 +883,11 @@ async fn went_offline(
     changes: &mut Vec<Change>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(WENT_OFFLINE)
-    .bind(user.role.code())
-    .bind(user.id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+        .bind(user.role.code())
+        .bind(user.id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     changes.push(Change::Presence {
         user,
         online: false,
@@ -903,13 +908,13 @@ async fn set_presence(
     let before = presence_entries(tx, user).await?;
     if streams > 0 {
         sqlx::query(SET_ENTRY)
-        .bind(node)
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(i64::from(streams))
-        .bind(expires_at)
-        .execute(&mut **tx)
-        .await?;
+            .bind(node)
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(i64::from(streams))
+            .bind(expires_at)
+            .execute(&mut **tx)
+            .await?;
     } else {
         sqlx::query(DROP_ENTRY)
             .bind(node)
@@ -1005,10 +1010,7 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
-        let rows = sqlx::query(GET)
-        .bind(id)
-        .fetch_all(&self.readers)
-        .await?;
+        let rows = sqlx::query(GET).bind(id).fetch_all(&self.readers).await?;
         Ok(decode_all(&rows)?.pop())
     }
 
@@ -1026,12 +1028,12 @@ impl Store for SqliteStore {
         let offset = i64::from(page.saturating_sub(1)) * i64::from(limit);
         let rows = if offset < total {
             sqlx::query(UNREAD_PAGE)
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(i64::from(limit))
-            .bind(offset)
-            .fetch_all(&mut *tx)
-            .await?
+                .bind(user.role.code())
+                .bind(user.id)
+                .bind(i64::from(limit))
+                .bind(offset)
+                .fetch_all(&mut *tx)
+                .await?
         } else {
             Vec::new()
         };
@@ -1051,12 +1053,12 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
         let rows = sqlx::query(AFTER_SEQ)
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.readers)
-        .await?;
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
         decode_all(&rows)
     }
 
@@ -1067,11 +1069,11 @@ impl Store for SqliteStore {
 
     async fn id_at(&self, user: User, seq: i64) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(ID_AT)
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(seq)
-        .fetch_optional(&self.readers)
-        .await?)
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(seq)
+            .fetch_optional(&self.readers)
+            .await?)
     }
 
     async fn changed_after(
@@ -1083,13 +1085,13 @@ impl Store for SqliteStore {
         // One read transaction: the rows and the counters from one snapshot.
         let mut tx = self.readers.begin().await?;
         let rows = sqlx::query(CHANGED_AFTER)
-        .bind(user.role.code())
-        .bind(user.id)
-        .bind(after.version)
-        .bind(after.seq)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(after.version)
+            .bind(after.seq)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
         let state = read_state(&mut tx, user).await?;
         tx.commit().await?;
         Ok(ChangedPage {
@@ -1134,9 +1136,9 @@ impl Store for SqliteStore {
 
     async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError> {
         let rows = sqlx::query(ROOM_MEMBERS)
-        .bind(room)
-        .fetch_all(&self.readers)
-        .await?;
+            .bind(room)
+            .fetch_all(&self.readers)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(RoomMember {
@@ -1150,29 +1152,28 @@ impl Store for SqliteStore {
 
     async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
         let rows = sqlx::query(ROOM_PEERS)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_all(&self.readers)
-        .await?;
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_all(&self.readers)
+            .await?;
         rows.iter().map(decode_user).collect()
     }
 
     async fn online_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
         let rows = sqlx::query(ONLINE_PEERS)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_all(&self.readers)
-        .await?;
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_all(&self.readers)
+            .await?;
         rows.iter().map(decode_user).collect()
     }
 
     async fn last_seen(&self, user: User) -> Result<Option<i64>, StoreError> {
-        let seen: Option<Option<i64>> =
-            sqlx::query_scalar(LAST_SEEN)
-                .bind(user.role.code())
-                .bind(user.id)
-                .fetch_optional(&self.readers)
-                .await?;
+        let seen: Option<Option<i64>> = sqlx::query_scalar(LAST_SEEN)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_optional(&self.readers)
+            .await?;
         Ok(seen.flatten())
     }
 
@@ -1214,12 +1215,11 @@ async fn read_state(
     connection: &mut SqliteConnection,
     user: User,
 ) -> Result<UserState, sqlx::Error> {
-    let counters: Option<(i64, i64, i64)> =
-        sqlx::query_as(USER_STATE)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_optional(connection)
-            .await?;
+    let counters: Option<(i64, i64, i64)> = sqlx::query_as(USER_STATE)
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_optional(connection)
+        .await?;
     Ok(counters
         .map(|(last_seq, unread, version)| UserState {
             last_seq,
@@ -1272,27 +1272,37 @@ mod plans {
         (
             "UNREAD_PAGE",
             UNREAD_PAGE,
-            &["SEARCH notifications USING INDEX notifications_unread (recipient_role=? AND recipient_id=?)"],
+            &[
+                "SEARCH notifications USING INDEX notifications_unread (recipient_role=? AND recipient_id=?)",
+            ],
         ),
         (
             "AFTER_SEQ",
             AFTER_SEQ,
-            &["SEARCH notifications USING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=? AND seq>?)"],
+            &[
+                "SEARCH notifications USING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=? AND seq>?)",
+            ],
         ),
         (
             "ID_AT",
             ID_AT,
-            &["SEARCH notifications USING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=? AND seq=?)"],
+            &[
+                "SEARCH notifications USING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=? AND seq=?)",
+            ],
         ),
         (
             "CHANGED_AFTER",
             CHANGED_AFTER,
-            &["SEARCH notifications USING INDEX notifications_changes (recipient_role=? AND recipient_id=? AND (version,seq)>(?,?))"],
+            &[
+                "SEARCH notifications USING INDEX notifications_changes (recipient_role=? AND recipient_id=? AND (version,seq)>(?,?))",
+            ],
         ),
         (
             "BY_KEY",
             BY_KEY,
-            &["SEARCH notifications USING INDEX notifications_idempotency (recipient_role=? AND recipient_id=? AND idempotency_key=?)"],
+            &[
+                "SEARCH notifications USING INDEX notifications_idempotency (recipient_role=? AND recipient_id=? AND idempotency_key=?)",
+            ],
         ),
         ("USER_STATE", USER_STATE, &[USERS]),
         ("LAST_SEEN", LAST_SEEN, &[USERS]),
@@ -1394,7 +1404,10 @@ mod plans {
             .await
             .unwrap();
         let mut connection = SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("ANALYZE").execute(&mut connection).await.unwrap();
+        sqlx::query("ANALYZE")
+            .execute(&mut connection)
+            .await
+            .unwrap();
 
         let mut wrong = Vec::new();
         for (name, sql, expected) in EXPECTED {
