@@ -118,6 +118,14 @@ struct LimitArgs {
     /// Sockets one user may have open on this bridge; more are refused (429).
     #[arg(long, env = "NOTIFY_MAX_SOCKETS_PER_USER", default_value_t = 10)]
     max_sockets_per_user: usize,
+    /// Client requests one user may have waiting on the core at once, across
+    /// all their sockets on this bridge; more get 429.
+    #[arg(
+        long,
+        env = "NOTIFY_MAX_REQUESTS_IN_FLIGHT_PER_USER",
+        default_value_t = 4
+    )]
+    max_requests_in_flight_per_user: usize,
     /// Client events per second per socket (bursts of twice that pass); a
     /// socket that keeps flooding gets 429 and is disconnected.
     #[arg(long, env = "NOTIFY_EVENTS_PER_SECOND", default_value_t = 20)]
@@ -139,6 +147,7 @@ impl From<LimitArgs> for notify::bridge::limits::Limits {
     fn from(args: LimitArgs) -> Self {
         notify::bridge::limits::Limits {
             sockets_per_user: args.max_sockets_per_user.max(1),
+            requests_in_flight_per_user: args.max_requests_in_flight_per_user.max(1),
             events_per_second: args.events_per_second.max(1),
             max_payload: args.max_payload,
             allowed_origins: args.allowed_origins,

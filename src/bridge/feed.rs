@@ -49,8 +49,9 @@ use serde_json::Value;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use super::auth::Identity;
@@ -72,6 +73,8 @@ pub struct Feeds {
 struct Entry {
     admitted: HashSet<Sid>,
     mailbox: mpsc::UnboundedSender<Message>,
+    /// The user's client requests waiting on the core, across sockets.
+    in_flight: Arc<Semaphore>,
 }
 
 /// What a feed hears from the socket handlers.
@@ -91,11 +94,18 @@ pub struct Admission {
     pub identity: Identity,
     /// The socket.
     pub sid: Sid,
+    /// Shared by the user's sockets: a permit per client request in flight.
+    pub in_flight: Arc<Semaphore>,
+    /// Cancelled when the socket leaves: its requests in flight are dropped
+    /// (nobody is left to read their answers).
+    pub gone: CancellationToken,
 }
 
 impl Admission {
-    /// The socket is gone: its feed forgets it (once, however often called).
+    /// The socket is gone: its feed forgets it, and its requests in flight
+    /// are cancelled (once, however often called).
     pub fn leave(&self) {
+        self.gone.cancel();
         self.feeds.leave(self.identity.user, self.sid);
     }
 }
@@ -121,6 +131,7 @@ impl Feeds {
         let entry = users.entry(user).or_insert_with(|| Entry {
             admitted: HashSet::new(),
             mailbox: Feed::start(bridge.clone(), user),
+            in_flight: Arc::new(Semaphore::new(bridge.limits.requests_in_flight_per_user)),
         });
         if entry.admitted.len() >= limit {
             return None;
@@ -130,6 +141,8 @@ impl Feeds {
             feeds: self.clone(),
             identity,
             sid,
+            in_flight: entry.in_flight.clone(),
+            gone: CancellationToken::new(),
         })
     }
 

@@ -27,6 +27,10 @@ use super::payload::AppError;
 pub struct Limits {
     /// Connected sockets per user on this bridge; more are refused (429).
     pub sockets_per_user: usize,
+    /// Client requests (`offlineNotifications`, `markAsRead`) one user may
+    /// have waiting on the core at once, across all their sockets here;
+    /// more get 429 at once. Keeps one user from filling the core's queue.
+    pub requests_in_flight_per_user: usize,
     /// Client events per second per socket (bursts of twice that pass).
     pub events_per_second: u32,
     /// Largest incoming Socket.IO packet, in bytes.
@@ -44,6 +48,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             sockets_per_user: 10,
+            requests_in_flight_per_user: 4,
             events_per_second: 20,
             max_payload: 100_000,
             allowed_origins: Vec::new(),

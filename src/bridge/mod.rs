@@ -344,6 +344,32 @@ fn answer<T: serde::Serialize>(
     }
 }
 
+/// Runs one client request's work, within its user's limit of requests in
+/// flight (429 at once past it), and drops it if the socket leaves first:
+/// `None` then, as nobody is left to answer.
+async fn in_flight<T>(
+    socket: &SocketRef,
+    work: impl Future<Output = Result<Envelope<T>, AppError>>,
+) -> Option<Result<Envelope<T>, AppError>> {
+    let Some(admission) = socket.extensions.get::<Arc<Admission>>() else {
+        return Some(Err(AppError::new(401, "not authenticated")));
+    };
+    let Ok(_permit) = admission.in_flight.clone().try_acquire_owned() else {
+        metrics::counter!("notify_bridge_in_flight_refused_total").increment(1);
+        return Some(Err(AppError::new(
+            429,
+            "too many requests in flight for this user: wait for the answers",
+        )));
+    };
+    tokio::select! {
+        result = work => Some(result),
+        () = admission.gone.cancelled() => {
+            metrics::counter!("notify_bridge_requests_cancelled_total").increment(1);
+            None
+        }
+    }
+}
+
 fn user_of(socket: &SocketRef) -> Result<User, AppError> {
     socket
         .extensions
@@ -415,14 +441,15 @@ async fn on_offline_page(
     let Some(ack) = admit(&socket, Some(ack)) else {
         return;
     };
-    let result = async {
+    let work = async {
         let user = user_of(&socket)?;
         let (page, limit) = page_request(payload)?;
         let read = offline_page(bridge.core.for_user(user), user, page, limit).await?;
         Ok(read.envelope)
+    };
+    if let Some(result) = in_flight(&socket, work).await {
+        answer(&socket, ack, result);
     }
-    .await;
-    answer(&socket, ack, result);
 }
 
 async fn on_mark_as_read(
@@ -434,7 +461,7 @@ async fn on_mark_as_read(
     let Some(ack) = admit(&socket, Some(ack)) else {
         return;
     };
-    let result = async {
+    let work = async {
         let user = user_of(&socket)?;
         let ids = mark_request(payload)?;
         let updated = bridge
@@ -450,7 +477,8 @@ async fn on_mark_as_read(
             .into_inner()
             .updated;
         Ok(Envelope::ok(Updated { updated }))
+    };
+    if let Some(result) = in_flight(&socket, work).await {
+        answer(&socket, ack, result);
     }
-    .await;
-    answer(&socket, ack, result);
 }
