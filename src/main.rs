@@ -1,5 +1,7 @@
 //! The `notify` command line: parses flags and hands over to the library.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -50,9 +52,8 @@ struct CoreArgs {
     listen: String,
     #[command(flatten)]
     store: StoreArgs,
-    /// Require `authorization: Bearer <token>` on every NotificationService call.
-    #[arg(long, env = "NOTIFY_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
+    #[command(flatten)]
+    api_token: ApiTokenArgs,
     /// Address for Prometheus `GET /metrics` [default: 127.0.0.1:9464, skipped if busy].
     #[arg(long, env = "NOTIFY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -100,15 +101,17 @@ struct BridgeArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     core_url: String,
-    /// HS256 secret that client tokens are signed with (32 random bytes or more).
-    #[arg(long, env = "NOTIFY_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
-    /// Sent to the core as `authorization: Bearer <token>`.
-    #[arg(long, env = "NOTIFY_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
+    #[command(flatten)]
+    jwt_secret: JwtSecretArgs,
+    #[command(flatten)]
+    api_token: ApiTokenArgs,
     /// HTTP/2 connections to the core; users' streams are spread over them.
     #[arg(long, env = "NOTIFY_CORE_CONNECTIONS", default_value_t = 4)]
     core_connections: usize,
+    /// Address for Prometheus `GET /metrics`, apart from the public listener
+    /// [default: 127.0.0.1:9465, skipped if busy].
+    #[arg(long, env = "NOTIFY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -183,12 +186,74 @@ struct TokenArgs {
     /// A customer id.
     #[arg(long)]
     customer: Option<i64>,
-    /// HS256 secret (the bridge's --jwt-secret).
-    #[arg(long, env = "NOTIFY_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
+    #[command(flatten)]
+    jwt_secret: JwtSecretArgs,
     /// How long the token is valid, e.g. 24h, 30m, 7d.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     ttl: Duration,
+}
+
+/// The HS256 secret client tokens are signed with: given in the
+/// environment or a file, it stays out of `ps` and `/proc/*/cmdline`.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct JwtSecretArgs {
+    /// HS256 secret that client tokens are signed with (32 random bytes or
+    /// more). Prefer the environment variable or --jwt-secret-file: every
+    /// local user can read a process's command line.
+    #[arg(long, env = "NOTIFY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// A file holding the HS256 secret (a trailing newline is ignored).
+    #[arg(long, env = "NOTIFY_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+}
+
+impl JwtSecretArgs {
+    fn read(self) -> anyhow::Result<String> {
+        read_secret("--jwt-secret", self.jwt_secret, self.jwt_secret_file)?
+            .ok_or_else(|| anyhow::anyhow!("give --jwt-secret or --jwt-secret-file"))
+    }
+}
+
+/// The api token between bridges (and backends) and the core.
+#[derive(clap::Args)]
+#[group(multiple = false)]
+struct ApiTokenArgs {
+    /// Core: required as `authorization: Bearer <token>` on every
+    /// NotificationService call. Bridge: sent so. Prefer the environment
+    /// variable or --api-token-file: every local user can read a process's
+    /// command line.
+    #[arg(long, env = "NOTIFY_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// A file holding the api token (a trailing newline is ignored).
+    #[arg(long, env = "NOTIFY_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+}
+
+impl ApiTokenArgs {
+    fn read(self) -> anyhow::Result<Option<String>> {
+        read_secret("--api-token", self.api_token, self.api_token_file)
+    }
+}
+
+/// A secret given inline or in a file; empty is an error either way.
+fn read_secret(
+    flag: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    let secret = match (inline, file) {
+        (Some(secret), _) => secret,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|error| anyhow::anyhow!("{flag}-file {}: {error}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if secret.is_empty() {
+        anyhow::bail!("{flag} must not be empty");
+    }
+    Ok(Some(secret))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -217,7 +282,8 @@ async fn main() {
         Command::Token(args) => print_token(args),
     };
     if let Err(error) = result {
-        eprintln!("notify: {error:#}");
+        // stderr may be gone; the exit code still says it.
+        let _ = writeln!(std::io::stderr(), "notify: {error:#}");
         std::process::exit(2);
     }
 }
@@ -236,52 +302,77 @@ fn core_config(store: StoreArgs, api_token: Option<String>) -> notify::core::Cor
 }
 
 async fn run_core(args: CoreArgs) -> anyhow::Result<()> {
-    if args.api_token.as_deref() == Some("") {
-        anyhow::bail!("--api-token must not be empty");
-    }
-    let config = core_config(args.store, args.api_token);
+    let stop = notify::shutdown::signal();
+    let config = core_config(args.store, args.api_token.read()?);
     config.check()?;
     telemetry::metrics_handle();
     let (grpc, metrics) = notify::core::bind(&args.listen, args.metrics_listen.as_deref()).await?;
-    notify::core::run(config, grpc, metrics, notify::shutdown::signal()).await
+    if config.api_token.is_none() && !grpc.local_addr()?.ip().is_loopback() {
+        tracing::warn!(
+            addr = %grpc.local_addr()?,
+            "the core listens beyond loopback without --api-token: anyone who reaches it can \
+             create and read every user's notifications"
+        );
+    }
+    notify::core::run(config, grpc, metrics, stop).await
 }
 
 async fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
-    if args.jwt_secret.is_empty() {
-        anyhow::bail!("--jwt-secret must not be empty");
+    let stop = notify::shutdown::signal();
+    let jwt_secret = args.jwt_secret.read()?;
+    if jwt_secret == DEV_JWT_SECRET {
+        anyhow::bail!(
+            "--jwt-secret is the public development secret of `notify dev`: anyone can sign \
+             tokens with it; use a long random secret (openssl rand -hex 32)"
+        );
     }
-    if args.jwt_secret.len() < 32 {
+    if jwt_secret.len() < 32 {
         tracing::warn!(
             "--jwt-secret is shorter than 32 bytes; use a long random secret in production"
         );
     }
     telemetry::metrics_handle();
-    let listener = notify::bridge::bind(&args.listen).await?;
+    let (listener, metrics) =
+        notify::bridge::bind(&args.listen, Some(args.metrics_listen.as_deref())).await?;
     let config = notify::bridge::BridgeConfig {
         core_url: args.core_url,
-        jwt_secret: args.jwt_secret,
-        api_token: args.api_token.filter(|t| !t.is_empty()),
+        jwt_secret,
+        api_token: args.api_token.read()?,
         core_connections: args.core_connections,
         limits: args.limits.into(),
     };
-    notify::bridge::run(config, listener, notify::shutdown::signal()).await
+    notify::bridge::run(config, listener, metrics, stop).await
 }
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let signalled = notify::shutdown::signal();
+    // Its secret is public: what it serves must not be reachable from
+    // elsewhere.
+    for (flag, addr) in [
+        ("--listen", Some(&args.listen)),
+        ("--core-listen", Some(&args.core_listen)),
+        ("--metrics-listen", args.metrics_listen.as_ref()),
+    ] {
+        if let Some(addr) = addr {
+            only_loopback(flag, addr).await?;
+        }
+    }
     let config = core_config(args.store, None);
     config.check()?;
     telemetry::metrics_handle();
     let (grpc, metrics) =
         notify::core::bind(&args.core_listen, args.metrics_listen.as_deref()).await?;
     let core_url = format!("http://{}", grpc.local_addr()?);
-    let listener = notify::bridge::bind(&args.listen).await?;
+    // One process, one set of metrics: the core's listener serves them.
+    let (listener, _) = notify::bridge::bind(&args.listen, None).await?;
     let page = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();
     let token = notify::bridge::auth::Jwt::new(DEV_JWT_SECRET.as_bytes())
         .issue(User::vendor(args.vendor), Duration::from_secs(24 * 3600));
-    println!("development secret: {DEV_JWT_SECRET}");
-    println!("token for vendor {}: {token}", args.vendor);
-    println!("open {page}/#token={token}");
+    telemetry::say(&format!(
+        "development secret: {DEV_JWT_SECRET}\ntoken for vendor {}: {token}\nopen {page}/#token={token}",
+        args.vendor
+    ));
     // Either half failing stops the other; so does a signal.
     let core = async {
         let result = notify::core::run(config, grpc, metrics, stop.clone().cancelled_owned()).await;
@@ -298,6 +389,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
                 limits: Default::default(),
             },
             listener,
+            None,
             stop.clone().cancelled_owned(),
         )
         .await;
@@ -306,12 +398,27 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     };
     let signal = async {
         tokio::select! {
-            _ = notify::shutdown::signal() => stop.cancel(),
+            _ = signalled => stop.cancel(),
             _ = stop.cancelled() => {}
         }
     };
     let (core, bridge, ()) = tokio::join!(core, bridge, signal);
     bridge.and(core)
+}
+
+/// Refuses an address that is not (or does not resolve only to) loopback.
+async fn only_loopback(flag: &str, addr: &str) -> anyhow::Result<()> {
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|error| anyhow::anyhow!("{flag} {addr}: {error}"))?
+        .collect();
+    if resolved.is_empty() || resolved.iter().any(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "{flag} {addr}: `notify dev` signs tokens with a public secret, so it listens on \
+             loopback only (127.0.0.1); run `notify core` and `notify bridge` to serve others"
+        );
+    }
+    Ok(())
 }
 
 fn print_token(args: TokenArgs) -> anyhow::Result<()> {
@@ -323,7 +430,9 @@ fn print_token(args: TokenArgs) -> anyhow::Result<()> {
     if user.id <= 0 {
         anyhow::bail!("the user id must be a positive integer");
     }
-    let jwt = notify::bridge::auth::Jwt::new(args.jwt_secret.as_bytes());
-    println!("{}", jwt.issue(user, args.ttl));
-    Ok(())
+    let jwt = notify::bridge::auth::Jwt::new(args.jwt_secret.read()?.as_bytes());
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", jwt.issue(user, args.ttl))
+        .and_then(|()| stdout.flush())
+        .map_err(|error| anyhow::anyhow!("cannot print the token: {error}"))
 }

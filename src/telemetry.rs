@@ -22,11 +22,24 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (its pipe closed) is lost, and
+        // that is all: reporting it would write to stderr again, and a
+        // failing `eprintln!` panics.
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Prints a line for whoever started the process (the ready line): to
+/// stdout, flushed at once; a closed stdout is not an error worth stopping
+/// for (`println!` would panic).
+pub fn say(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -47,7 +60,39 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Serves `GET /metrics` in Prometheus text format until `shutdown`.
+/// Binds a process's `/metrics` listener. An explicit address that cannot
+/// be bound is an error. Without one, `default` is tried, and if another
+/// process (another core or bridge on this machine, say) holds it, the
+/// process runs without `/metrics` and says so rather than refusing to
+/// start.
+pub async fn bind_metrics(
+    explicit: Option<&str>,
+    default: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match explicit {
+        Some(addr) => Ok(Some(TcpListener::bind(addr).await.map_err(|error| {
+            anyhow::anyhow!("cannot listen on {addr} for metrics: {error}")
+        })?)),
+        None => match TcpListener::bind(default).await {
+            Ok(listener) => Ok(Some(listener)),
+            Err(error) => {
+                tracing::warn!(addr = default, %error, "metrics port busy; serving without /metrics (set --metrics-listen)");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// What a ready line says of the metrics listener: its address, or `off`.
+pub fn metrics_addr(listener: Option<&TcpListener>) -> String {
+    listener
+        .and_then(|l| l.local_addr().ok())
+        .map_or_else(|| "off".to_owned(), |addr| addr.to_string())
+}
+
+/// Serves `GET /metrics` in Prometheus text format until `shutdown`. It
+/// has a listener of its own, on loopback by default: what a process
+/// measures is for its operators, not for whoever reaches its public port.
 pub async fn serve_metrics(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -55,7 +100,15 @@ pub async fn serve_metrics(
     let handle = metrics_handle();
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || async move { handle.render() }),
+        axum::routing::get(move || async move {
+            // Tasks alive in the process: a leak of per-socket or
+            // per-stream work shows here.
+            let tasks = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            metrics::gauge!("notify_tasks").set(tasks as f64);
+            handle.render()
+        }),
     );
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

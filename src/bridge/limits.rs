@@ -139,8 +139,9 @@ pub async fn check_origin(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(origin) = request.headers().get(ORIGIN)
-        && !origin_allowed(origin, request.headers().get(HOST), &allowed)
+    let headers = request.headers();
+    if let Some(origin) = headers.get(ORIGIN)
+        && !origin_allowed(origin, &own_origin(headers), &allowed)
     {
         let refusal = AppError::new(403, "this origin is not allowed (see --allowed-origins)");
         return (
@@ -153,23 +154,32 @@ pub async fn check_origin(
     next.run(request).await
 }
 
-fn origin_allowed(origin: &HeaderValue, host: Option<&HeaderValue>, allowed: &[String]) -> bool {
+/// The origin the request was sent to: `http://` and its Host (`https://`
+/// when a TLS-terminating proxy says so in `X-Forwarded-Proto`); `None`
+/// without a readable Host.
+fn own_origin(headers: &axum::http::HeaderMap) -> Option<String> {
+    let host = headers.get(HOST)?.to_str().ok()?;
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next())
+        .map(str::trim)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("https"))
+        .unwrap_or("http");
+    Some(format!("{scheme}://{host}"))
+}
+
+/// Same origin (scheme and authority both), or one allowed.
+fn origin_allowed(origin: &HeaderValue, own: &Option<String>, allowed: &[String]) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    if allowed
+    allowed
         .iter()
         .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    // Same origin: the Origin's authority is the Host the request went to.
-    let authority = origin
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .unwrap_or(origin);
-    host.and_then(|h| h.to_str().ok())
-        .is_some_and(|host| host.eq_ignore_ascii_case(authority))
+        || own
+            .as_deref()
+            .is_some_and(|own| own.eq_ignore_ascii_case(origin))
 }
 
 /// CORS headers for the allowed cross-origin browsers (the polling
@@ -426,18 +436,42 @@ mod tests {
 
     #[test]
     fn origins() {
-        let host = HeaderValue::from_static("127.0.0.1:3000");
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("127.0.0.1:3000"));
+        let own = own_origin(&headers);
         let allowed = vec!["https://shop.example".to_owned()];
         let check = |origin: &'static str| {
-            origin_allowed(&HeaderValue::from_static(origin), Some(&host), &allowed)
+            origin_allowed(&HeaderValue::from_static(origin), &own, &allowed)
         };
         assert!(check("http://127.0.0.1:3000"));
         assert!(check("https://shop.example"));
         assert!(!check("https://evil.example"));
+        // The scheme is part of the origin.
+        assert!(!check("https://127.0.0.1:3000"));
+        assert!(!check("ws://127.0.0.1:3000"));
+        assert!(!check("127.0.0.1:3000"));
         assert!(origin_allowed(
             &HeaderValue::from_static("https://evil.example"),
-            Some(&host),
+            &own,
             &["*".to_owned()]
+        ));
+        // Behind a TLS-terminating proxy.
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let proxied = own_origin(&headers);
+        assert!(origin_allowed(
+            &HeaderValue::from_static("https://127.0.0.1:3000"),
+            &proxied,
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &HeaderValue::from_static("http://127.0.0.1:3000"),
+            &proxied,
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &HeaderValue::from_static("http://x"),
+            &None,
+            &[]
         ));
     }
 }

@@ -90,11 +90,12 @@ pub struct Bridge {
     limits: Limits,
 }
 
-/// Serves the bridge on `listener` until `shutdown`, then closes sockets
-/// politely and stops.
+/// Serves the bridge on `listener` (and `/metrics` on `metrics_listener`)
+/// until `shutdown`, then closes sockets politely and stops.
 pub async fn run(
     config: BridgeConfig,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let core = CoreClient::new(
@@ -112,6 +113,12 @@ pub async fn run(
         limits: config.limits.clone(),
     });
     tokio::spawn(core.clone().watch_health(token.clone()));
+    if let Some(metrics_listener) = metrics_listener {
+        tokio::spawn(crate::telemetry::serve_metrics(
+            metrics_listener,
+            token.clone().cancelled_owned(),
+        ));
+    }
 
     let (layer, io) = SocketIo::builder()
         .with_state(bridge.clone())
@@ -142,17 +149,6 @@ pub async fn run(
                         (StatusCode::SERVICE_UNAVAILABLE, "core unreachable")
                     }
                 }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|| async {
-                // Tasks alive in the process: a leak of per-socket work shows here.
-                let tasks = tokio::runtime::Handle::current()
-                    .metrics()
-                    .num_alive_tasks();
-                metrics::gauge!("notify_bridge_tasks").set(tasks as f64);
-                crate::telemetry::metrics_handle().render()
             }),
         )
         .layer(layer)
@@ -186,15 +182,31 @@ pub async fn run(
     Ok(())
 }
 
-/// Binds the bridge's listener and prints `notify bridge ready http=ADDR`.
-pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+/// Where the bridge's `/metrics` listens when `--metrics-listen` is not given.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9465";
+
+/// Binds the bridge's listener, and its metrics listener unless
+/// `metrics_listen` is `None` (`notify dev`, whose core serves the
+/// process's metrics), then prints the line scripts wait for:
+/// `notify bridge ready http=ADDR metrics=ADDR`.
+pub async fn bind(
+    listen: &str,
+    metrics_listen: Option<Option<&str>>,
+) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let metrics = match metrics_listen {
+        Some(explicit) => crate::telemetry::bind_metrics(explicit, DEFAULT_METRICS_LISTEN).await?,
+        None => None,
+    };
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "notify bridge listening");
-    println!("notify bridge ready http={addr}");
-    Ok(listener)
+    let metrics_addr = crate::telemetry::metrics_addr(metrics.as_ref());
+    tracing::info!(%addr, %metrics_addr, "notify bridge listening");
+    crate::telemetry::say(&format!(
+        "notify bridge ready http={addr} metrics={metrics_addr}"
+    ));
+    Ok((listener, metrics))
 }
 
 /// Connect middleware: a valid token or no connection. The refusal's text

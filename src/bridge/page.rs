@@ -2,7 +2,9 @@
 //! socket.io-client browser bundle, so it needs no CDN and no build step.
 
 use axum::Router;
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -22,6 +24,10 @@ fn asset(content_type: &'static str, cache: &'static str, body: &'static str) ->
             (CONTENT_TYPE, content_type),
             (CACHE_CONTROL, cache),
             (CONTENT_SECURITY_POLICY, POLICY),
+            // Browsers take the type as given, and no link leaks the page's
+            // address (or a token in it) to another site.
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (REFERRER_POLICY, "no-referrer"),
         ],
         body,
     )

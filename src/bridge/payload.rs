@@ -158,7 +158,11 @@ impl From<tonic::Status> for AppError {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
                 return AppError::core_unavailable();
             }
-            _ => 500,
+            _ => {
+                // What went wrong inside is for the logs, not for browsers.
+                tracing::warn!(code = ?status.code(), error = status.message(), "the core failed a call");
+                return AppError::new(500, "internal error");
+            }
         };
         AppError::new(code, status.message())
     }
@@ -330,6 +334,23 @@ mod tests {
             parsed,
             serde_json::json!({"error": true, "message": "token expired", "statusCode": 401})
         );
+    }
+
+    #[test]
+    fn core_failures_reach_browsers_without_their_inner_text() {
+        for status in [
+            tonic::Status::internal("stored data is inconsistent: row 7"),
+            tonic::Status::unauthenticated("missing or wrong api token"),
+            tonic::Status::data_loss("disk"),
+        ] {
+            let error = AppError::from(status);
+            assert_eq!(
+                error.to_string(),
+                AppError::new(500, "internal error").to_string()
+            );
+        }
+        let bad = AppError::from(tonic::Status::invalid_argument("ids[0]: not an id"));
+        assert!(bad.to_string().contains("ids[0]: not an id"));
     }
 
     #[test]

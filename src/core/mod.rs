@@ -211,26 +211,12 @@ pub async fn bind(
     let grpc = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let metrics = match metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
-        ),
-        None => match TcpListener::bind(DEFAULT_METRICS_LISTEN).await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                tracing::warn!(addr = DEFAULT_METRICS_LISTEN, %error, "metrics port busy; serving without /metrics (set --metrics-listen)");
-                None
-            }
-        },
-    };
+    let metrics = crate::telemetry::bind_metrics(metrics_listen, DEFAULT_METRICS_LISTEN).await?;
     let grpc_addr: SocketAddr = grpc.local_addr()?;
-    let metrics_addr = match &metrics {
-        Some(listener) => listener.local_addr()?.to_string(),
-        None => "off".to_owned(),
-    };
+    let metrics_addr = crate::telemetry::metrics_addr(metrics.as_ref());
     tracing::info!(%grpc_addr, %metrics_addr, "notify core listening");
-    println!("notify core ready grpc={grpc_addr} metrics={metrics_addr}");
+    crate::telemetry::say(&format!(
+        "notify core ready grpc={grpc_addr} metrics={metrics_addr}"
+    ));
     Ok((grpc, metrics))
 }

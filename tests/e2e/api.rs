@@ -462,16 +462,18 @@ async fn secrets_never_appear_in_logs() {
             .spawn()
             .unwrap()
     };
-    let ready_field = |child: &mut std::process::Child, prefix: &str, field: &str| {
+    let ready_line = |child: &mut std::process::Child, prefix: &str| {
         use std::io::BufRead;
         let stdout = child.stdout.take().unwrap();
-        let line = std::io::BufReader::new(stdout)
+        std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
             .find(|l| l.starts_with(prefix))
-            .expect("ready line");
+            .expect("ready line")
+    };
+    let field = |line: &str, name: &str| {
         line.split_whitespace()
-            .find_map(|w| w.strip_prefix(field))
+            .find_map(|w| w.strip_prefix(name))
             .unwrap()
             .to_owned()
     };
@@ -486,10 +488,12 @@ async fn secrets_never_appear_in_logs() {
         "--api-token",
         TOKEN,
     ]);
-    let grpc = ready_field(&mut core, "notify core ready", "grpc=");
+    let grpc = field(&ready_line(&mut core, "notify core ready"), "grpc=");
     let mut bridge = spawn(&[
         "bridge",
         "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
         "127.0.0.1:0",
         "--core-url",
         &format!("http://{grpc}"),
@@ -498,7 +502,8 @@ async fn secrets_never_appear_in_logs() {
         "--api-token",
         TOKEN,
     ]);
-    let http = ready_field(&mut bridge, "notify bridge ready", "http=");
+    let line = ready_line(&mut bridge, "notify bridge ready");
+    let (http, bridge_metrics) = (field(&line, "http="), field(&line, "metrics="));
 
     // A refused call with a wrong token, and a good one.
     let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
@@ -533,7 +538,8 @@ async fn secrets_never_appear_in_logs() {
         ready,
         "the bridge never reached the core with its api token"
     );
-    let metrics = http_get(&http, "/metrics").await;
+    let metrics = http_get(&bridge_metrics, "/metrics").await;
+    assert!(metrics.contains("notify_bridge"), "{metrics}");
     assert!(!metrics.contains(SECRET) && !metrics.contains(TOKEN));
 
     let mut logs = String::new();

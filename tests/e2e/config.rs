@@ -4,14 +4,21 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `notify` with `args`; it must exit on its own within 10 s.
+/// Runs `notify core` (or `dev`) with `args` on a throwaway database and
+/// ephemeral ports; it must exit on its own within 10 s.
 fn refused(args: &[&str]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("n.db").display());
+    let mut all = args.to_vec();
+    all.extend(["--database-url", &url]);
+    all.extend(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+    exits(&all)
+}
+
+/// Runs `notify` with exactly `args`; it must exit on its own within 10 s.
+fn exits(args: &[&str]) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
         .args(args)
-        .args(["--database-url", &url])
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -39,5 +46,123 @@ fn a_presence_ttl_too_short_to_heartbeat_is_refused() {
         assert_eq!(code, 2, "{stderr}");
         assert!(stderr.contains("--presence-ttl"), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn the_bridge_refuses_the_public_development_secret() {
+    let dev = "notify-dev-secret-do-not-use-in-production";
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{dev}\n")).unwrap();
+    let path = file.path().to_str().unwrap();
+    for secret in [["--jwt-secret", dev], ["--jwt-secret-file", path]] {
+        let (code, stderr) = exits(&["bridge", "--listen", "127.0.0.1:0", secret[0], secret[1]]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("public development secret"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn notify_dev_listens_on_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("n.db").display());
+    for (flag, addr) in [
+        ("--listen", "0.0.0.0:0"),
+        ("--core-listen", "0.0.0.0:0"),
+        ("--metrics-listen", "[::]:0"),
+    ] {
+        let mut args = vec!["dev", "--database-url", &url];
+        for (other, loopback) in [
+            ("--listen", "127.0.0.1:0"),
+            ("--core-listen", "127.0.0.1:0"),
+            ("--metrics-listen", "127.0.0.1:0"),
+        ] {
+            args.extend([other, if other == flag { addr } else { loopback }]);
+        }
+        let (code, stderr) = exits(&args);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("loopback"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn an_empty_or_missing_secret_file_is_refused() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let empty = empty.path().to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["bridge", "--jwt-secret-file", empty],
+            "--jwt-secret must not be empty",
+        ),
+        (
+            vec!["bridge", "--jwt-secret-file", "/nonexistent/secret"],
+            "--jwt-secret-file /nonexistent/secret",
+        ),
+        (
+            vec!["core", "--api-token-file", empty, "--listen", "127.0.0.1:0"],
+            "--api-token must not be empty",
+        ),
+    ] {
+        let (code, stderr) = exits(&args);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+/// Started with a closed log pipe (`notify … 2>&1 | head -c 50`, once
+/// `head` has exited): the logs written at shutdown fail, and the process
+/// still stops cleanly with 0, for the core and the bridge alike.
+#[test]
+fn sigterm_after_the_log_pipe_closed_exits_0() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("n.db").display());
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-secret-of-at-least-32-bytes-for-tests").unwrap();
+    let secret = secret.to_str().unwrap();
+    let runs: [(&[&str], &str); 2] = [
+        (&["core", "--database-url", &url], "notify core ready"),
+        (
+            &["bridge", "--jwt-secret-file", secret],
+            "notify bridge ready",
+        ),
+    ];
+    for (args, ready) in runs {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with(ready));
+        assert!(line.is_some(), "{args:?} never got ready");
+        // The log reader goes away.
+        drop(child.stderr.take());
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{args:?} did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "{args:?}");
     }
 }

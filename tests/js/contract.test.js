@@ -189,7 +189,7 @@ test("vendor 12 and customer 12 are different users", async () => {
   }
 });
 
-test("healthz and readyz answer while the core is up", async () => {
+test("healthz and readyz answer while the core is up; metrics only on their own listener", async () => {
   assert.equal((await fetch(`${stack.bridge.url}/healthz`)).status, 200);
   let ready;
   for (let i = 0; i < 50 && ready !== 200; i++) {
@@ -197,7 +197,10 @@ test("healthz and readyz answer while the core is up", async () => {
     await sleep(100);
   }
   assert.equal(ready, 200);
-  const metrics = await (await fetch(`${stack.bridge.url}/metrics`)).text();
+  const metrics = await stack.bridge.metrics();
   assert.match(metrics, /notify_bridge_emits_total/);
   assert.ok(!metrics.includes("test-secret"));
+  // Metrics have a listener of their own: the public one does not serve
+  // them (a page on a rebinding domain could read them otherwise).
+  assert.equal((await fetch(`${stack.bridge.url}/metrics`)).status, 404);
 });

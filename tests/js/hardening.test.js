@@ -49,21 +49,41 @@ test("one user's flood of markAsRead with 1,000 ids does not stall another user'
       const until = Date.now() + 8_000;
       while (Date.now() < until) {
         const ids = Array.from({ length: 1000 }, () => randomBytes(12).toString("hex"));
-        // Within the socket's rate (20/s): one every 60 ms, answers not awaited.
+        // Within the socket's rate (20/s): ten a second, answers not awaited.
         request(socket, "markAsRead", { ids }).then((ack) => {
           if (ack.statusCode === 200) answers.ok++;
           else if (ack.statusCode === 429) answers.refused++;
           else answers.other++;
         }, () => answers.other++);
-        await sleep(60);
+        await sleep(100);
       }
     })).then(() => { flooding = false; });
     const latencies = await othersCreates(12_002, () => flooding);
     await flood;
     t.diagnostic(`flood answers ${JSON.stringify(answers)}; another user's ${summary(latencies)}`);
     assert.ok(answers.ok > 0, "some marks were served");
-    assert.ok(Math.max(...latencies) < 1_000, `another user's creates stalled: ${summary(latencies)}`);
+    // Before marks were planned on the id alone, one create here waited
+    // 9.2 s (and the wait grows with the flood's length); now a few tens of
+    // ms on an idle machine (debug build).
+    assert.ok(Math.max(...latencies) < 2_000, `another user's creates stalled: ${summary(latencies)}`);
   } finally {
     for (const s of sockets) s.close();
   }
+});
+
+test("the inbox page and its assets tell browsers not to sniff types or send referrers", async () => {
+  for (const path of ["/", "/assets/inbox.js", "/assets/inbox.css"]) {
+    const response = await fetch(`${stack.bridge.url}${path}`);
+    assert.equal(response.status, 200, path);
+    assert.equal(response.headers.get("x-content-type-options"), "nosniff", path);
+    assert.equal(response.headers.get("referrer-policy"), "no-referrer", path);
+    assert.match(response.headers.get("content-security-policy") ?? "", /default-src 'self'/, path);
+  }
+});
+
+test("a same-origin check counts the scheme: another scheme on the bridge's host is refused", async () => {
+  const host = new URL(stack.bridge.url).host;
+  const page = (origin) => fetch(`${stack.bridge.url}/`, { headers: { origin } });
+  assert.equal((await page(`http://${host}`)).status, 200);
+  assert.equal((await page(`https://${host}`)).status, 403);
 });

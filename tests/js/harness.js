@@ -4,7 +4,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import net from "node:net";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -135,16 +135,23 @@ export class Core {
 export class Bridge {
   static async start(core, extra = []) {
     const bridge = new Bridge();
-    bridge.args = ["--core-url", `http://${core.addr}`, "--jwt-secret", SECRET, ...extra];
+    // The secret from a file, as the README's production setup passes it
+    // (the Python tests pass it inline).
+    bridge.dir = mkdtempSync(join(tmpdir(), "notify-bridge-"));
+    const secretFile = join(bridge.dir, "jwt-secret");
+    writeFileSync(secretFile, `${SECRET}\n`, { mode: 0o600 });
+    bridge.args = ["--core-url", `http://${core.addr}`, "--jwt-secret-file", secretFile, ...extra];
     await bridge.spawn("127.0.0.1:0");
     return bridge;
   }
 
   async spawn(listen) {
-    const { child, fields } = await startProcess(["bridge", "--listen", listen, ...this.args], "notify bridge ready");
+    const { child, fields } = await startProcess(
+      ["bridge", "--listen", listen, "--metrics-listen", "127.0.0.1:0", ...this.args], "notify bridge ready");
     this.child = child;
     this.addr = fields.http;
     this.url = `http://${fields.http}`;
+    this.metricsUrl = `http://${fields.metrics}/metrics`;
   }
 
   /** SIGKILL: sockets see their connection drop. */
@@ -158,9 +165,9 @@ export class Bridge {
     return this.child.exitCode;
   }
 
-  /** The bridge's Prometheus text. */
+  /** The bridge's Prometheus text, from its own metrics listener. */
   async metrics() {
-    return (await fetch(`${this.url}/metrics`)).text();
+    return (await fetch(this.metricsUrl)).text();
   }
 
   /** Starts again on the same port. */
@@ -170,6 +177,7 @@ export class Bridge {
 
   async stop() {
     await stopProcess(this.child);
+    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
   }
 }
 

@@ -72,7 +72,7 @@ test("sockets that come and go while the core is down or hung leave nothing behi
     await until(warm, () => events(warm, "unreadCount").length, "ready");
     warm.close();
     await eventually(async () => metric(await ownBridge.metrics(), "notify_bridge_users") === 0, "idle");
-    const baseline = metric(await ownBridge.metrics(), "notify_bridge_tasks");
+    const baseline = metric(await ownBridge.metrics(), "notify_tasks");
     assert.ok(baseline > 0, "the bridge reports its tasks");
     for (const outage of ["down", "hung"]) {
       if (outage === "down") await ownCore.kill();
@@ -83,7 +83,7 @@ test("sockets that come and go while the core is down or hung leave nothing behi
         socket.close();
       }
       await eventually(async () => metric(await ownBridge.metrics(), "notify_bridge_users") === 0, `no feed left (core ${outage})`);
-      await eventually(async () => metric(await ownBridge.metrics(), "notify_bridge_tasks") <= baseline + 5,
+      await eventually(async () => metric(await ownBridge.metrics(), "notify_tasks") <= baseline + 5,
         `tasks back to ${baseline} (core ${outage})`);
       if (outage === "down") await ownCore.restart();
       else ownCore.child.kill("SIGCONT");

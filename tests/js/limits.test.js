@@ -150,11 +150,11 @@ test("a socket that reads nothing stops getting events, others are not slowed, a
   // From then on the stalled socket is skipped: the healthy one still gets
   // every notification promptly (checked in the loop above), and new
   // notifications for the stalled user add nothing to the bridge's memory.
-  const before = Number((await (await fetch(`${stack.bridge.url}/metrics`)).text())
+  const before = Number((await stack.bridge.metrics())
     .match(/^notify_bridge_emit_failures_total\{event="notification"\} (\S+)/m)?.[1] ?? 0);
   for (let i = 0; i < 20; i++) await stack.core.create({ vendorId: stalledVendor, content: toStruct({ message: "after" }) });
   await sleep(500);
-  const after = Number((await (await fetch(`${stack.bridge.url}/metrics`)).text())
+  const after = Number((await stack.bridge.metrics())
     .match(/^notify_bridge_emit_failures_total\{event="notification"\} (\S+)/m)?.[1] ?? 0);
   assert.equal(after, before, "nothing more is queued for the stalled socket");
   assert.ok(healthy.connected);

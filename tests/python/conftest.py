@@ -37,8 +37,8 @@ class Stack:
         )
         self.core_addr = fields["grpc"]
         self.bridge, fields = _start(
-            ["bridge", "--listen", "127.0.0.1:0", "--core-url", f"http://{self.core_addr}",
-             "--jwt-secret", SECRET],
+            ["bridge", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+             "--core-url", f"http://{self.core_addr}", "--jwt-secret", SECRET],
             "notify bridge ready",
         )
         self.url = f"http://{fields['http']}"

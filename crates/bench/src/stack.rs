@@ -269,7 +269,9 @@ impl Stack {
         let (mut command, ready) = match target {
             Target::Ours => {
                 let mut command = Command::new(programs.notify_bin()?);
-                command.arg("bridge").env("RUST_LOG", "warn");
+                command
+                    .args(["bridge", "--metrics-listen", "127.0.0.1:0"])
+                    .env("RUST_LOG", "warn");
                 (command, "notify bridge ready")
             }
             Target::Peer => {
