@@ -144,6 +144,34 @@ struct LimitArgs {
     /// it is closed, e.g. 30s.
     #[arg(long, env = "NOTIFY_WRITE_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     write_stall_timeout: Duration,
+    /// Open connections (HTTP and WebSocket) at most; more are closed as
+    /// they are accepted [default: the open-files limit less 100].
+    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// How long a connection may take to send its request headers, and may
+    /// stay idle between requests.
+    #[arg(long, env = "NOTIFY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// Socket.IO sessions opened but not yet authenticated, at most; more
+    /// handshakes get 503 until some finish.
+    #[arg(long, env = "NOTIFY_MAX_PENDING_HANDSHAKES", default_value_t = 1_000)]
+    max_pending_handshakes: usize,
+    /// How long a session may stay open without sending its token (the
+    /// namespace CONNECT) before it is closed.
+    #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux).
+fn open_files_limit() -> Option<usize> {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 impl From<LimitArgs> for notify::bridge::limits::Limits {
@@ -155,6 +183,15 @@ impl From<LimitArgs> for notify::bridge::limits::Limits {
             max_payload: args.max_payload,
             allowed_origins: args.allowed_origins,
             write_stall_timeout: args.write_stall_timeout,
+            // Descriptors left over for the core connections, the metrics
+            // listener and files.
+            max_connections: args
+                .max_connections
+                .unwrap_or_else(|| open_files_limit().map_or(10_000, |n| n.saturating_sub(100)))
+                .max(1),
+            header_read_timeout: args.header_read_timeout.max(Duration::from_millis(100)),
+            max_pending_handshakes: args.max_pending_handshakes.max(1),
+            handshake_timeout: args.handshake_timeout.max(Duration::from_millis(100)),
         }
     }
 }

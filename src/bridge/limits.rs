@@ -4,7 +4,6 @@
 //! how long a connection may refuse to read.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +15,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -42,6 +42,17 @@ pub struct Limits {
     /// A connection whose writes make no progress for this long (the client
     /// reads nothing and its TCP window is full) is closed.
     pub write_stall_timeout: Duration,
+    /// Open connections (HTTP and WebSocket); more are closed on accept.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, and may
+    /// sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// Socket.IO sessions opened and not yet authenticated; more handshakes
+    /// get 503 until some finish.
+    pub max_pending_handshakes: usize,
+    /// How long a session may stay without a namespace CONNECT (the token)
+    /// before it is closed.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +64,10 @@ impl Default for Limits {
             max_payload: 100_000,
             allowed_origins: Vec::new(),
             write_stall_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1_000,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -199,52 +214,24 @@ pub fn cors(allowed: &[String]) -> CorsLayer {
         ])
 }
 
-/// The bridge's listener: every accepted connection gets a write deadline.
-///
-/// A socket that reads nothing first fills its send buffer, then is marked
-/// stalled and skipped (see `feed`), and its Socket.IO session ends at the
-/// next heartbeat. But the task writing to its WebSocket stays blocked on
-/// the full TCP window, holding the connection and every queued packet,
-/// until the client reads. The deadline ends that: see [`StallLimited`].
-pub struct StallLimitedListener {
-    inner: TcpListener,
-    timeout: Duration,
-}
-
-impl StallLimitedListener {
-    /// Wraps `inner`; connections are closed after `timeout` without write
-    /// progress.
-    pub fn new(inner: TcpListener, timeout: Duration) -> StallLimitedListener {
-        StallLimitedListener { inner, timeout }
-    }
-}
-
-impl axum::serve::Listener for StallLimitedListener {
-    type Io = StallLimited;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        // Small events go out at once rather than waiting for an ACK.
-        let _ = stream.set_nodelay(true);
-        (StallLimited::new(stream, self.timeout), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
 /// A TCP connection that is shut down when a write (or flush) has waited
 /// `timeout` without progress. From then on every read and write fails at
 /// once, so whoever holds it — hyper, or the WebSocket writer with its
 /// queue of packets — lets go of it instead of waiting for each packet in
 /// turn.
+///
+/// Why: a socket that reads nothing first fills its send buffer, then is
+/// marked stalled and skipped (see `feed`), and its Socket.IO session ends
+/// at the next heartbeat. But the task writing to its WebSocket stays
+/// blocked on the full TCP window, holding the connection and every queued
+/// packet, until the client reads. The deadline ends that.
 pub struct StallLimited {
     stream: TcpStream,
     timeout: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
     stalled: bool,
+    /// Its place under the connection cap, given back when it closes.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl StallLimited {
@@ -255,7 +242,14 @@ impl StallLimited {
             timeout,
             deadline: None,
             stalled: false,
+            _slot: None,
         }
+    }
+
+    /// The connection holds `slot` for as long as it lives.
+    pub fn holding(mut self, slot: OwnedSemaphorePermit) -> StallLimited {
+        self._slot = Some(slot);
+        self
     }
 
     fn stalled_error() -> io::Error {
@@ -350,6 +344,8 @@ impl AsyncWrite for StallLimited {
 mod tests {
     use std::time::Duration;
 
+    use tokio::net::TcpListener;
+
     use super::*;
 
     #[tokio::test]
@@ -357,10 +353,10 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut listener = StallLimitedListener::new(listener, Duration::from_millis(300));
-        let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+        let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
-        let (mut server, _) = axum::serve::Listener::accept(&mut listener).await;
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut server = StallLimited::new(accepted, Duration::from_millis(300));
         // The client never reads: writes succeed until both buffers are
         // full, then one waits out the timeout and fails.
         let chunk = vec![7u8; 64 * 1024];
@@ -384,10 +380,10 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut listener = StallLimitedListener::new(listener, Duration::from_millis(300));
-        let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+        let addr = listener.local_addr().unwrap();
         let mut client = TcpStream::connect(addr).await.unwrap();
-        let (mut server, _) = axum::serve::Listener::accept(&mut listener).await;
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut server = StallLimited::new(accepted, Duration::from_millis(300));
         let reader = tokio::spawn(async move {
             let mut total = 0usize;
             let mut buf = vec![0u8; 64 * 1024];

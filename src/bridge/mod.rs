@@ -9,8 +9,10 @@
 //! - `receipts`: acks become DELIVERED marks, batched; flushed at shutdown.
 //! - `page`: the embedded inbox page served at `/`.
 //! - `limits`: sockets per user, events per second, payload size, origins.
-//! - `handshake`: lets each connection's HTTP read buffer go after the
-//!   handshake.
+//! - `handshake`: what a session-opening request may keep, and the cap on
+//!   sessions not yet authenticated.
+//! - `server`: the HTTP/1 server: header-read timeout, header size and the
+//!   connection cap.
 //! - this file: the namespace's handlers, HTTP routes and `run`.
 
 pub mod auth;
@@ -21,6 +23,7 @@ pub mod limits;
 mod page;
 pub mod payload;
 mod receipts;
+mod server;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,7 +35,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use notify_store::{Pagination, User};
 use serde_json::Value;
-use socketioxide::SocketIo;
+use socketioxide::{ParserConfig, SocketIo};
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
@@ -42,6 +45,7 @@ use crate::proto;
 use auth::{Jwt, TokenError};
 use core_client::{CoreClient, unary};
 use feed::{Admission, Feeds, emit};
+use handshake::{Handshakes, PendingHandshake};
 use limits::{Limits, RateLimit, SharedRateLimit, Verdict};
 use payload::{AppError, Envelope, NotificationJson, Page, Updated, mark_request, page_request};
 use receipts::Receipts;
@@ -129,6 +133,15 @@ pub async fn run(
         .ping_interval(PING_INTERVAL)
         .ping_timeout(PING_TIMEOUT)
         .ack_timeout(Duration::from_secs(10))
+        // A session that has not sent its token by then is closed.
+        .connect_timeout(config.limits.handshake_timeout)
+        // The API uses no binary attachments: a packet announcing any is
+        // refused and its connection closed, before a byte of them is held.
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(0)
+                .max_incoming_binary_buf_size(0),
+        )
         // Client events are small; a 4 KiB read buffer per idle socket is
         // memory it holds for nothing (larger frames still arrive whole).
         .ws_read_buffer_size(1024)
@@ -152,8 +165,9 @@ pub async fn run(
             }),
         )
         .layer(layer)
-        .layer(axum::middleware::from_fn(
-            handshake::copy_out_of_read_buffer,
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Handshakes::new(config.limits.max_pending_handshakes)),
+            handshake::open_session,
         ))
         .layer(limits::cors(&config.limits.allowed_origins))
         .layer(axum::middleware::from_fn_with_state(
@@ -163,16 +177,13 @@ pub async fn run(
 
     let stopping = token.clone();
     let closing_io = io.clone();
-    let listener = limits::StallLimitedListener::new(listener, config.limits.write_stall_timeout);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing sockets");
-            closing_io.close().await;
-            stopping.cancel();
-        })
-        .await
-        .context("HTTP server failed")?;
+    server::serve(listener, app, &config.limits, async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing sockets");
+        closing_io.close().await;
+        stopping.cancel();
+    })
+    .await;
     token.cancel();
     bridge
         .receipts
@@ -250,6 +261,9 @@ async fn authenticate(
     };
     socket.extensions.insert(identity.user);
     socket.extensions.insert(Arc::new(admission));
+    if let Some(pending) = socket.req_parts().extensions.get::<PendingHandshake>() {
+        pending.authenticated();
+    }
     Ok(())
 }
 
