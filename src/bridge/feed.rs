@@ -59,7 +59,7 @@ use super::core_client::CALL_TIMEOUT;
 use super::payload::{
     AppError, Envelope, NotificationJson, Page, PresenceEnvelope, PresenceJson, UnreadCount,
 };
-use super::{Bridge, OfflinePage, offline_page};
+use super::{Bridge, OfflinePage, offline_page, remember_page};
 use crate::core::validate;
 use crate::proto::{self, user_event::Event};
 
@@ -731,6 +731,7 @@ impl Feed {
             self.user,
             1,
             validate::DEFAULT_PAGE_LIMIT,
+            None,
         ));
         InboxRead { serving, reading }
     }
@@ -792,6 +793,7 @@ impl Feed {
                 &page.envelope,
                 &page.ids,
             );
+            remember_page(&member.socket, page.next);
             // Right after the page: its count, or a newer one heard since.
             member.count = None;
             member.offer(newest);

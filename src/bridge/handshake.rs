@@ -172,22 +172,25 @@ mod tests {
 
     #[test]
     fn the_copy_keeps_only_the_headers_read_and_nothing_points_into_the_read_buffer() {
-        let buffer = Bytes::from(
-            "/socket.io/?EIO=4&transport=websocket Bearer abc.def.ghi".to_owned(),
-        );
+        let buffer =
+            Bytes::from("/socket.io/?EIO=4&transport=websocket Bearer abc.def.ghi".to_owned());
         let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
         let inside = |bytes: &[u8]| range.contains(&(bytes.as_ptr() as usize));
         let uri = Uri::from_maybe_shared(buffer.slice(0..37)).unwrap();
         let token = HeaderValue::from_maybe_shared(buffer.slice(38..)).unwrap();
-        assert!(inside(token.as_bytes()), "the test's value starts as a slice");
+        assert!(
+            inside(token.as_bytes()),
+            "the test's value starts as a slice"
+        );
         let mut request = Request::builder().uri(uri).body(Body::empty()).unwrap();
         request.headers_mut().append(AUTHORIZATION, token);
         request
             .headers_mut()
             .append("cookie", HeaderValue::from_static("a=1; b=2"));
-        request
-            .headers_mut()
-            .append("x-padding", HeaderValue::from_static("xxxxxxxxxxxxxxxxxxxx"));
+        request.headers_mut().append(
+            "x-padding",
+            HeaderValue::from_static("xxxxxxxxxxxxxxxxxxxx"),
+        );
 
         let copy = detached(request);
         assert_eq!(copy.uri(), "/socket.io/?EIO=4&transport=websocket");

@@ -35,9 +35,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use notify_store::{Pagination, User};
 use serde_json::Value;
-use socketioxide::{ParserConfig, SocketIo};
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -279,6 +279,7 @@ async fn on_connect(socket: SocketRef, io: SocketIo, State(bridge): State<Arc<Br
         .insert::<SharedRateLimit>(Arc::new(Mutex::new(RateLimit::new(
             bridge.limits.events_per_second,
         ))));
+    socket.extensions.insert::<SharedCursor>(Arc::default());
     socket.on("offlineNotifications", on_offline_page);
     socket.on("markAsRead", on_mark_as_read);
     socket.on_fallback(on_unknown_event);
@@ -311,6 +312,8 @@ pub struct OfflinePage {
     pub envelope: Envelope<Page>,
     /// The ids of its items.
     pub ids: Vec<String>,
+    /// Where the next page starts: the seq of its last item.
+    pub next: Option<PageCursor>,
     /// The unread count (`totalRecords`) …
     pub total: i64,
     /// … and the change version it is exact at.
@@ -319,19 +322,50 @@ pub struct OfflinePage {
     pub epoch: String,
 }
 
-/// Reads one page of the user's unread inbox.
+/// Where a socket's next page starts, from the last page it was sent:
+/// asked for next, that page is read by keyset (after this seq), so paging
+/// through a deep inbox costs each page its own rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageCursor {
+    /// The page that starts there …
+    pub page: u32,
+    /// … when pages have this many items …
+    pub limit: u32,
+    /// … right after this seq.
+    pub after: i64,
+}
+
+/// The last [`PageCursor`] of a socket, in its extensions.
+type SharedCursor = Arc<Mutex<Option<PageCursor>>>;
+
+/// Remembers where the socket's next page starts.
+fn remember_page(socket: &SocketRef, next: Option<PageCursor>) {
+    if let Some(cursor) = socket.extensions.get::<SharedCursor>() {
+        *cursor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+    }
+}
+
+/// Reads one page of the user's unread inbox; by keyset when `cursor` says
+/// where this page starts.
 async fn offline_page(
     mut client: core_client::CoreApi,
     user: User,
     page: u32,
     limit: u32,
+    cursor: Option<PageCursor>,
 ) -> Result<OfflinePage, tonic::Status> {
+    let before_seq = cursor
+        .filter(|c| (c.page, c.limit) == (page, limit))
+        .map(|c| c.after);
     let response = client
         .list_offline(unary(proto::ListOfflineRequest {
             vendor_id: user.vendor_id(),
             customer_id: user.customer_id(),
             page: Some(page as i32),
             limit: Some(limit as i32),
+            before_seq,
         }))
         .await?
         .into_inner();
@@ -339,8 +373,14 @@ async fn offline_page(
         .pagination
         .map(|p| p.total_records)
         .unwrap_or_default();
+    let next = response.items.last().map(|last| PageCursor {
+        page: page + 1,
+        limit,
+        after: last.seq,
+    });
     Ok(OfflinePage {
         ids: response.items.iter().map(|n| n.id.clone()).collect(),
+        next,
         envelope: Envelope::ok(Page {
             items: response.items.iter().map(NotificationJson::from).collect(),
             pagination: Pagination::new(page, limit, total).into(),
@@ -470,7 +510,12 @@ async fn on_offline_page(
     let work = async {
         let user = user_of(&socket)?;
         let (page, limit) = page_request(payload)?;
-        let read = offline_page(bridge.core.for_user(user), user, page, limit).await?;
+        let cursor = socket
+            .extensions
+            .get::<SharedCursor>()
+            .and_then(|c| *c.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let read = offline_page(bridge.core.for_user(user), user, page, limit, cursor).await?;
+        remember_page(&socket, read.next);
         Ok(read.envelope)
     };
     if let Some(result) = in_flight(&socket, work).await {

@@ -181,18 +181,20 @@ impl NotificationService for Api {
     ) -> Reply<proto::ListOfflineResponse> {
         let _timer = Timer::start("ListOffline");
         let request = request.into_inner();
-        let (user, page, limit) = (|| -> Result<_, FieldError> {
+        let (user, page, limit, start) = (|| -> Result<_, FieldError> {
+            let page = validate::page(request.page)?;
             Ok((
                 validate::recipient(request.vendor_id, request.customer_id)?,
-                validate::page(request.page)?,
+                page,
                 validate::limit(request.limit)?,
+                validate::page_start(page, request.before_seq)?,
             ))
         })()
         .map_err(invalid)?;
         let offline = self
             .core
             .store
-            .list_unread(user, page, limit)
+            .list_unread(user, start, limit)
             .await
             .map_err(store_status)?;
         let pagination = Pagination::new(page, limit, offline.total);

@@ -2,7 +2,7 @@
 //! spells it, so `INVALID_ARGUMENT: type: must not be empty` tells the
 //! caller what to fix.
 
-use notify_store::{Channel, Status, User, parse_object_id};
+use notify_store::{Channel, PageStart, Status, User, parse_object_id};
 use prost_types::Struct;
 
 use super::convert::{ContentError, struct_to_json};
@@ -237,6 +237,19 @@ pub fn page(value: Option<i32>) -> Result<u32, FieldError> {
         Some(page) => Err(FieldError::new(
             "page",
             format!("must be 1 or more, got {page}"),
+        )),
+    }
+}
+
+/// Where a page starts: after `before_seq` (1 or more) when given,
+/// otherwise the `page`-th page.
+pub fn page_start(page: u32, before_seq: Option<i64>) -> Result<PageStart, FieldError> {
+    match before_seq {
+        None => Ok(PageStart::Page(page)),
+        Some(seq) if seq >= 1 => Ok(PageStart::BeforeSeq(seq)),
+        Some(seq) => Err(FieldError::new(
+            "beforeSeq",
+            format!("must be 1 or more, got {seq}"),
         )),
     }
 }

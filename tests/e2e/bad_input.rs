@@ -1097,6 +1097,17 @@ fn cases(ids: &Ids) -> Vec<Case> {
     t.category("pagination");
     t.bad("page 0", list(|r| r.page = Some(0)), "page");
     t.bad("page -1", list(|r| r.page = Some(-1)), "page");
+    t.bad("beforeSeq 0", list(|r| r.before_seq = Some(0)), "beforeSeq");
+    t.bad(
+        "beforeSeq -5",
+        list(|r| r.before_seq = Some(-5)),
+        "beforeSeq",
+    );
+    t.bad(
+        "beforeSeq i64::MIN",
+        list(|r| r.before_seq = Some(i64::MIN)),
+        "beforeSeq",
+    );
     t.bad("page i32::MIN", list(|r| r.page = Some(i32::MIN)), "page");
     t.bad("limit 0", list(|r| r.limit = Some(0)), "limit");
     t.bad("limit 101", list(|r| r.limit = Some(101)), "limit");
@@ -1584,6 +1595,7 @@ async fn snapshot(client: &mut Client, known: &[String]) -> BTreeMap<String, Str
                     customer_id,
                     page: Some(page),
                     limit: Some(10),
+                    before_seq: None,
                 })
                 .await
                 .expect("list offline")

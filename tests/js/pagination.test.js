@@ -50,3 +50,30 @@ test("45 notifications page as 20, 20, 5, newest first", async () => {
     socket.close();
   }
 });
+
+test("paging on while notifications of an earlier page are read misses nothing (the next page starts after the last one shown)", async () => {
+  const vendor = 8;
+  const ids = [];
+  for (let i = 0; i < 45; i++) ids.push((await stack.core.create({ vendorId: vendor })).id);
+  const newestFirst = [...ids].reverse();
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor }) } });
+  try {
+    await until(socket, () => events(socket, "offlineNotifications").length, "offlineNotifications");
+    const [first] = events(socket, "offlineNotifications");
+    assert.deepEqual(first.data.items.map((n) => n.id), newestFirst.slice(0, 20));
+    // Another tab reads the newest two, shown on page 1.
+    const read = await stack.core.call("MarkNotifications", { vendorId: vendor, ids: newestFirst.slice(0, 2), status: "READ" });
+    assert.equal(Number(read.updated), 2);
+    // Counting 20 from the top now would start two later and skip two.
+    const second = await request(socket, "offlineNotifications", { page: 2, limit: 20 });
+    assert.deepEqual(second.data.items.map((n) => n.id), newestFirst.slice(20, 40));
+    assert.equal(second.data.pagination.totalRecords, 43);
+    const third = await request(socket, "offlineNotifications", { page: 3, limit: 20 });
+    assert.deepEqual(third.data.items.map((n) => n.id), newestFirst.slice(40));
+    // A page asked out of order is counted from the top.
+    const again = await request(socket, "offlineNotifications", { page: 2, limit: 20 });
+    assert.deepEqual(again.data.items.map((n) => n.id), newestFirst.slice(22, 42));
+  } finally {
+    socket.close();
+  }
+});

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 
 pub use model::{
     Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
-    Notification, OfflinePage, Pagination, Role, RoomMember, Status, User, UserState,
+    Notification, OfflinePage, PageStart, Pagination, Role, RoomMember, Status, User, UserState,
     format_millis, now_millis,
 };
 pub use object_id::{new_object_id, parse_object_id};
@@ -75,7 +75,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_unread(
         &self,
         user: User,
-        page: u32,
+        start: PageStart,
         limit: u32,
     ) -> Result<OfflinePage, StoreError>;
 

@@ -228,7 +228,23 @@ pub struct Created {
     pub fresh: bool,
 }
 
-/// One page of a user's unread inbox.
+/// Where a page of the unread inbox starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageStart {
+    /// The n-th page (1-based). The rows before it are skipped on the
+    /// index: a deep page costs its depth.
+    Page(u32),
+    /// Right after the row with this seq, the last of the page before
+    /// (keyset): a page costs its own rows, however deep.
+    BeforeSeq(i64),
+}
+
+/// How many rows come before page `page` (1-based) of `limit` rows.
+pub fn page_offset(page: u32, limit: u32) -> i64 {
+    i64::from(page.saturating_sub(1)) * i64::from(limit)
+}
+
+/// One page of a user's unread inbox, with the counters it was read at.
 #[derive(Clone, Debug)]
 pub struct OfflinePage {
     /// Newest first.

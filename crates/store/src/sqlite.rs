@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{
     Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
-    Notification, OfflinePage, Role, RoomMember, Status, User, UserState, now_millis,
+    Notification, OfflinePage, PageStart, Role, RoomMember, Status, User, UserState, now_millis,
+    page_offset,
 };
 use crate::object_id::new_object_id;
 use crate::{ChangeSink, Store, StoreError};
@@ -58,6 +59,14 @@ const UNREAD_PAGE: &str = concat!(
     " FROM notifications INDEXED BY notifications_unread \
      WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
      ORDER BY seq DESC LIMIT $3 OFFSET $4"
+);
+/// The page after a seq (keyset): `notifications_unread`.
+const UNREAD_BEFORE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM notifications INDEXED BY notifications_unread \
+     WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 AND seq < $3 \
+     ORDER BY seq DESC LIMIT $4"
 );
 /// Replay after a seq: `notifications_recipient_seq`.
 const AFTER_SEQ: &str = concat!(
@@ -1017,7 +1026,7 @@ impl Store for SqliteStore {
     async fn list_unread(
         &self,
         user: User,
-        page: u32,
+        start: PageStart,
         limit: u32,
     ) -> Result<OfflinePage, StoreError> {
         // One read transaction: the count, the page and last_seq come from
@@ -1025,17 +1034,26 @@ impl Store for SqliteStore {
         let mut tx = self.readers.begin().await?;
         let state = read_state(&mut tx, user).await?;
         let (total, last_seq) = (state.unread, state.last_seq);
-        let offset = i64::from(page.saturating_sub(1)) * i64::from(limit);
-        let rows = if offset < total {
-            sqlx::query(UNREAD_PAGE)
-                .bind(user.role.code())
-                .bind(user.id)
-                .bind(i64::from(limit))
-                .bind(offset)
-                .fetch_all(&mut *tx)
-                .await?
-        } else {
-            Vec::new()
+        let rows = match start {
+            PageStart::Page(page) if page_offset(page, limit) >= total => Vec::new(),
+            PageStart::Page(page) => {
+                sqlx::query(UNREAD_PAGE)
+                    .bind(user.role.code())
+                    .bind(user.id)
+                    .bind(i64::from(limit))
+                    .bind(page_offset(page, limit))
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+            PageStart::BeforeSeq(before) => {
+                sqlx::query(UNREAD_BEFORE)
+                    .bind(user.role.code())
+                    .bind(user.id)
+                    .bind(before)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
         };
         tx.commit().await?;
         Ok(OfflinePage {
@@ -1274,6 +1292,13 @@ mod plans {
             UNREAD_PAGE,
             &[
                 "SEARCH notifications USING INDEX notifications_unread (recipient_role=? AND recipient_id=?)",
+            ],
+        ),
+        (
+            "UNREAD_BEFORE",
+            UNREAD_BEFORE,
+            &[
+                "SEARCH notifications USING INDEX notifications_unread (recipient_role=? AND recipient_id=? AND seq<?)",
             ],
         ),
         (

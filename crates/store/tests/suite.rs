@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify_store::{
-    Change, ChangePosition, ChangeSink, Channel, NewNotification, PgOptions, PgStore,
+    Change, ChangePosition, ChangeSink, Channel, NewNotification, PageStart, PgOptions, PgStore,
     SqliteOptions, SqliteStore, Status, Store, User, new_object_id,
 };
 use sqlx::Connection;
@@ -152,6 +152,7 @@ suite!(
     receipts_for_many_users_at_once_touch_only_their_own,
     marks_for_users_without_notifications_store_nothing,
     pages_are_newest_first_with_one_snapshot,
+    keyset_pages_continue_where_the_last_page_ended,
     rooms_and_peers,
     presence_counts_every_node_and_expires,
     changes_take_versions_and_read_back_in_order,
@@ -333,7 +334,11 @@ async fn marking_moves_forward_and_keeps_the_unread_count(b: Backend) {
         b.store.get(&ids[0]).await.unwrap().unwrap().status,
         Status::Read
     );
-    let page = b.store.list_unread(user, 1, 20).await.unwrap();
+    let page = b
+        .store
+        .list_unread(user, PageStart::Page(1), 20)
+        .await
+        .unwrap();
     assert_eq!(page.total, 2);
     assert_eq!(page.items.len(), 2);
     let updates = b
@@ -426,26 +431,38 @@ async fn pages_are_newest_first_with_one_snapshot(b: Backend) {
         .create((0..45).map(|n| new(user, n)).collect())
         .await
         .unwrap();
-    let first = b.store.list_unread(user, 1, 20).await.unwrap();
+    let first = b
+        .store
+        .list_unread(user, PageStart::Page(1), 20)
+        .await
+        .unwrap();
     assert_eq!((first.total, first.last_seq), (45, 45));
     assert_eq!(
         first.items.iter().map(|n| n.seq).collect::<Vec<_>>(),
         (26..=45).rev().collect::<Vec<_>>()
     );
-    let third = b.store.list_unread(user, 3, 20).await.unwrap();
+    let third = b
+        .store
+        .list_unread(user, PageStart::Page(3), 20)
+        .await
+        .unwrap();
     assert_eq!(
         third.items.iter().map(|n| n.seq).collect::<Vec<_>>(),
         (1..=5).rev().collect::<Vec<_>>()
     );
     assert!(
         b.store
-            .list_unread(user, 4, 20)
+            .list_unread(user, PageStart::Page(4), 20)
             .await
             .unwrap()
             .items
             .is_empty()
     );
-    let nobody = b.store.list_unread(User::vendor(3), 1, 20).await.unwrap();
+    let nobody = b
+        .store
+        .list_unread(User::vendor(3), PageStart::Page(1), 20)
+        .await
+        .unwrap();
     assert_eq!(
         (nobody.total, nobody.last_seq, nobody.items.len()),
         (0, 0, 0)
@@ -459,6 +476,60 @@ async fn pages_are_newest_first_with_one_snapshot(b: Backend) {
             .map(|n| n.seq)
             .collect::<Vec<_>>(),
         vec![41, 42, 43]
+    );
+}
+
+/// A page read after the last seq of the one before (keyset) is the page an
+/// offset would give, and it skips what was read meanwhile.
+async fn keyset_pages_continue_where_the_last_page_ended(b: Backend) {
+    let user = User::customer(4);
+    b.store
+        .create((0..45).map(|n| new(user, n)).collect())
+        .await
+        .unwrap();
+    let seqs =
+        |page: &notify_store::OfflinePage| page.items.iter().map(|n| n.seq).collect::<Vec<_>>();
+    let mut last = None;
+    for page in 1..=3 {
+        let by_offset = b
+            .store
+            .list_unread(user, PageStart::Page(page), 20)
+            .await
+            .unwrap();
+        if let Some(before) = last {
+            let by_keyset = b
+                .store
+                .list_unread(user, PageStart::BeforeSeq(before), 20)
+                .await
+                .unwrap();
+            assert_eq!(seqs(&by_keyset), seqs(&by_offset), "page {page}");
+            assert_eq!(by_keyset.total, 45);
+        }
+        last = by_offset.items.last().map(|n| n.seq);
+    }
+    // seq 20 is read: the page after seq 26 goes on with 25..21, 19..5.
+    let twenty = b.store.after_seq(user, 19, 1).await.unwrap().remove(0);
+    b.store
+        .mark(user, vec![twenty.id], Status::Read)
+        .await
+        .unwrap();
+    let after = b
+        .store
+        .list_unread(user, PageStart::BeforeSeq(26), 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&after),
+        (21..=25).rev().chain((5..=19).rev()).collect::<Vec<_>>()
+    );
+    assert_eq!(after.total, 44);
+    assert!(
+        b.store
+            .list_unread(user, PageStart::BeforeSeq(1), 20)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
     );
 }
 
@@ -615,7 +686,11 @@ async fn changes_take_versions_and_read_back_in_order(b: Backend) {
     assert!(none.items.is_empty());
     assert_eq!(b.store.id_at(user, 2).await.unwrap(), Some(ids[1].clone()));
     assert_eq!(b.store.id_at(user, 6).await.unwrap(), None);
-    let page = b.store.list_unread(user, 1, 20).await.unwrap();
+    let page = b
+        .store
+        .list_unread(user, PageStart::Page(1), 20)
+        .await
+        .unwrap();
     assert_eq!((page.total, page.version), (4, 7));
 
     // Receipts for several users in one group: one version each.
