@@ -59,7 +59,7 @@ use super::core_client::CALL_TIMEOUT;
 use super::payload::{
     AppError, Envelope, NotificationJson, Page, PresenceEnvelope, PresenceJson, UnreadCount,
 };
-use super::{Bridge, OfflinePage, offline_page, remember_page};
+use super::{Bridge, OfflinePage, delivered_live, offline_page, remember_page};
 use crate::core::validate;
 use crate::proto::{self, user_event::Event};
 
@@ -606,6 +606,7 @@ impl Feed {
                 let json = NotificationJson::from(&notification);
                 for member in &self.members {
                     deliver(&self.bridge, &member.socket, self.user, &json);
+                    delivered_live(&member.socket, notification.seq);
                 }
             }
             Some(Event::UserOnline(peer)) => self.presence(&peer, true),

@@ -279,7 +279,7 @@ async fn on_connect(socket: SocketRef, io: SocketIo, State(bridge): State<Arc<Br
         .insert::<SharedRateLimit>(Arc::new(Mutex::new(RateLimit::new(
             bridge.limits.events_per_second,
         ))));
-    socket.extensions.insert::<SharedCursor>(Arc::default());
+    socket.extensions.insert::<SharedPages>(Arc::default());
     socket.on("offlineNotifications", on_offline_page);
     socket.on("markAsRead", on_mark_as_read);
     socket.on_fallback(on_unknown_event);
@@ -331,20 +331,53 @@ pub struct PageCursor {
     pub page: u32,
     /// … when pages have this many items …
     pub limit: u32,
-    /// … right after this seq.
+    /// … right after this seq …
     pub after: i64,
+    /// … as long as the socket has been sent no notification newer than
+    /// this (the user's highest seq when the page was read): a new one on
+    /// top moves every page down by one, and the next page is counted from
+    /// the top again.
+    pub read_at: i64,
 }
 
-/// The last [`PageCursor`] of a socket, in its extensions.
-type SharedCursor = Arc<Mutex<Option<PageCursor>>>;
+/// What a socket was sent that its next page depends on; in its extensions.
+#[derive(Default)]
+struct PageMemory {
+    next: Option<PageCursor>,
+    /// The highest seq sent to it live.
+    delivered: i64,
+}
+
+type SharedPages = Arc<Mutex<PageMemory>>;
+
+fn with_pages<T>(socket: &SocketRef, f: impl FnOnce(&mut PageMemory) -> T) -> Option<T> {
+    let pages = socket.extensions.get::<SharedPages>()?;
+    let mut memory = pages
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Some(f(&mut memory))
+}
 
 /// Remembers where the socket's next page starts.
 fn remember_page(socket: &SocketRef, next: Option<PageCursor>) {
-    if let Some(cursor) = socket.extensions.get::<SharedCursor>() {
-        *cursor
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
-    }
+    with_pages(socket, |memory| memory.next = next);
+}
+
+/// The socket was sent notification `seq` live.
+fn delivered_live(socket: &SocketRef, seq: i64) {
+    with_pages(socket, |memory| {
+        memory.delivered = memory.delivered.max(seq)
+    });
+}
+
+/// Where the socket's next page starts, if nothing newer reached it since.
+fn next_page_start(socket: &SocketRef) -> Option<PageCursor> {
+    with_pages(socket, |memory| {
+        memory
+            .next
+            .filter(|cursor| memory.delivered <= cursor.read_at)
+    })
+    .flatten()
 }
 
 /// Reads one page of the user's unread inbox; by keyset when `cursor` says
@@ -377,6 +410,7 @@ async fn offline_page(
         page: page + 1,
         limit,
         after: last.seq,
+        read_at: response.last_seq,
     });
     Ok(OfflinePage {
         ids: response.items.iter().map(|n| n.id.clone()).collect(),
@@ -510,10 +544,7 @@ async fn on_offline_page(
     let work = async {
         let user = user_of(&socket)?;
         let (page, limit) = page_request(payload)?;
-        let cursor = socket
-            .extensions
-            .get::<SharedCursor>()
-            .and_then(|c| *c.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let cursor = next_page_start(&socket);
         let read = offline_page(bridge.core.for_user(user), user, page, limit, cursor).await?;
         remember_page(&socket, read.next);
         Ok(read.envelope)

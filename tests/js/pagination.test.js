@@ -77,3 +77,22 @@ test("paging on while notifications of an earlier page are read misses nothing (
     socket.close();
   }
 });
+
+test("after a live notification the next page is counted from the top again (every page moved down by one)", async () => {
+  const vendor = 9;
+  const ids = [];
+  for (let i = 0; i < 25; i++) ids.push((await stack.core.create({ vendorId: vendor })).id);
+  const socket = await connect(stack.bridge, { auth: { token: token({ vendor }) } });
+  try {
+    await until(socket, () => events(socket, "offlineNotifications").length, "offlineNotifications");
+    const live = await stack.core.create({ vendorId: vendor });
+    await until(socket, () => events(socket, "notification").some((n) => n.id === live.id), "the live one");
+    ids.push(live.id);
+    const newestFirst = [...ids].reverse();
+    // A page showing the newest 20 now ends one earlier: page 2 is the 6 after it.
+    const second = await request(socket, "offlineNotifications", { page: 2, limit: 20 });
+    assert.deepEqual(second.data.items.map((n) => n.id), newestFirst.slice(20));
+  } finally {
+    socket.close();
+  }
+});
