@@ -23,20 +23,29 @@ fn exits(args: &[&str]) -> (i32, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("notify {args:?} did not refuse to start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait(
+        &mut child,
+        Duration::from_secs(10),
+        &format!("notify {args:?} refusing to start"),
+    );
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     (status.code().unwrap_or(-1), stderr)
+}
+
+/// Waits for `child` to exit; kills it and fails after `limit`.
+fn wait(child: &mut std::process::Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("gave up waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -152,17 +161,11 @@ fn sigterm_after_the_log_pipe_closed_exits_0() {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                panic!("{args:?} did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait(
+            &mut child,
+            Duration::from_secs(20),
+            &format!("{args:?} stopping on SIGTERM"),
+        );
         assert_eq!(status.code(), Some(0), "{args:?}");
     }
 }
