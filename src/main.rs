@@ -209,8 +209,9 @@ struct DevArgs {
     metrics_listen: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
-    /// The vendor whose token is printed.
-    #[arg(long, default_value_t = 1)]
+    /// The vendor whose token is printed (5, the vendor of the README's
+    /// grpcurl examples, so what they create shows in the page it opens).
+    #[arg(long, default_value_t = 5)]
     vendor: i64,
 }
 

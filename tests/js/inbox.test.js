@@ -156,11 +156,19 @@ test("sign in by pasting a token; a bad token is refused with the reason", async
   await page.locator("#sign-in-form button").click();
   await eventually(async () => (await stateOf(page)) === "refused", "refused state");
   assert.match(await page.locator("#state").textContent(), /invalid token/);
+  assert.equal(await page.locator("#mark-all").isVisible(), false, "no inbox controls while signed out");
 
   await page.locator("#token").fill(token({ customer: 44 }));
   await page.locator("#sign-in-form button").click();
   await eventually(async () => (await stateOf(page)) === "live", "live after signing in");
   await eventually(async () => page.locator("#empty").isVisible(), "empty inbox");
+  assert.equal(await page.locator("#pager").isVisible(), false, "no pager for an empty inbox");
+  assert.equal(await page.locator("#loading").isVisible(), false);
+  // A notification without a message: its type shows once, as the headline.
+  await core.create({ customerId: 44, type: "order:packed", content: toStruct({ orderId: 881 }) });
+  await eventually(async () => (await page.locator("#list > li").count()) === 1, "the live item");
+  assert.equal(await page.locator("#list > li .message").textContent(), "order:packed");
+  assert.equal(await page.locator("#list > li .type").isVisible(), false);
   await context.close();
 });
 

@@ -10,6 +10,7 @@ const view = {
   page: 1,
   items: [], // the notifications shown, newest first
   totalPages: 0,
+  loaded: false, // the first page has come
   socket: null,
 };
 
@@ -31,7 +32,7 @@ function showSignIn(reason) {
   $("sign-in").hidden = false;
   $("inbox").hidden = true;
   $("sign-out").hidden = true;
-  $("mark-all").disabled = true;
+  $("mark-all").hidden = true;
   if (reason) setState("refused", `Refused: ${reason}`);
   else setState("signed-out", "Signed out");
   $("token").focus();
@@ -71,6 +72,9 @@ function start(token) {
   $("sign-in").hidden = true;
   $("inbox").hidden = false;
   $("sign-out").hidden = false;
+  $("mark-all").hidden = false;
+  view.loaded = false;
+  render();
   setState("connecting", "Connecting…");
 
   sessionStorage.setItem("notify.token", token);
@@ -158,6 +162,7 @@ function showPage(envelope) {
   view.items = items;
   view.page = pagination.currentPage;
   view.totalPages = pagination.totalPages;
+  view.loaded = true;
   setBadge(pagination.totalRecords);
   render();
 }
@@ -203,7 +208,10 @@ function headline(notification) {
 function render(freshId) {
   const list = $("list");
   list.replaceChildren(...view.items.map((n) => renderItem(n, n.id === freshId)));
-  $("empty").hidden = view.items.length > 0;
+  $("loading").hidden = view.loaded;
+  $("empty").hidden = !view.loaded || view.items.length > 0;
+  // One page or none: nothing to page through.
+  $("pager").hidden = view.totalPages <= 1 && view.page <= 1;
   $("page-label").textContent = view.totalPages > 1 ? `Page ${view.page} of ${view.totalPages}` : `Page ${view.page}`;
   $("prev").disabled = view.page <= 1;
   $("next").disabled = view.page >= view.totalPages;
@@ -213,6 +221,8 @@ function renderItem(notification, fresh) {
   const item = $("item-template").content.firstElementChild.cloneNode(true);
   item.dataset.id = notification.id;
   item.querySelector(".type").textContent = notification.type;
+  // Without a message the headline is the type: shown once.
+  item.querySelector(".type").hidden = headline(notification) === notification.type;
   const when = item.querySelector(".when");
   when.dateTime = notification.createdAt;
   when.title = `${new Date(notification.createdAt).toLocaleString()} (${notification.createdAt})`;
