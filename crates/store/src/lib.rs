@@ -34,7 +34,7 @@ pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Why a store call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not do the work now (unreachable, busy, disk full).
     /// Nothing was committed; the caller may retry.
@@ -49,8 +49,18 @@ pub enum StoreError {
 }
 
 impl From<sqlx::Error> for StoreError {
+    /// Rows that cannot be read are corrupt (retrying reads them again);
+    /// everything else (I/O, the pool, the server, a full disk, a
+    /// conflict) is the database being unable to do the work now.
     fn from(error: sqlx::Error) -> Self {
-        StoreError::Unavailable(error.to_string())
+        match error {
+            sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(error.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -155,4 +165,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes expired entries of any node; users left with none go offline.
     async fn expire_presence(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn unreadable_rows_are_corrupt_and_the_rest_unavailable() {
+        let corrupt =
+            |error: sqlx::Error| matches!(StoreError::from(error), StoreError::Corrupt(_));
+        assert!(corrupt(sqlx::Error::Decode("bad role".into())));
+        assert!(corrupt(sqlx::Error::ColumnNotFound("seq".into())));
+        assert!(!corrupt(sqlx::Error::PoolTimedOut));
+        assert!(!corrupt(sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(!corrupt(sqlx::Error::WorkerCrashed));
+    }
 }

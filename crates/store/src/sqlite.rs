@@ -319,10 +319,9 @@ async fn write_loop(
             }
             Err(error) => {
                 tracing::warn!(%error, "commit failed");
+                let failure = StoreError::from(error);
                 for job in jobs.drain(..) {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Unavailable(error.to_string())));
+                    let _ = job.reply.send(Err(failure.clone()));
                 }
             }
         }

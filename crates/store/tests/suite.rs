@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use notify_store::{
     Change, ChangePosition, ChangeSink, Channel, NewNotification, PageStart, PgOptions, PgStore,
-    SqliteOptions, SqliteStore, Status, Store, User, new_object_id,
+    SqliteOptions, SqliteStore, Status, Store, StoreError, User, new_object_id,
 };
 use sqlx::Connection;
 
@@ -45,6 +45,17 @@ struct Backend {
 }
 
 impl Backend {
+    /// Runs `sql` behind the store's back.
+    async fn execute(&self, sql: &'static str) {
+        if self.url.starts_with("sqlite:") {
+            let mut connection = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&mut connection).await.unwrap();
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&mut connection).await.unwrap();
+        }
+    }
+
     /// How many `users` rows the database holds, read behind the store's back.
     async fn users_rows(&self) -> i64 {
         let sql = "SELECT COUNT(*) FROM users";
@@ -153,6 +164,7 @@ suite!(
     marks_for_users_without_notifications_store_nothing,
     pages_are_newest_first_with_one_snapshot,
     keyset_pages_continue_where_the_last_page_ended,
+    an_unreadable_row_is_corrupt_not_unavailable,
     rooms_and_peers,
     presence_counts_every_node_and_expires,
     changes_take_versions_and_read_back_in_order,
@@ -531,6 +543,37 @@ async fn keyset_pages_continue_where_the_last_page_ended(b: Backend) {
             .items
             .is_empty()
     );
+}
+
+/// A stored row the store cannot read is reported as corrupt (a bug or a
+/// damaged database), never as "unavailable, retry later", which would send
+/// callers retrying forever.
+async fn an_unreadable_row_is_corrupt_not_unavailable(b: Backend) {
+    let user = User::vendor(77);
+    let created = b.store.create(vec![new(user, 1)]).await.unwrap().remove(0);
+    let id = created.notification.id;
+    // SQLite keeps whatever it is given; PostgreSQL only a number.
+    let damage = if b.url.starts_with("sqlite:") {
+        "UPDATE notifications SET status = 'not a status', channel = 99"
+    } else {
+        "UPDATE notifications SET status = 99, channel = 99"
+    };
+    b.execute(damage).await;
+    assert!(
+        matches!(b.store.get(&id).await, Err(StoreError::Corrupt(_))),
+        "get"
+    );
+    let marked = b.store.mark(user, vec![id], Status::Read).await;
+    assert!(
+        matches!(marked, Err(StoreError::Corrupt(_)) | Ok(_)),
+        "mark: {marked:?}"
+    );
+    if b.url.starts_with("sqlite:") {
+        assert!(
+            matches!(marked, Err(StoreError::Corrupt(_))),
+            "mark: {marked:?}"
+        );
+    }
 }
 
 async fn rooms_and_peers(b: Backend) {
