@@ -517,7 +517,7 @@ impl Feed {
             emit(
                 &member.socket,
                 "appError",
-                &AppError::new(401, "token expired"),
+                &AppError::unauthenticated("token expired"),
             );
             let _ = member.socket.clone().disconnect();
         }

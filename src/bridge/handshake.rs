@@ -87,20 +87,17 @@ pub async fn open_session(
     if request.uri().to_string().len() > MAX_URI_BYTES {
         return refusal(
             StatusCode::URI_TOO_LONG,
-            AppError::new(414, format!("the URI is longer than {MAX_URI_BYTES} bytes")),
+            AppError::uri_too_long(format!("the URI is longer than {MAX_URI_BYTES} bytes")),
         );
     }
     let Ok(slot) = handshakes.pending.clone().try_acquire_owned() else {
         metrics::counter!("notify_bridge_handshakes_refused_total").increment(1);
         let mut response = refusal(
             StatusCode::SERVICE_UNAVAILABLE,
-            AppError::new(
-                503,
-                format!(
-                    "too many handshakes in progress (at most {}); retry shortly",
-                    handshakes.max
-                ),
-            ),
+            AppError::busy(format!(
+                "too many handshakes in progress (at most {}); retry shortly",
+                handshakes.max
+            )),
         );
         response
             .headers_mut()

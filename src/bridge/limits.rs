@@ -158,7 +158,7 @@ pub async fn check_origin(
     if let Some(origin) = headers.get(ORIGIN)
         && !origin_allowed(origin, &own_origin(headers), &allowed)
     {
-        let refusal = AppError::new(403, "this origin is not allowed (see --allowed-origins)");
+        let refusal = AppError::forbidden("this origin is not allowed (see --allowed-origins)");
         return (
             StatusCode::FORBIDDEN,
             [("content-type", "application/json")],

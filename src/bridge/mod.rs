@@ -247,17 +247,16 @@ async fn authenticate(
         .and_then(|token| bridge.jwt.verify(&token))
         .map_err(|error| {
             metrics::counter!("notify_bridge_refused_total").increment(1);
-            AppError::new(401, error.to_string())
+            AppError::unauthenticated(error.to_string())
         })?;
     // Counted against the limit here, under one lock: handshakes racing
     // each other cannot pass it together.
     let limit = bridge.limits.sockets_per_user;
     let Some(admission) = bridge.feeds.admit(&bridge, identity, socket.id, limit) else {
         metrics::counter!("notify_bridge_refused_total").increment(1);
-        return Err(AppError::new(
-            429,
-            format!("too many connections: at most {limit} sockets per user"),
-        ));
+        return Err(AppError::too_many(format!(
+            "too many connections: at most {limit} sockets per user"
+        )));
     };
     socket.extensions.insert(identity.user);
     socket.extensions.insert(Arc::new(admission));
@@ -452,12 +451,11 @@ async fn in_flight<T>(
     work: impl Future<Output = Result<Envelope<T>, AppError>>,
 ) -> Option<Result<Envelope<T>, AppError>> {
     let Some(admission) = socket.extensions.get::<Arc<Admission>>() else {
-        return Some(Err(AppError::new(401, "not authenticated")));
+        return Some(Err(AppError::unauthenticated("not authenticated")));
     };
     let Ok(_permit) = admission.in_flight.clone().try_acquire_owned() else {
         metrics::counter!("notify_bridge_in_flight_refused_total").increment(1);
-        return Some(Err(AppError::new(
-            429,
+        return Some(Err(AppError::too_many(
             "too many requests in flight for this user: wait for the answers",
         )));
     };
@@ -474,7 +472,7 @@ fn user_of(socket: &SocketRef) -> Result<User, AppError> {
     socket
         .extensions
         .get::<User>()
-        .ok_or_else(|| AppError::new(401, "not authenticated"))
+        .ok_or_else(|| AppError::unauthenticated("not authenticated"))
 }
 
 /// Applies the socket's rate limit to one client event. A dropped event
@@ -489,7 +487,7 @@ fn admit(socket: &SocketRef, ack: Option<AckSender>) -> Option<AckSender> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .check(Instant::now());
-    let refusal = || AppError::new(429, "too many events: slow down");
+    let refusal = || AppError::too_many("too many events: slow down");
     match verdict {
         Verdict::Allow => return ack,
         Verdict::Drop { warn } => {
@@ -524,10 +522,9 @@ async fn on_unknown_event(socket: SocketRef, Event(event): Event, ack: AckSender
         answer::<()>(
             &socket,
             ack,
-            Err(AppError::new(
-                400,
-                format!("unknown event {shown:?}: use offlineNotifications or markAsRead"),
-            )),
+            Err(AppError::bad_input(format!(
+                "unknown event {shown:?}: use offlineNotifications or markAsRead"
+            ))),
         );
     }
 }

@@ -113,8 +113,7 @@ pub struct AppError {
 }
 
 impl AppError {
-    /// An error with that status and message.
-    pub fn new(status_code: u16, message: impl Into<String>) -> AppError {
+    fn new(status_code: u16, message: impl Into<String>) -> AppError {
         AppError {
             error: true,
             message: message.into(),
@@ -122,12 +121,49 @@ impl AppError {
         }
     }
 
-    /// The core is unreachable.
+    /// 400: the input is wrong; the message names the field.
+    pub fn bad_input(message: impl Into<String>) -> AppError {
+        AppError::new(400, message)
+    }
+
+    /// 401: no valid token (or it expired).
+    pub fn unauthenticated(message: impl Into<String>) -> AppError {
+        AppError::new(401, message)
+    }
+
+    /// 403: not allowed (an origin, say).
+    pub fn forbidden(message: impl Into<String>) -> AppError {
+        AppError::new(403, message)
+    }
+
+    /// 404: nothing there.
+    pub fn not_found(message: impl Into<String>) -> AppError {
+        AppError::new(404, message)
+    }
+
+    /// 414: a request line too long.
+    pub fn uri_too_long(message: impl Into<String>) -> AppError {
+        AppError::new(414, message)
+    }
+
+    /// 429: past a limit; slow down or wait.
+    pub fn too_many(message: impl Into<String>) -> AppError {
+        AppError::new(429, message)
+    }
+
+    /// 500: something went wrong inside; the detail is in the log.
+    pub fn internal() -> AppError {
+        AppError::new(500, "internal error")
+    }
+
+    /// 503: busy; retry shortly.
+    pub fn busy(message: impl Into<String>) -> AppError {
+        AppError::new(503, message)
+    }
+
+    /// 503: the core is unreachable.
     pub fn core_unavailable() -> AppError {
-        AppError::new(
-            503,
-            "notification service unavailable; reconnecting, nothing is lost",
-        )
+        AppError::busy("notification service unavailable; reconnecting, nothing is lost")
     }
 }
 
@@ -143,28 +179,28 @@ impl std::fmt::Display for AppError {
 
 impl From<FieldError> for AppError {
     fn from(error: FieldError) -> Self {
-        AppError::new(400, error.to_string())
+        AppError::bad_input(error.to_string())
     }
 }
 
 impl From<tonic::Status> for AppError {
     /// The one mapping from core status codes to `appError` codes.
     fn from(status: tonic::Status) -> Self {
-        let code = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => 400,
-            Code::PermissionDenied => 403,
-            Code::NotFound => 404,
-            Code::ResourceExhausted => 429,
+        let message = status.message();
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => AppError::bad_input(message),
+            Code::PermissionDenied => AppError::forbidden(message),
+            Code::NotFound => AppError::not_found(message),
+            Code::ResourceExhausted => AppError::too_many(message),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                return AppError::core_unavailable();
+                AppError::core_unavailable()
             }
             _ => {
                 // What went wrong inside is for the logs, not for browsers.
-                tracing::warn!(code = ?status.code(), error = status.message(), "the core failed a call");
-                return AppError::new(500, "internal error");
+                tracing::warn!(code = ?status.code(), error = message, "the core failed a call");
+                AppError::internal()
             }
-        };
-        AppError::new(code, status.message())
+        }
     }
 }
 
@@ -199,12 +235,11 @@ pub fn mark_request(
             })
             .collect::<Result<_, _>>()?,
         Some(other) => {
-            return Err(AppError::new(
-                400,
-                format!("ids: must be an array of ids, got {other}"),
-            ));
+            return Err(AppError::bad_input(format!(
+                "ids: must be an array of ids, got {other}"
+            )));
         }
-        None => return Err(AppError::new(400, "ids: required")),
+        None => return Err(AppError::bad_input("ids: required")),
     };
     Ok(validate::ids(&ids)?)
 }
@@ -229,11 +264,10 @@ fn object(payload: Result<Value, impl std::fmt::Display>) -> Result<Value, AppEr
     match payload {
         Ok(Value::Null) => Ok(Value::Object(Default::default())),
         Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(other) => Err(AppError::new(
-            400,
-            format!("payload must be a JSON object, got {other}"),
-        )),
-        Err(error) => Err(AppError::new(400, format!("unreadable payload: {error}"))),
+        Ok(other) => Err(AppError::bad_input(format!(
+            "payload must be a JSON object, got {other}"
+        ))),
+        Err(error) => Err(AppError::bad_input(format!("unreadable payload: {error}"))),
     }
 }
 
@@ -328,7 +362,7 @@ mod tests {
 
     #[test]
     fn app_error_displays_as_its_json() {
-        let error = AppError::new(401, "token expired");
+        let error = AppError::unauthenticated("token expired");
         let parsed: Value = serde_json::from_str(&error.to_string()).unwrap();
         assert_eq!(
             parsed,
@@ -344,10 +378,7 @@ mod tests {
             tonic::Status::data_loss("disk"),
         ] {
             let error = AppError::from(status);
-            assert_eq!(
-                error.to_string(),
-                AppError::new(500, "internal error").to_string()
-            );
+            assert_eq!(error.to_string(), AppError::internal().to_string());
         }
         let bad = AppError::from(tonic::Status::invalid_argument("ids[0]: not an id"));
         assert!(bad.to_string().contains("ids[0]: not an id"));
@@ -383,7 +414,7 @@ mod tests {
     }
 
     fn bad(message: &str) -> AppError {
-        AppError::new(400, message)
+        AppError::bad_input(message)
     }
 
     fn page_of(payload: Value) -> Result<(u32, u32), AppError> {
