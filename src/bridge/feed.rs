@@ -823,19 +823,17 @@ async fn inbox_step(inbox: &mut Option<InboxRead>) -> Result<OfflinePage, tonic:
     }
 }
 
-/// Emits `notification` with an ack request; the ack becomes a DELIVERED
-/// receipt.
+/// Emits a live notification with an ack request; the ack marks it
+/// DELIVERED.
 fn deliver(bridge: &Bridge, socket: &SocketRef, user: User, json: &NotificationJson) {
-    if is_stalled(socket) {
-        return;
-    }
-    match socket.emit_with_ack::<_, Value>("notification", json) {
-        Ok(ack) => {
-            metrics::counter!("notify_bridge_emits_total", "event" => "notification").increment(1);
-            bridge.receipts.on_ack(user, vec![json.id.clone()], ack);
-        }
-        Err(error) => emit_failed(socket, "notification", &error),
-    }
+    emit_for_receipt(
+        bridge,
+        socket,
+        user,
+        "notification",
+        json,
+        vec![json.id.clone()],
+    );
 }
 
 /// Emits the connect-time page with an ack request; the ack marks its
@@ -847,15 +845,34 @@ fn send_page(
     page: &Envelope<Page>,
     ids: &[String],
 ) {
+    emit_for_receipt(
+        bridge,
+        socket,
+        user,
+        "offlineNotifications",
+        page,
+        ids.to_vec(),
+    );
+}
+
+/// The one way an ack becomes a receipt: `event` goes out with an ack
+/// request, and the ack, when it comes, marks `ids` DELIVERED.
+fn emit_for_receipt<T: serde::Serialize>(
+    bridge: &Bridge,
+    socket: &SocketRef,
+    user: User,
+    event: &'static str,
+    data: &T,
+    ids: Vec<String>,
+) {
     if is_stalled(socket) {
         return;
     }
-    match socket.emit_with_ack::<_, Value>("offlineNotifications", page) {
+    match socket.emit_with_ack::<_, Value>(event, data) {
         Ok(ack) => {
-            metrics::counter!("notify_bridge_emits_total", "event" => "offlineNotifications")
-                .increment(1);
-            bridge.receipts.on_ack(user, ids.to_vec(), ack);
+            metrics::counter!("notify_bridge_emits_total", "event" => event).increment(1);
+            bridge.receipts.on_ack(user, ids, ack);
         }
-        Err(error) => emit_failed(socket, "offlineNotifications", &error),
+        Err(error) => emit_failed(socket, event, &error),
     }
 }
