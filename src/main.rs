@@ -145,7 +145,8 @@ struct LimitArgs {
     #[arg(long, env = "NOTIFY_WRITE_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     write_stall_timeout: Duration,
     /// Open connections (HTTP and WebSocket) at most; more are closed as
-    /// they are accepted [default: the open-files limit less 100].
+    /// they are accepted [default: the open-files limit, raised to the
+    /// system's most, less 100].
     #[arg(long, env = "NOTIFY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// How long a connection may take to send its request headers, and may
@@ -162,16 +163,11 @@ struct LimitArgs {
     handshake_timeout: Duration,
 }
 
-/// The soft limit on open files, from `/proc/self/limits` (Linux).
+/// The open-files limit, raised first to the most the system allows (as
+/// servers holding many sockets do; the soft default is often 1,024).
 fn open_files_limit() -> Option<usize> {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()?
-        .lines()
-        .find(|line| line.starts_with("Max open files"))?
-        .split_whitespace()
-        .nth(3)?
-        .parse()
-        .ok()
+    let raised = rlimit::increase_nofile_limit(u64::MAX).ok()?;
+    usize::try_from(raised).ok()
 }
 
 impl From<LimitArgs> for notify::bridge::limits::Limits {
@@ -185,10 +181,12 @@ impl From<LimitArgs> for notify::bridge::limits::Limits {
             write_stall_timeout: args.write_stall_timeout,
             // Descriptors left over for the core connections, the metrics
             // listener and files.
-            max_connections: args
-                .max_connections
-                .unwrap_or_else(|| open_files_limit().map_or(10_000, |n| n.saturating_sub(100)))
-                .max(1),
+            max_connections: {
+                let files = open_files_limit();
+                args.max_connections
+                    .unwrap_or_else(|| files.map_or(10_000, |n| n.saturating_sub(100)))
+                    .max(1)
+            },
             header_read_timeout: args.header_read_timeout.max(Duration::from_millis(100)),
             max_pending_handshakes: args.max_pending_handshakes.max(1),
             handshake_timeout: args.handshake_timeout.max(Duration::from_millis(100)),
