@@ -34,8 +34,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    // Dropping the receiver tells every connection to finish; each holds a
-    // `done` receiver until it has.
+    // Dropping `stopped` tells every connection to finish; each holds a
+    // clone of `connections` until it has, and `done` sees the last go.
     let (stop, stopped) = watch::channel(());
     tokio::spawn(async move {
         shutdown.await;
@@ -79,6 +79,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let mut connection = pin!(builder.serve_connection(io, service).with_upgrades());
             let mut stopping = pin!(stop.closed());
+            // Polled once only: a finished future must not be polled again.
+            let mut told = false;
             loop {
                 tokio::select! {
                     result = connection.as_mut() => {
@@ -87,7 +89,10 @@ pub async fn serve(
                         }
                         break;
                     }
-                    () = &mut stopping => connection.as_mut().graceful_shutdown(),
+                    () = &mut stopping, if !told => {
+                        told = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
             }
             drop(connections);

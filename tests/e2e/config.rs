@@ -169,3 +169,77 @@ fn sigterm_after_the_log_pipe_closed_exits_0() {
         assert_eq!(status.code(), Some(0), "{args:?}");
     }
 }
+
+/// A SIGTERM while a polling client waits in a long poll and other
+/// connections sit idle: the bridge finishes the request, closes the idle
+/// ones, stops with 0, and nothing panics on the way.
+#[test]
+fn sigterm_during_a_long_poll_stops_cleanly() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-secret-of-at-least-32-bytes-for-tests").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
+        .args([
+            "bridge",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--jwt-secret-file", secret.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("notify bridge ready"))
+        .expect("ready line");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap()
+        .to_owned();
+    let get = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        stream
+    };
+    // Open a session; its first answer is the open packet with the sid.
+    let mut open = String::new();
+    get("/socket.io/?EIO=4&transport=polling")
+        .read_to_string(&mut open)
+        .unwrap();
+    let sid = open
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a sid in the open packet")
+        .to_owned();
+    // The next poll waits for something to send; other connections sit
+    // idle between requests.
+    let _long_poll = get(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let _idle: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait(&mut child, Duration::from_secs(20), "the bridge stopping");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
