@@ -210,7 +210,7 @@ fn is_stalled(socket: &SocketRef) -> bool {
 /// packets), and it is disconnected: at once if the disconnect packet still
 /// fits, otherwise by the heartbeat it cannot answer; its connection is
 /// closed once writes have waited `--write-stall-timeout` (see
-/// [`super::limits::StallLimited`]). It gets its backlog from
+/// [`super::stall::StallLimited`]). It gets its backlog from
 /// `offlineNotifications` when it reconnects.
 fn emit_failed(socket: &SocketRef, event: &'static str, error: &SendError) {
     metrics::counter!("notify_bridge_emit_failures_total", "event" => event).increment(1);

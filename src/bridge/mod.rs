@@ -8,7 +8,11 @@
 //!   sockets, each socket's life an explicit state machine.
 //! - `receipts`: acks become DELIVERED marks, batched; flushed at shutdown.
 //! - `page`: the embedded inbox page served at `/`.
-//! - `limits`: sockets per user, events per second, payload size, origins.
+//! - `limits`: what a person can set (sockets and requests per user,
+//!   events per second, sizes, timeouts, connections).
+//! - `rate`: the token bucket behind events per second.
+//! - `origin`: allowed browser origins and CORS.
+//! - `stall`: the write deadline of every connection.
 //! - `handshake`: what a session-opening request may keep, and the cap on
 //!   sessions not yet authenticated.
 //! - `server`: the HTTP/1 server: header-read timeout, header size and the
@@ -20,10 +24,13 @@ pub mod core_client;
 mod feed;
 mod handshake;
 pub mod limits;
+mod origin;
 mod page;
 pub mod payload;
+mod rate;
 mod receipts;
 mod server;
+mod stall;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,8 +53,9 @@ use auth::{Jwt, TokenError};
 use core_client::{CoreClient, unary};
 use feed::{Admission, Feeds, emit};
 use handshake::{Handshakes, PendingHandshake};
-use limits::{Limits, RateLimit, SharedRateLimit, Verdict};
+use limits::Limits;
 use payload::{AppError, Envelope, NotificationJson, Page, Updated, mark_request, page_request};
+use rate::{RateLimit, SharedRateLimit, Verdict};
 use receipts::Receipts;
 
 /// The Socket.IO namespace of the contract.
@@ -169,10 +177,10 @@ pub async fn run(
             Arc::new(Handshakes::new(config.limits.max_pending_handshakes)),
             handshake::open_session,
         ))
-        .layer(limits::cors(&config.limits.allowed_origins))
+        .layer(origin::cors(&config.limits.allowed_origins))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(config.limits.allowed_origins.clone()),
-            limits::check_origin,
+            origin::check_origin,
         ));
 
     let stopping = token.clone();

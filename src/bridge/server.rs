@@ -18,7 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use super::limits::{Limits, StallLimited};
+use super::limits::Limits;
+use super::stall::StallLimited;
 
 /// Most bytes of a request's start line and headers; more get 431. Browsers
 /// send a few KiB, cookies included.
