@@ -54,12 +54,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
+use super::Bridge;
 use super::auth::Identity;
 use super::core_client::CALL_TIMEOUT;
+use super::paging::{OfflinePage, delivered_live, offline_page, remember_page};
 use super::payload::{
     AppError, Envelope, NotificationJson, Page, PresenceEnvelope, PresenceJson, UnreadCount,
 };
-use super::{Bridge, OfflinePage, delivered_live, offline_page, remember_page};
 use crate::core::validate;
 use crate::proto::{self, user_event::Event};
 
