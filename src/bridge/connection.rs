@@ -55,7 +55,6 @@ pub(super) async fn authenticate(
             "too many connections: at most {limit} sockets per user"
         )));
     };
-    socket.extensions.insert(identity.user);
     socket.extensions.insert(Arc::new(admission));
     if let Some(pending) = socket.req_parts().extensions.get::<PendingHandshake>() {
         pending.authenticated();

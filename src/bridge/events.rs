@@ -38,6 +38,22 @@ fn answer<T: serde::Serialize>(
     }
 }
 
+/// Serves one client request: within the socket's rate, then its work
+/// within its user's requests in flight, answered through the ack (nothing
+/// is answered if the socket left first).
+async fn serve<T: serde::Serialize>(
+    socket: &SocketRef,
+    ack: AckSender,
+    work: impl Future<Output = Result<Envelope<T>, AppError>>,
+) {
+    let Some(ack) = admit(socket, Some(ack)) else {
+        return;
+    };
+    if let Some(result) = in_flight(socket, work).await {
+        answer(socket, ack, result);
+    }
+}
+
 /// Runs one client request's work, within its user's limit of requests in
 /// flight (429 at once past it), and drops it if the socket leaves first:
 /// `None` then, as nobody is left to answer.
@@ -66,7 +82,8 @@ async fn in_flight<T>(
 fn user_of(socket: &SocketRef) -> Result<User, AppError> {
     socket
         .extensions
-        .get::<User>()
+        .get::<Arc<Admission>>()
+        .map(|admission| admission.identity.user)
         .ok_or_else(|| AppError::unauthenticated("not authenticated"))
 }
 
@@ -130,9 +147,6 @@ pub(super) async fn on_offline_page(
     ack: AckSender,
     State(bridge): State<Arc<Bridge>>,
 ) {
-    let Some(ack) = admit(&socket, Some(ack)) else {
-        return;
-    };
     let work = async {
         let user = user_of(&socket)?;
         let (page, limit) = page_request(payload)?;
@@ -141,9 +155,7 @@ pub(super) async fn on_offline_page(
         remember_page(&socket, read.next);
         Ok(read.envelope)
     };
-    if let Some(result) = in_flight(&socket, work).await {
-        answer(&socket, ack, result);
-    }
+    serve(&socket, ack, work).await;
 }
 
 pub(super) async fn on_mark_as_read(
@@ -152,9 +164,6 @@ pub(super) async fn on_mark_as_read(
     ack: AckSender,
     State(bridge): State<Arc<Bridge>>,
 ) {
-    let Some(ack) = admit(&socket, Some(ack)) else {
-        return;
-    };
     let work = async {
         let user = user_of(&socket)?;
         let ids = mark_request(payload)?;
@@ -172,7 +181,5 @@ pub(super) async fn on_mark_as_read(
             .updated;
         Ok(Envelope::ok(Updated { updated }))
     };
-    if let Some(result) = in_flight(&socket, work).await {
-        answer(&socket, ack, result);
-    }
+    serve(&socket, ack, work).await;
 }
