@@ -686,26 +686,18 @@ fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).expect("lists of ids and numbers serialize")
 }
 
-/// The owner (role, id) and status of each of `ids` that exists, by id.
+/// Each of `ids` that exists: its id, owner (role, id) and status.
 async fn find_for_mark(
     tx: &mut Transaction<'_, Sqlite>,
     ids: &[&str],
-) -> Result<HashMap<String, (i64, i64, i64)>, sqlx::Error> {
+) -> Result<Vec<(String, i64, i64, i64)>, sqlx::Error> {
     if ids.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Vec::new());
     }
-    let rows = sqlx::query(FIND_FOR_MARK)
+    sqlx::query_as(FIND_FOR_MARK)
         .bind(json_array(ids))
         .fetch_all(&mut **tx)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get(0)?,
-                (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
-            ))
-        })
-        .collect()
+        .await
 }
 
 /// Moves the checked rows `ids` to `status`.
@@ -766,7 +758,7 @@ async fn mark_run(
     let wanted: Vec<&str> = owner.keys().map(|(_, _, id)| *id).collect();
     let found = find_for_mark(tx, &wanted).await?;
     let mut claimed: Vec<&str> = Vec::new();
-    for (id, (role, user_id, current)) in &found {
+    for (id, role, user_id, current) in &found {
         if *current < status.code()
             && let Some(&op) = owner.get(&(*role, *user_id, id.as_str()))
         {
@@ -838,13 +830,11 @@ async fn mark(
     let updated: Vec<String> = find_for_mark(tx, &wanted)
         .await?
         .into_iter()
-        .filter(|(_, (role, user_id, current))| {
+        .filter(|(_, role, user_id, current)| {
             (*role, *user_id) == (user.role.code(), user.id) && *current < status.code()
         })
-        .map(|(id, _)| id)
+        .map(|(id, ..)| id)
         .collect();
-    let claimed: Vec<&str> = updated.iter().map(String::as_str).collect();
-    set_status(tx, &claimed, status, now).await?;
     if updated.is_empty() {
         return Ok(MarkOutcome {
             updated,
@@ -853,6 +843,8 @@ async fn mark(
             updated_at: now,
         });
     }
+    let claimed: Vec<&str> = updated.iter().map(String::as_str).collect();
+    set_status(tx, &claimed, status, now).await?;
     let left = if status == Status::Read {
         updated.len() as i64
     } else {
