@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out_dir.join("notify_descriptor.bin"), fds.encode_to_vec())?;
 
     tonic_prost_build::configure()
-        .codec_path("crate::codec::StrictCodec")
+        .codec_path("crate::contract::codec::StrictCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

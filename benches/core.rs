@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use notify::proto::{self, notification_service_client::NotificationServiceClient};
+use notify::contract::proto::{self, notification_service_client::NotificationServiceClient};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -119,7 +119,7 @@ fn request(vendor_id: i64, n: u64) -> proto::CreateNotificationRequest {
         vendor_id: Some(vendor_id),
         r#type: "product:upload".into(),
         channel: proto::Channel::Push as i32,
-        content: Some(notify::core::convert::map_to_struct(map)),
+        content: Some(notify::contract::convert::map_to_struct(map)),
         priority: 1,
         ..Default::default()
     }

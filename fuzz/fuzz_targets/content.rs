@@ -16,8 +16,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use notify::core::convert::{ContentError, json_text_to_struct, map_to_struct, struct_to_json};
-use notify::core::validate::{self, MAX_CONTENT_BYTES};
+use notify::contract::convert::{ContentError, json_text_to_struct, map_to_struct, struct_to_json};
+use notify::contract::validate::{self, MAX_CONTENT_BYTES};
 use prost::Message;
 use prost_types::value::Kind;
 use prost_types::{Struct, Value};

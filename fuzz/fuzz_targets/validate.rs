@@ -1,5 +1,5 @@
 //! Request validation: structured input from `arbitrary` goes through every
-//! check of `notify::core::validate`.
+//! check of `notify::contract::validate`.
 //!
 //! Checked, besides "no panic": every error names its field (the field the
 //! check is about, as the JSON spells it) and displays as `field: reason`;
@@ -11,8 +11,8 @@
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use notify::core::convert::struct_to_json;
-use notify::core::validate::{
+use notify::contract::convert::struct_to_json;
+use notify::contract::validate::{
     self, DEFAULT_PAGE_LIMIT, FieldError, MAX_BULK, MAX_CONTENT_BYTES, MAX_NAME_CHARS,
     MAX_PAGE_LIMIT, MAX_TYPE_CHARS, PRIORITY_RANGE,
 };

@@ -15,7 +15,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::proto::notification_service_client::NotificationServiceClient;
+use crate::contract::proto::notification_service_client::NotificationServiceClient;
 
 /// A client for one call; cheap to make.
 pub type CoreApi = NotificationServiceClient<InterceptedService<Channel, BearerToken>>;

@@ -17,7 +17,7 @@ use super::feed::{Admission, emit};
 use super::paging::{next_page_start, offline_page, remember_page};
 use super::payload::{AppError, Envelope, Updated, mark_request, page_request};
 use super::rate::{SharedRateLimit, Verdict};
-use crate::proto;
+use crate::contract::proto;
 
 /// Answers a client event: the envelope through the ack, and on failure
 /// also an `appError` emit.

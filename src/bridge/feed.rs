@@ -61,8 +61,8 @@ use super::paging::{OfflinePage, delivered_live, offline_page, remember_page};
 use super::payload::{
     AppError, Envelope, NotificationJson, Page, PresenceEnvelope, PresenceJson, UnreadCount,
 };
-use crate::core::validate;
-use crate::proto::{self, user_event::Event};
+use crate::contract::proto::{self, user_event::Event};
+use crate::contract::validate;
 
 /// Every feed of this bridge, by user: which sockets are admitted (the
 /// per-user limit) and each feed's mailbox.

@@ -4,12 +4,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use notify_store::{Pagination, User};
+use notify_store::User;
 use socketioxide::extract::SocketRef;
 
 use super::core_client::{self, unary};
 use super::payload::{Envelope, NotificationJson, Page};
-use crate::proto;
+use crate::contract::paging::Pagination;
+use crate::contract::proto;
 
 /// One page of a user's unread inbox as sockets see it, with what the
 /// bridge needs besides: its ids (for receipts) and the count's version.

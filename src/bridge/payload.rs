@@ -1,14 +1,15 @@
 //! The Socket.IO JSON, exactly as the seed documents it: camelCase,
 //! `vendorId`/`customerId` numbers or null, ISO 8601 UTC with milliseconds.
 
-use notify_store::{Channel, Pagination, Status};
+use notify_store::{Channel, Status};
 use serde::Serialize;
 use serde_json::Value;
 use tonic::Code;
 
-use crate::core::convert::struct_to_json;
-use crate::core::validate::{self, FieldError};
-use crate::proto;
+use crate::contract::convert::struct_to_json;
+use crate::contract::paging::Pagination;
+use crate::contract::proto;
+use crate::contract::validate::{self, FieldError};
 
 /// A notification as browsers see it (the seed's shape, plus `seq`).
 #[derive(Debug, Clone, Serialize)]
@@ -392,7 +393,7 @@ mod tests {
             customer_id: None,
             r#type: "product:upload".into(),
             channel: 1,
-            content: Some(crate::core::convert::map_to_struct(
+            content: Some(crate::contract::convert::map_to_struct(
                 serde_json::json!({"id": 63}).as_object().unwrap().clone(),
             )),
             status: 2,

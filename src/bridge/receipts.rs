@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::core_client::{CoreClient, unary};
-use crate::core::validate::MAX_BULK;
-use crate::proto;
+use crate::contract::proto;
+use crate::contract::validate::MAX_BULK;
 
 /// How long acks gather before they go to the core.
 const LINGER: Duration = Duration::from_millis(20);

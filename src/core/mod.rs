@@ -1,18 +1,14 @@
 //! `notify core`: the gRPC notification service.
 //!
 //! - `service`: the gRPC adapter (validation, error mapping, api token).
-//! - `validate`: request checks that name the offending field.
-//! - `convert`: Struct ⇄ stored JSON, store values ⇄ proto messages.
 //! - `hub`: in-process fan-out of committed changes to open streams.
 //! - `stream`: one StreamUserEvents call, replay then live.
 //! - `presence`: who is online here, and telling room peers.
 
-pub mod convert;
 pub mod hub;
 pub mod presence;
 pub mod service;
 mod stream;
-pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::proto::{self, notification_service_server::NotificationServiceServer};
+use crate::contract::proto::{self, notification_service_server::NotificationServiceServer};
 use hub::Hub;
 use presence::Presence;
 use service::{Api, ApiToken};

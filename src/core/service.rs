@@ -5,15 +5,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use notify_store::{NewNotification, Pagination, StoreError, User};
+use notify_store::{NewNotification, StoreError, User};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::validate::{self, FieldError};
-use super::{Core, convert, stream};
-use crate::proto::{self, notification_service_server::NotificationService};
+use super::{Core, stream};
+use crate::contract::convert;
+use crate::contract::proto::{self, notification_service_server::NotificationService};
+use crate::contract::validate::{self, FieldError};
 
 /// The `notify.v1.NotificationService` implementation.
 pub struct Api {
@@ -197,19 +198,11 @@ impl NotificationService for Api {
             .list_unread(user, start, limit)
             .await
             .map_err(store_status)?;
-        let pagination = Pagination::new(page, limit, offline.total);
+        let pagination = crate::contract::paging::Pagination::new(page, limit, offline.total);
         let epoch = self.core.store.epoch().to_owned();
         Ok(Response::new(proto::ListOfflineResponse {
             items: offline.items.iter().map(convert::notification).collect(),
-            pagination: Some(proto::Pagination {
-                current_page: pagination.current_page as i32,
-                next_page: pagination.next_page.map(|p| p as i32),
-                prev_page: pagination.prev_page.map(|p| p as i32),
-                has_next: pagination.next_page.is_some(),
-                has_prev: pagination.prev_page.is_some(),
-                total_pages: pagination.total_pages,
-                total_records: pagination.total_records,
-            }),
+            pagination: Some(pagination.into()),
             last_seq: offline.last_seq,
             epoch,
             version: offline.version,

@@ -29,10 +29,10 @@ use notify_store::{ChangePosition, Notification, PeerView, Status, Store, User, 
 use tokio::sync::mpsc;
 
 use super::Core;
-use super::convert;
 use super::hub::{HubEvent, Subscription};
 use super::service::store_status;
-use crate::proto::{self, user_event::Event};
+use crate::contract::convert;
+use crate::contract::proto::{self, user_event::Event};
 
 /// Notifications read from the store per query while catching up.
 const CATCH_UP_BATCH: u32 = 500;

@@ -1,6 +1,6 @@
 //! The API as a backend uses it: create, read, page, mark, idempotency, rooms.
 
-use notify::proto::{self, ListOfflineRequest, MarkNotificationsRequest};
+use notify::contract::proto::{self, ListOfflineRequest, MarkNotificationsRequest};
 use serde_json::json;
 
 use crate::harness::CoreProcess;

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use notify::proto;
+use notify::contract::proto;
 use prost::Message;
 use prost::bytes::{Buf, BufMut};
 use serde_json::json;

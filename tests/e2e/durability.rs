@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use notify::proto::{self, StreamUserEventsRequest};
+use notify::contract::proto::{self, StreamUserEventsRequest};
 
 use crate::harness::CoreProcess;
 use crate::{assert_all_stored, read_notifications, simple};

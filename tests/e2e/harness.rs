@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use notify::proto::notification_service_client::NotificationServiceClient;
+use notify::contract::proto::notification_service_client::NotificationServiceClient;
 use tonic::transport::Channel;
 
 /// A gRPC client for the core.

@@ -13,7 +13,7 @@ mod ordering;
 mod presence;
 mod resync;
 
-use notify::proto;
+use notify::contract::proto;
 use serde_json::{Value, json};
 
 /// A CreateNotification request for `vendor_id` with JSON `content`.
@@ -41,12 +41,12 @@ pub fn to_struct(value: Value) -> prost_types::Struct {
     let Value::Object(map) = value else {
         panic!("content must be a JSON object")
     };
-    notify::core::convert::map_to_struct(map)
+    notify::contract::convert::map_to_struct(map)
 }
 
 /// Struct → JSON object.
 pub fn to_json(content: &prost_types::Struct) -> Value {
-    Value::Object(notify::core::convert::struct_to_json(content).expect("finite numbers"))
+    Value::Object(notify::contract::convert::struct_to_json(content).expect("finite numbers"))
 }
 
 /// Reads stream events until `count` notifications arrived (10 s at most).

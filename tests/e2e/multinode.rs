@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use notify::proto::{self, StreamUserEventsRequest, user_event::Event};
+use notify::contract::proto::{self, StreamUserEventsRequest, user_event::Event};
 use tonic::Streaming;
 
 use crate::harness::{Client, CoreProcess, OwnPostgres, create_database, postgres_admin_url};

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use notify::proto::{ListOfflineRequest, StreamUserEventsRequest};
+use notify::contract::proto::{ListOfflineRequest, StreamUserEventsRequest};
 
 use crate::harness::CoreProcess;
 use crate::{read_notifications, simple};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use notify::proto::{self, StreamUserEventsRequest, user_event::Event};
+use notify::contract::proto::{self, StreamUserEventsRequest, user_event::Event};
 use tonic::Streaming;
 
 use crate::harness::{Client, CoreProcess};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use notify::proto;
+use notify::contract::proto;
 use notify_store::User;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -168,10 +168,10 @@ fn content() -> prost_types::Struct {
     }) else {
         unreachable!("a JSON object literal")
     };
-    notify::core::convert::map_to_struct(map)
+    notify::contract::convert::map_to_struct(map)
 }
 
-type Client = notify::proto::notification_service_client::NotificationServiceClient<
+type Client = notify::contract::proto::notification_service_client::NotificationServiceClient<
     tonic::transport::Channel,
 >;
 

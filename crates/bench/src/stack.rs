@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use notify::proto::notification_service_client::NotificationServiceClient;
+use notify::contract::proto::notification_service_client::NotificationServiceClient;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 

@@ -25,8 +25,8 @@ use async_trait::async_trait;
 
 pub use model::{
     Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
-    Notification, OfflinePage, PageStart, Pagination, Role, RoomMember, Status, User, UserState,
-    format_millis, now_millis,
+    Notification, OfflinePage, PageStart, Role, RoomMember, Status, User, UserState, format_millis,
+    now_millis,
 };
 pub use object_id::{new_object_id, parse_object_id};
 pub use peers::PeerView;

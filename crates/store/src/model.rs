@@ -368,39 +368,6 @@ pub enum Change {
     Resync,
 }
 
-/// Page arithmetic shared by the gRPC API and the Socket.IO bridge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pagination {
-    /// 1-based.
-    pub current_page: u32,
-    /// `None` on the last page.
-    pub next_page: Option<u32>,
-    /// `None` on the first page.
-    pub prev_page: Option<u32>,
-    /// ceil(total_records / limit).
-    pub total_pages: i64,
-    /// Every record, not only this page.
-    pub total_records: i64,
-}
-
-impl Pagination {
-    /// Pages of `limit` over `total_records`, positioned at `page` (≥ 1).
-    pub fn new(page: u32, limit: u32, total_records: i64) -> Pagination {
-        let limit = i64::from(limit.max(1));
-        let total_records = total_records.max(0);
-        let total_pages = (total_records + limit - 1) / limit;
-        let next_page = (i64::from(page) < total_pages).then(|| page + 1);
-        let prev_page = (page > 1).then(|| page - 1);
-        Pagination {
-            current_page: page,
-            next_page,
-            prev_page,
-            total_pages,
-            total_records,
-        }
-    }
-}
-
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
     SystemTime::now()
@@ -428,21 +395,5 @@ mod tests {
     fn timestamps_keep_milliseconds_even_when_zero() {
         assert_eq!(format_millis(1_750_415_254_307), "2025-06-20T10:27:34.307Z");
         assert_eq!(format_millis(1_750_415_254_000), "2025-06-20T10:27:34.000Z");
-    }
-
-    #[test]
-    fn pagination_matches_the_contract() {
-        let empty = Pagination::new(1, 20, 0);
-        assert_eq!(
-            (empty.total_pages, empty.next_page, empty.prev_page),
-            (0, None, None)
-        );
-        let middle = Pagination::new(2, 20, 45);
-        assert_eq!(middle.total_pages, 3);
-        assert_eq!((middle.next_page, middle.prev_page), (Some(3), Some(1)));
-        let last = Pagination::new(3, 20, 45);
-        assert_eq!((last.next_page, last.prev_page), (None, Some(2)));
-        let exact = Pagination::new(1, 20, 20);
-        assert_eq!((exact.total_pages, exact.next_page), (1, None));
     }
 }

@@ -109,15 +109,22 @@ pub fn kind(text: &str) -> Result<String, FieldError> {
     if text.trim().is_empty() {
         return Err(FieldError::new("type", "must not be empty"));
     }
-    if text.chars().count() > MAX_TYPE_CHARS {
+    name("type", text, MAX_TYPE_CHARS)
+}
+
+/// The one check of a name-like text: at most `max` characters (not
+/// bytes) and no control characters (PostgreSQL cannot store a NUL in
+/// text, and a name is something a person may need to read back).
+fn name(field: &str, text: &str, max: usize) -> Result<String, FieldError> {
+    if text.chars().count() > max {
         return Err(FieldError::new(
-            "type",
-            format!("must be at most {MAX_TYPE_CHARS} characters"),
+            field,
+            format!("must be at most {max} characters"),
         ));
     }
     if text.chars().any(char::is_control) {
         return Err(FieldError::new(
-            "type",
+            field,
             "must not contain control characters",
         ));
     }
@@ -176,25 +183,12 @@ pub fn priority(value: i32) -> Result<i32, FieldError> {
 }
 
 /// Empty means none; otherwise at most 128 characters, no control
-/// characters (PostgreSQL cannot store a NUL in text, and a key is
-/// something a person may need to read back).
+/// characters.
 pub fn idempotency_key(text: &str) -> Result<Option<String>, FieldError> {
     if text.is_empty() {
         return Ok(None);
     }
-    if text.chars().count() > MAX_NAME_CHARS {
-        return Err(FieldError::new(
-            "idempotencyKey",
-            format!("must be at most {MAX_NAME_CHARS} characters"),
-        ));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            "idempotencyKey",
-            "must not contain control characters",
-        ));
-    }
-    Ok(Some(text.to_owned()))
+    name("idempotencyKey", text, MAX_NAME_CHARS).map(Some)
 }
 
 /// A 24-hex-digit id, in canonical lowercase.
@@ -342,19 +336,7 @@ pub fn room(text: &str) -> Result<String, FieldError> {
     if text.is_empty() {
         return Err(FieldError::new("room", "must not be empty"));
     }
-    if text.chars().count() > MAX_NAME_CHARS {
-        return Err(FieldError::new(
-            "room",
-            format!("must be at most {MAX_NAME_CHARS} characters"),
-        ));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            "room",
-            "must not contain control characters",
-        ));
-    }
-    Ok(text.to_owned())
+    name("room", text, MAX_NAME_CHARS)
 }
 
 #[cfg(test)]

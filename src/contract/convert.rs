@@ -9,7 +9,7 @@ use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 use serde_json::{Map, Number, Value as Json};
 
-use crate::proto;
+use crate::contract::proto;
 
 /// Largest integer a double holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_992.0;
