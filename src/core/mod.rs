@@ -1,14 +1,23 @@
 //! `notify core`: the gRPC notification service.
 //!
-//! - `service`: the gRPC adapter (validation, error mapping, api token).
+//! - `notifications`: the core's verbs ([`Notifications`]): create, list,
+//!   mark, record deliveries, open a stream, rooms.
+//! - `command`: the typed commands they take, each built from its gRPC
+//!   request by `TryFrom` (validation naming the field).
+//! - `error`: [`CoreError`], what a verb can fail with.
+//! - `service`: the gRPC adapter: command → verb → proto, and the one
+//!   mapping of core errors to status codes; the api token.
+//! - `stream`: one user's event stream, catch-up then live, as domain events.
 //! - `hub`: in-process fan-out of committed changes to open streams.
-//! - `stream`: one StreamUserEvents call, replay then live.
 //! - `presence`: who is online here, and telling room peers.
 
+pub mod command;
+pub mod error;
 pub mod hub;
+pub mod notifications;
 pub mod presence;
 pub mod service;
-mod stream;
+pub mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +32,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::contract::proto::{self, notification_service_server::NotificationServiceServer};
+pub use error::CoreError;
 use hub::Hub;
+pub use notifications::Notifications;
 use presence::Presence;
 use service::{Api, ApiToken};
 
@@ -65,18 +76,6 @@ impl CoreConfig {
         }
         Ok(())
     }
-}
-
-/// The business side of the core, reachable without gRPC.
-pub struct Core {
-    /// Where notifications live.
-    pub store: Arc<dyn Store>,
-    /// Live fan-out.
-    pub hub: Arc<Hub>,
-    /// Presence streams on this core.
-    pub presence: Arc<Presence>,
-    /// Cancelled when the core shuts down; open streams end on it.
-    pub shutdown: CancellationToken,
 }
 
 /// Opens the store named by `url`, publishing its commits into `hub`.
@@ -124,18 +123,14 @@ pub async fn run(
     )
     .await?;
     let token = CancellationToken::new();
-    let core = Arc::new(Core {
-        presence: Presence::start(
-            store.clone(),
-            hub.clone(),
-            presence_changes,
-            config.presence_ttl,
-            token.clone(),
-        ),
-        store,
-        hub,
-        shutdown: token.clone(),
-    });
+    let presence = Presence::start(
+        store.clone(),
+        hub.clone(),
+        presence_changes,
+        config.presence_ttl,
+        token.clone(),
+    );
+    let core = Arc::new(Notifications::new(store, hub, presence, token.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NotificationServiceServer<Api>>().await;

@@ -1,47 +1,63 @@
-//! The gRPC adapter: each method validates its request, delegates to the
-//! store or the stream machinery, and maps errors to status codes here and
-//! nowhere else.
+//! The gRPC adapter: each method is validate (a typed command from the
+//! request), call (a verb of [`Notifications`]), convert (store values to
+//! proto). This is the one place a core error becomes a status code.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use notify_store::{NewNotification, StoreError, User};
+use notify_store::StoreError;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{Core, stream};
+use super::command::{Create, ListOffline, Mark, Membership, OpenStream, RecordDeliveries};
+use super::error::CoreError;
+use super::notifications::Notifications;
+use super::stream::{Event, StreamEvent, StreamState};
 use crate::contract::convert;
 use crate::contract::proto::{self, notification_service_server::NotificationService};
 use crate::contract::validate::{self, FieldError};
 
 /// The `notify.v1.NotificationService` implementation.
 pub struct Api {
-    core: Arc<Core>,
+    core: Arc<Notifications>,
 }
 
 impl Api {
     /// Serves `core` over gRPC.
-    pub fn new(core: Arc<Core>) -> Api {
+    pub fn new(core: Arc<Notifications>) -> Api {
         Api { core }
     }
 }
 
 /// A bad field as INVALID_ARGUMENT naming it.
-pub fn invalid(error: FieldError) -> Status {
+fn invalid(error: FieldError) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
-/// The one mapping from store failures to gRPC codes.
-pub fn store_status(error: StoreError) -> Status {
+/// The one mapping from core failures to gRPC codes.
+fn status(error: CoreError) -> Status {
     match error {
-        StoreError::Unavailable(reason) => {
+        CoreError::Store(StoreError::Unavailable(reason)) => {
             Status::unavailable(format!("database unavailable, retry later: {reason}"))
         }
-        StoreError::Closed => Status::unavailable("the core is shutting down, retry later"),
-        StoreError::Corrupt(reason) => Status::internal(reason),
+        CoreError::Store(StoreError::Closed) => {
+            Status::unavailable("the core is shutting down, retry later")
+        }
+        CoreError::Store(StoreError::Corrupt(reason)) => Status::internal(reason),
+        CoreError::NotFound(what) => Status::not_found(what),
+        CoreError::Internal(reason) => Status::internal(reason),
     }
+}
+
+/// Validates a request into its command.
+fn command<'a, R, C>(request: &'a R) -> Result<C, Status>
+where
+    C: TryFrom<&'a R, Error = FieldError>,
+{
+    C::try_from(request).map_err(invalid)
 }
 
 /// Records a call's latency and outcome when dropped.
@@ -66,25 +82,10 @@ impl Drop for Timer {
     }
 }
 
-fn new_notification(
-    recipient: User,
-    kind: &str,
-    channel: i32,
-    content: Option<&prost_types::Struct>,
-    priority: i32,
-    idempotency_key: &str,
-) -> Result<NewNotification, FieldError> {
-    Ok(NewNotification {
-        recipient,
-        kind: validate::kind(kind)?,
-        channel: validate::channel(channel)?,
-        content: validate::content(content)?,
-        priority: validate::priority(priority)?,
-        idempotency_key: validate::idempotency_key(idempotency_key)?,
-    })
-}
-
 type Reply<T> = Result<Response<T>, Status>;
+
+/// A stream's events as the gRPC stream sends them.
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::UserEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NotificationService for Api {
@@ -93,33 +94,13 @@ impl NotificationService for Api {
         request: Request<proto::CreateNotificationRequest>,
     ) -> Reply<proto::Notification> {
         let _timer = Timer::start("CreateNotification");
-        let request = request.into_inner();
-        let new = (|| -> Result<_, FieldError> {
-            let recipient = validate::recipient(request.vendor_id, request.customer_id)?;
-            new_notification(
-                recipient,
-                &request.r#type,
-                request.channel,
-                request.content.as_ref(),
-                request.priority,
-                &request.idempotency_key,
-            )
-        })()
-        .map_err(invalid)?;
-        let created = self
-            .core
-            .store
-            .create(vec![new])
-            .await
-            .map_err(store_status)?;
-        let created = created
-            .into_iter()
-            .next()
+        let create: Create = command(request.get_ref())?;
+        let created = self.core.create(create).await.map_err(status)?;
+        let notification = created
+            .first()
+            .map(|c| convert::notification(&c.notification))
             .ok_or_else(|| Status::internal("the store returned no notification"))?;
-        if created.fresh {
-            metrics::counter!("notify_notifications_created_total").increment(1);
-        }
-        Ok(Response::new(convert::notification(&created.notification)))
+        Ok(Response::new(notification))
     }
 
     async fn create_notifications(
@@ -127,35 +108,8 @@ impl NotificationService for Api {
         request: Request<proto::CreateNotificationsRequest>,
     ) -> Reply<proto::CreateNotificationsResponse> {
         let _timer = Timer::start("CreateNotifications");
-        let request = request.into_inner();
-        let batch = (|| -> Result<_, FieldError> {
-            let users = validate::users(
-                "recipients",
-                request
-                    .recipients
-                    .iter()
-                    .map(|r| (r.vendor_id, r.customer_id)),
-            )?;
-            let template = new_notification(
-                User::vendor(1),
-                &request.r#type,
-                request.channel,
-                request.content.as_ref(),
-                request.priority,
-                &request.idempotency_key,
-            )?;
-            Ok(users
-                .into_iter()
-                .map(|recipient| NewNotification {
-                    recipient,
-                    ..template.clone()
-                })
-                .collect::<Vec<_>>())
-        })()
-        .map_err(invalid)?;
-        let created = self.core.store.create(batch).await.map_err(store_status)?;
-        let fresh = created.iter().filter(|c| c.fresh).count();
-        metrics::counter!("notify_notifications_created_total").increment(fresh as u64);
+        let create: Create = command(request.get_ref())?;
+        let created = self.core.create(create).await.map_err(status)?;
         Ok(Response::new(proto::CreateNotificationsResponse {
             items: created
                 .iter()
@@ -170,10 +124,8 @@ impl NotificationService for Api {
     ) -> Reply<proto::Notification> {
         let _timer = Timer::start("GetNotification");
         let id = validate::id("id", &request.get_ref().id).map_err(invalid)?;
-        match self.core.store.get(&id).await.map_err(store_status)? {
-            Some(notification) => Ok(Response::new(convert::notification(&notification))),
-            None => Err(Status::not_found(format!("no notification with id {id}"))),
-        }
+        let notification = self.core.get(&id).await.map_err(status)?;
+        Ok(Response::new(convert::notification(&notification)))
     }
 
     async fn list_offline(
@@ -181,31 +133,14 @@ impl NotificationService for Api {
         request: Request<proto::ListOfflineRequest>,
     ) -> Reply<proto::ListOfflineResponse> {
         let _timer = Timer::start("ListOffline");
-        let request = request.into_inner();
-        let (user, page, limit, start) = (|| -> Result<_, FieldError> {
-            let page = validate::page(request.page)?;
-            Ok((
-                validate::recipient(request.vendor_id, request.customer_id)?,
-                page,
-                validate::limit(request.limit)?,
-                validate::page_start(page, request.before_seq)?,
-            ))
-        })()
-        .map_err(invalid)?;
-        let offline = self
-            .core
-            .store
-            .list_unread(user, start, limit)
-            .await
-            .map_err(store_status)?;
-        let pagination = crate::contract::paging::Pagination::new(page, limit, offline.total);
-        let epoch = self.core.store.epoch().to_owned();
+        let list: ListOffline = command(request.get_ref())?;
+        let inbox = self.core.list_offline(list).await.map_err(status)?;
         Ok(Response::new(proto::ListOfflineResponse {
-            items: offline.items.iter().map(convert::notification).collect(),
-            pagination: Some(pagination.into()),
-            last_seq: offline.last_seq,
-            epoch,
-            version: offline.version,
+            items: inbox.page.items.iter().map(convert::notification).collect(),
+            pagination: Some(inbox.pagination.into()),
+            last_seq: inbox.page.last_seq,
+            epoch: inbox.epoch,
+            version: inbox.page.version,
         }))
     }
 
@@ -214,21 +149,8 @@ impl NotificationService for Api {
         request: Request<proto::MarkNotificationsRequest>,
     ) -> Reply<proto::MarkNotificationsResponse> {
         let _timer = Timer::start("MarkNotifications");
-        let request = request.into_inner();
-        let (user, ids, status) = (|| -> Result<_, FieldError> {
-            Ok((
-                validate::recipient(request.vendor_id, request.customer_id)?,
-                validate::ids(&request.ids)?,
-                validate::mark_status(request.status)?,
-            ))
-        })()
-        .map_err(invalid)?;
-        let outcome = self
-            .core
-            .store
-            .mark(user, ids, status)
-            .await
-            .map_err(store_status)?;
+        let mark: Mark = command(request.get_ref())?;
+        let outcome = self.core.mark(mark).await.map_err(status)?;
         Ok(Response::new(proto::MarkNotificationsResponse {
             updated: outcome.updated.len() as i32,
         }))
@@ -239,96 +161,40 @@ impl NotificationService for Api {
         request: Request<proto::RecordDeliveriesRequest>,
     ) -> Reply<proto::RecordDeliveriesResponse> {
         let _timer = Timer::start("RecordDeliveries");
-        let request = request.into_inner();
-        let marks = (|| -> Result<_, FieldError> {
-            let users = validate::users(
-                "receipts",
-                request
-                    .receipts
-                    .iter()
-                    .map(|r| (r.vendor_id, r.customer_id)),
-            )?;
-            users
-                .into_iter()
-                .zip(&request.receipts)
-                .enumerate()
-                .map(|(index, (user, receipts))| {
-                    let ids = validate::ids(&receipts.ids)
-                        .map_err(|e| e.within(&format!("receipts[{index}]")))?;
-                    Ok((user, ids))
-                })
-                .collect::<Result<Vec<_>, FieldError>>()
-        })()
-        .map_err(invalid)?;
-        // Side by side: the store's group commit folds them into one
-        // transaction.
-        let mut pending = tokio::task::JoinSet::new();
-        for (user, ids) in marks {
-            let store = self.core.store.clone();
-            pending
-                .spawn(async move { store.mark(user, ids, notify_store::Status::Delivered).await });
-        }
-        let mut updated = 0;
-        let mut failure = None;
-        while let Some(joined) = pending.join_next().await {
-            match joined {
-                Ok(Ok(outcome)) => updated += outcome.updated.len() as i32,
-                Ok(Err(error)) => failure = Some(store_status(error)),
-                Err(error) => failure = Some(Status::internal(error.to_string())),
-            }
-        }
-        match failure {
-            Some(status) => Err(status),
-            None => Ok(Response::new(proto::RecordDeliveriesResponse { updated })),
-        }
+        let receipts: RecordDeliveries = command(request.get_ref())?;
+        let updated = self
+            .core
+            .record_deliveries(receipts)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::RecordDeliveriesResponse {
+            updated: updated as i32,
+        }))
     }
 
-    type StreamUserEventsStream = ReceiverStream<Result<proto::UserEvent, Status>>;
+    type StreamUserEventsStream = EventStream;
 
     async fn stream_user_events(
         &self,
         request: Request<proto::StreamUserEventsRequest>,
     ) -> Reply<Self::StreamUserEventsStream> {
-        let request = request.into_inner();
-        let request = (|| -> Result<_, FieldError> {
-            let after_seq = validate::after_seq(request.after_seq)?;
-            Ok(stream::Request {
-                user: validate::recipient(request.vendor_id, request.customer_id)?,
-                after_seq,
-                after_id: validate::after_id(&request.after_id, after_seq)?,
-                after_version: validate::after_version(request.after_version, after_seq)?,
-                epoch: validate::epoch(&request.epoch)?,
-                presence: request.presence,
-                sync: request.sync,
-            })
-        })()
-        .map_err(invalid)?;
-        if self.core.shutdown.is_cancelled() {
-            return Err(store_status(StoreError::Closed));
-        }
-        let events = stream::open(self.core.clone(), request).await?;
-        Ok(Response::new(ReceiverStream::new(events)))
+        let open: OpenStream = command(request.get_ref())?;
+        let events = self.core.open_stream(open).await.map_err(status)?;
+        let events = ReceiverStream::new(events).map(|item| item.map(user_event).map_err(status));
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn join_room(&self, request: Request<proto::RoomRequest>) -> Reply<proto::RoomResponse> {
         let _timer = Timer::start("JoinRoom");
-        let (room, user) = room_request(request.get_ref()).map_err(invalid)?;
-        self.core
-            .store
-            .join_room(&room, user)
-            .await
-            .map_err(store_status)?;
+        let membership: Membership = command(request.get_ref())?;
+        self.core.join_room(membership).await.map_err(status)?;
         Ok(Response::new(proto::RoomResponse {}))
     }
 
     async fn leave_room(&self, request: Request<proto::RoomRequest>) -> Reply<proto::RoomResponse> {
         let _timer = Timer::start("LeaveRoom");
-        let (room, user) = room_request(request.get_ref()).map_err(invalid)?;
-        self.core
-            .store
-            .leave_room(&room, user)
-            .await
-            .map_err(store_status)?;
+        let membership: Membership = command(request.get_ref())?;
+        self.core.leave_room(membership).await.map_err(status)?;
         Ok(Response::new(proto::RoomResponse {}))
     }
 
@@ -338,12 +204,7 @@ impl NotificationService for Api {
     ) -> Reply<proto::ListRoomMembersResponse> {
         let _timer = Timer::start("ListRoomMembers");
         let room = validate::room(&request.get_ref().room).map_err(invalid)?;
-        let members = self
-            .core
-            .store
-            .room_members(&room)
-            .await
-            .map_err(store_status)?;
+        let members = self.core.room_members(&room).await.map_err(status)?;
         Ok(Response::new(proto::ListRoomMembersResponse {
             members: members
                 .into_iter()
@@ -361,13 +222,50 @@ impl NotificationService for Api {
     }
 }
 
-fn room_request(request: &proto::RoomRequest) -> Result<(String, User), FieldError> {
-    Ok((
-        validate::room(&request.room)?,
-        validate::recipient(request.vendor_id, request.customer_id)?,
-    ))
+/// A stream event as the proto message.
+fn user_event(item: StreamEvent) -> proto::UserEvent {
+    use proto::user_event::Event as Proto;
+    let event = match item.event {
+        Event::Notification(n) => Proto::Notification(convert::notification(&n)),
+        Event::Updated {
+            ids,
+            status,
+            updated_at,
+        } => Proto::NotificationUpdated(proto::NotificationsUpdated {
+            ids,
+            status: status.code() as i32,
+            updated_at: notify_store::format_millis(updated_at),
+        }),
+        Event::PeerOnline(user) => Proto::UserOnline(convert::presence_change(user, None)),
+        Event::PeerOffline { user, last_seen_at } => {
+            Proto::UserOffline(convert::presence_change(user, last_seen_at))
+        }
+        Event::State(state) => Proto::State(stream_state(state)),
+    };
+    proto::UserEvent {
+        event: Some(event),
+        unread_count: item.count.map(|c| c.unread),
+        version: item.count.map(|c| c.version),
+    }
 }
 
+fn stream_state(state: StreamState) -> proto::StreamState {
+    proto::StreamState {
+        epoch: state.epoch,
+        last_seq: state.last_seq,
+        last_id: state.last_id.unwrap_or_default(),
+        version: state.version,
+        online_peers: state
+            .online_peers
+            .iter()
+            .map(|peer| proto::Recipient {
+                vendor_id: peer.vendor_id(),
+                customer_id: peer.customer_id(),
+            })
+            .collect(),
+        reset: state.reset,
+    }
+}
 /// Checks `authorization: Bearer <token>` when a token is configured, by
 /// comparing SHA-256 digests in constant time: both sides always 32 bytes,
 /// so the time taken tells nothing of the token, not even its length. The

@@ -25,14 +25,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify_store::{ChangePosition, Notification, PeerView, Status, Store, User, UserState};
+use notify_store::{
+    ChangePosition, Notification, PeerView, Status, Store, StoreError, User, UserState,
+};
 use tokio::sync::mpsc;
 
-use super::Core;
+use super::command::OpenStream;
+use super::error::CoreError;
 use super::hub::{HubEvent, Subscription};
-use super::service::store_status;
-use crate::contract::convert;
-use crate::contract::proto::{self, user_event::Event};
+use super::notifications::Notifications;
 
 /// Notifications read from the store per query while catching up.
 const CATCH_UP_BATCH: u32 = 500;
@@ -44,40 +45,79 @@ const IDS_PER_UPDATE: usize = 1000;
 /// gives up with UNAVAILABLE.
 const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
-type Outbound = mpsc::Sender<Result<proto::UserEvent, tonic::Status>>;
+type Outbound = mpsc::Sender<Result<StreamEvent, CoreError>>;
 
-/// A validated `StreamUserEvents` request.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// Whose events.
-    pub user: User,
-    /// Replay notifications after this seq; `None`: live only.
-    pub after_seq: Option<i64>,
-    /// The id the reader holds at `after_seq`.
-    pub after_id: Option<String>,
-    /// The reader has every change up to this version.
-    pub after_version: Option<i64>,
-    /// The epoch the reader's positions belong to.
-    pub epoch: Option<String>,
-    /// The stream counts as a connection of the user.
-    pub presence: bool,
-    /// Send `state` events.
-    pub sync: bool,
+/// One event of a stream, with the user's unread count when it changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamEvent {
+    /// What happened.
+    pub event: Event,
+    /// The count after it, and the version it was read at.
+    pub count: Option<UnreadCount>,
+}
+
+/// A user's unread count at one version of their notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnreadCount {
+    /// Notifications not yet READ.
+    pub unread: i64,
+    /// The change version the count belongs to: a reader keeps the newest.
+    pub version: i64,
+}
+
+/// What a stream tells its reader.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A notification the reader did not have.
+    Notification(Arc<Notification>),
+    /// Some of the reader's notifications changed status.
+    Updated {
+        /// Which ones.
+        ids: Vec<String>,
+        /// The status they now have.
+        status: Status,
+        /// When (ms since the epoch).
+        updated_at: i64,
+    },
+    /// A room peer came online.
+    PeerOnline(User),
+    /// A room peer went offline.
+    PeerOffline {
+        /// Who.
+        user: User,
+        /// When their last connection closed, if known.
+        last_seen_at: Option<i64>,
+    },
+    /// Where the reader stands (for readers that asked for `sync`).
+    State(StreamState),
+}
+
+/// A reader's position after a catch-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamState {
+    /// The database's epoch the positions belong to.
+    pub epoch: String,
+    /// The highest seq passed on.
+    pub last_seq: i64,
+    /// That notification's id, if there is one.
+    pub last_id: Option<String>,
+    /// Every change up to this version was passed on.
+    pub version: i64,
+    /// Room peers online now.
+    pub online_peers: Vec<User>,
+    /// The resume did not fit this database: reload from the list.
+    pub reset: bool,
 }
 
 /// Starts the stream's task and returns what the gRPC layer sends out.
-pub async fn open(
-    core: Arc<Core>,
-    request: Request,
-) -> Result<mpsc::Receiver<Result<proto::UserEvent, tonic::Status>>, tonic::Status> {
+pub(super) async fn open(
+    core: Arc<Notifications>,
+    request: OpenStream,
+) -> Result<mpsc::Receiver<Result<StreamEvent, CoreError>>, CoreError> {
     // The counters before subscribing: whatever commits after this read is
     // either queued by the hub or read back by the first catch-up, so a
     // live-only stream misses nothing committed once it has answered.
-    let start = core
-        .store
-        .user_state(request.user)
-        .await
-        .map_err(store_status)?;
+    let start = core.store.user_state(request.user).await?;
     let subscription = core.hub.subscribe(request.user);
     let (out, receiver) = mpsc::channel(OUTBOUND_QUEUE);
     tokio::spawn(async move {
@@ -96,9 +136,9 @@ pub async fn open(
         metrics::gauge!("notify_open_streams").decrement(1.0);
         match outcome {
             Ok(()) => tracing::debug!(%user, "stream ended"),
-            Err(status) => {
-                tracing::warn!(%user, error = %status.message(), "stream ended by an error");
-                let _ = out.send(Err(status)).await;
+            Err(error) => {
+                tracing::warn!(%user, %error, "stream ended by an error");
+                let _ = out.send(Err(error.into())).await;
             }
         }
     });
@@ -108,19 +148,19 @@ pub async fn open(
 /// Why the stream stopped early: the client left (not an error) or the store failed.
 enum Stop {
     ClientGone,
-    Failed(tonic::Status),
+    Failed(StoreError),
 }
 
 type Step = Result<(), Stop>;
 
-fn failed(error: notify_store::StoreError) -> Stop {
-    Stop::Failed(store_status(error))
+fn failed(error: StoreError) -> Stop {
+    Stop::Failed(error)
 }
 
 /// One stream and what its reader has been told.
 struct Stream<'a> {
-    core: &'a Core,
-    request: Request,
+    core: &'a Notifications,
+    request: OpenStream,
     out: &'a Outbound,
     /// The highest seq the reader has, and that notification's id if known.
     last_seq: i64,
@@ -129,11 +169,11 @@ struct Stream<'a> {
     version: i64,
     peers: PeerView,
     /// The last event of a catch-up, held back so the count can ride on it.
-    held: Option<proto::UserEvent>,
+    held: Option<StreamEvent>,
 }
 
 impl<'a> Stream<'a> {
-    fn new(core: &'a Core, request: Request, out: &'a Outbound) -> Stream<'a> {
+    fn new(core: &'a Notifications, request: OpenStream, out: &'a Outbound) -> Stream<'a> {
         Stream {
             core,
             request,
@@ -158,7 +198,7 @@ impl<'a> Stream<'a> {
         mut self,
         start: UserState,
         mut subscription: Subscription,
-    ) -> Result<(), tonic::Status> {
+    ) -> Result<(), StoreError> {
         let result = async {
             let reset = !self.resume_fits(&start).await?;
             let from = match (reset, self.request.after_seq, self.request.after_version) {
@@ -190,7 +230,7 @@ impl<'a> Stream<'a> {
         .await;
         match result {
             Ok(()) | Err(Stop::ClientGone) => Ok(()),
-            Err(Stop::Failed(status)) => Err(status),
+            Err(Stop::Failed(error)) => Err(error),
         }
     }
 
@@ -260,8 +300,8 @@ impl<'a> Stream<'a> {
                 }
                 self.last_seq = notification.seq;
                 self.last_id = Some(notification.id.clone());
-                let event = Event::Notification(convert::notification(&notification));
-                self.hold(event).await?;
+                self.hold(Event::Notification(Arc::new(notification)))
+                    .await?;
             }
             if !full {
                 break;
@@ -269,8 +309,10 @@ impl<'a> Stream<'a> {
         }
         self.version = self.version.max(state.version);
         if let Some(mut last) = self.held.take() {
-            last.unread_count = Some(state.unread);
-            last.version = Some(state.version);
+            last.count = Some(UnreadCount {
+                unread: state.unread,
+                version: state.version,
+            });
             self.send(last).await?;
         }
         Ok(())
@@ -288,8 +330,8 @@ impl<'a> Stream<'a> {
                 self.store().online_peers(self.user()).await.map_err(failed)
             };
             match attempt.await {
-                Err(Stop::Failed(status))
-                    if status.code() == tonic::Code::Unavailable
+                Err(Stop::Failed(error))
+                    if CoreError::from(error.clone()).is_transient()
                         && started.elapsed() < STORE_PATIENCE =>
                 {
                     tokio::select! {
@@ -303,10 +345,13 @@ impl<'a> Stream<'a> {
         };
         for (peer, now_online) in self.peers.snapshot(&online) {
             let event = if now_online {
-                Event::UserOnline(convert::presence_change(peer, None))
+                Event::PeerOnline(peer)
             } else {
-                let seen = self.store().last_seen(peer).await.map_err(failed)?;
-                Event::UserOffline(convert::presence_change(peer, seen))
+                let last_seen_at = self.store().last_seen(peer).await.map_err(failed)?;
+                Event::PeerOffline {
+                    user: peer,
+                    last_seen_at,
+                }
             };
             self.send_event(event, None).await?;
         }
@@ -326,8 +371,8 @@ impl<'a> Stream<'a> {
                 self.version = version;
                 self.last_seq = self.last_seq.max(notification.seq);
                 self.last_id = Some(notification.id.clone());
-                let event = Event::Notification(convert::notification(&notification));
-                self.send_counted(event, unread, version).await
+                self.send_counted(Event::Notification(notification), unread, version)
+                    .await
             }
             HubEvent::Updated {
                 ids,
@@ -340,26 +385,27 @@ impl<'a> Stream<'a> {
                     return self.resync_if_ahead(version).await;
                 }
                 self.version = version;
-                let updated = proto::NotificationsUpdated {
+                let updated = Event::Updated {
                     ids: ids.to_vec(),
-                    status: status.code() as i32,
-                    updated_at: notify_store::format_millis(updated_at),
+                    status,
+                    updated_at,
                 };
-                self.send_counted(Event::NotificationUpdated(updated), unread, version)
-                    .await
+                self.send_counted(updated, unread, version).await
             }
             HubEvent::PeerOnline { user } => {
                 if !self.peers.change(user, true) {
                     return Ok(());
                 }
-                let event = Event::UserOnline(convert::presence_change(user, None));
-                self.send_event(event, None).await
+                self.send_event(Event::PeerOnline(user), None).await
             }
             HubEvent::PeerOffline { user, last_seen_at } => {
                 if !self.peers.change(user, false) {
                     return Ok(());
                 }
-                let event = Event::UserOffline(convert::presence_change(user, Some(last_seen_at)));
+                let event = Event::PeerOffline {
+                    user,
+                    last_seen_at: Some(last_seen_at),
+                };
                 self.send_event(event, None).await
             }
         }
@@ -392,18 +438,12 @@ impl<'a> Stream<'a> {
                 .await
                 .map_err(failed)?;
         }
-        let state = proto::StreamState {
+        let state = StreamState {
             epoch: self.store().epoch().to_owned(),
             last_seq: self.last_seq,
-            last_id: self.last_id.clone().unwrap_or_default(),
+            last_id: self.last_id.clone(),
             version: self.version,
-            online_peers: online
-                .iter()
-                .map(|peer| proto::Recipient {
-                    vendor_id: peer.vendor_id(),
-                    customer_id: peer.customer_id(),
-                })
-                .collect(),
+            online_peers: online.to_vec(),
             reset,
         };
         // The count as it is now; its version may be ahead of the changes
@@ -414,11 +454,7 @@ impl<'a> Stream<'a> {
 
     /// Queues a catch-up event behind the one held back.
     async fn hold(&mut self, event: Event) -> Step {
-        let event = proto::UserEvent {
-            event: Some(event),
-            unread_count: None,
-            version: None,
-        };
+        let event = StreamEvent { event, count: None };
         if let Some(previous) = self.held.replace(event) {
             self.send(previous).await?;
         }
@@ -428,41 +464,304 @@ impl<'a> Stream<'a> {
     /// A status change read back: merged into the held event when it says
     /// the same (status and time), as one mark's notifications do.
     async fn hold_update(&mut self, notification: &Notification) -> Step {
-        let status = notification.status.code() as i32;
-        let updated_at = notify_store::format_millis(notification.updated_at);
-        if let Some(proto::UserEvent {
-            event: Some(Event::NotificationUpdated(held)),
+        if let Some(StreamEvent {
+            event:
+                Event::Updated {
+                    ids,
+                    status,
+                    updated_at,
+                },
             ..
         }) = &mut self.held
-            && held.status == status
-            && held.updated_at == updated_at
-            && held.ids.len() < IDS_PER_UPDATE
+            && *status == notification.status
+            && *updated_at == notification.updated_at
+            && ids.len() < IDS_PER_UPDATE
         {
-            held.ids.push(notification.id.clone());
+            ids.push(notification.id.clone());
             return Ok(());
         }
-        let update = proto::NotificationsUpdated {
+        let update = Event::Updated {
             ids: vec![notification.id.clone()],
-            status,
-            updated_at,
+            status: notification.status,
+            updated_at: notification.updated_at,
         };
-        self.hold(Event::NotificationUpdated(update)).await
+        self.hold(update).await
     }
 
     async fn send_counted(&mut self, event: Event, unread: i64, version: i64) -> Step {
-        self.send_event(event, Some((unread, version))).await
+        self.send_event(event, Some(UnreadCount { unread, version }))
+            .await
     }
 
-    async fn send_event(&mut self, event: Event, count: Option<(i64, i64)>) -> Step {
-        self.send(proto::UserEvent {
-            event: Some(event),
-            unread_count: count.map(|c| c.0),
-            version: count.map(|c| c.1),
-        })
-        .await
+    async fn send_event(&mut self, event: Event, count: Option<UnreadCount>) -> Step {
+        self.send(StreamEvent { event, count }).await
     }
 
-    async fn send(&self, event: proto::UserEvent) -> Step {
+    async fn send(&self, event: StreamEvent) -> Step {
         self.out.send(Ok(event)).await.map_err(|_| Stop::ClientGone)
+    }
+}
+
+/// The stream's catch-up, gap and resync logic against a real SQLite store
+/// in a temporary directory, in process: a gate between the store and the
+/// hub drops chosen changes, as a full queue or a lost database notice would.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use notify_store::{Change, ChangeSink, Channel, NewNotification, SqliteOptions, SqliteStore};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::core::hub::Hub;
+    use crate::core::presence::Presence;
+
+    /// Passes changes to the hub, except the next `drop` of them.
+    struct Gate {
+        hub: Arc<Hub>,
+        drop: AtomicUsize,
+    }
+
+    impl ChangeSink for Gate {
+        fn publish(&self, change: Change) {
+            let dropped = self
+                .drop
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !dropped {
+                self.hub.publish(change);
+            }
+        }
+    }
+
+    struct Fixture {
+        core: Arc<Notifications>,
+        gate: Arc<Gate>,
+        shutdown: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    const USER: User = User {
+        role: notify_store::Role::Vendor,
+        id: 5,
+    };
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("stream.db").display());
+        let (hub, presence_changes) = Hub::new();
+        let hub = Arc::new(hub);
+        let gate = Arc::new(Gate {
+            hub: hub.clone(),
+            drop: AtomicUsize::new(0),
+        });
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&url, SqliteOptions::default(), gate.clone())
+                .await
+                .unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        let presence = Presence::start(
+            store.clone(),
+            hub.clone(),
+            presence_changes,
+            Duration::from_secs(15),
+            shutdown.clone(),
+        );
+        Fixture {
+            core: Arc::new(Notifications::new(store, hub, presence, shutdown.clone())),
+            gate,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        async fn create(&self) -> Arc<Notification> {
+            let new = NewNotification {
+                recipient: USER,
+                kind: "order".to_owned(),
+                channel: Channel::InApp,
+                content: "{}".to_owned(),
+                priority: 0,
+                idempotency_key: None,
+            };
+            let created = self.core.store.create(vec![new]).await.unwrap();
+            Arc::new(created.into_iter().next().unwrap().notification)
+        }
+
+        async fn read(&self, notification: &Notification) {
+            let ids = vec![notification.id.clone()];
+            self.core.store.mark(USER, ids, Status::Read).await.unwrap();
+        }
+
+        /// The next `n` changes never reach the hub.
+        fn lose_next(&self, n: usize) {
+            self.gate.drop.store(n, Ordering::SeqCst);
+        }
+
+        async fn open(&self, request: OpenStream) -> Reader {
+            Reader(self.core.open_stream(request).await.unwrap())
+        }
+    }
+
+    fn live_only() -> OpenStream {
+        OpenStream {
+            user: USER,
+            after_seq: None,
+            after_id: None,
+            after_version: None,
+            epoch: None,
+            presence: false,
+            sync: false,
+        }
+    }
+
+    struct Reader(mpsc::Receiver<Result<StreamEvent, CoreError>>);
+
+    impl Reader {
+        /// The next event; a stream that says nothing for 10 s is a failure.
+        async fn next(&mut self) -> StreamEvent {
+            tokio::time::timeout(Duration::from_secs(10), self.0.recv())
+                .await
+                .expect("the stream said nothing for 10 s")
+                .expect("the stream ended")
+                .expect("the stream failed")
+        }
+
+        async fn notification(&mut self) -> (i64, Option<UnreadCount>) {
+            match self.next().await {
+                StreamEvent {
+                    event: Event::Notification(n),
+                    count,
+                } => (n.seq, count),
+                other => panic!("expected a notification, got {other:?}"),
+            }
+        }
+    }
+
+    fn unread(n: i64) -> impl Fn(Option<UnreadCount>) -> bool {
+        move |count| count.is_some_and(|c| c.unread == n)
+    }
+
+    #[tokio::test]
+    async fn a_resume_replays_what_the_reader_lacks_then_goes_live() {
+        let f = fixture().await;
+        for _ in 0..3 {
+            f.create().await;
+        }
+        let mut reader = f
+            .open(OpenStream {
+                after_seq: Some(1),
+                ..live_only()
+            })
+            .await;
+        assert_eq!(reader.notification().await, (2, None));
+        let (seq, count) = reader.notification().await;
+        assert_eq!(seq, 3);
+        assert!(
+            unread(3)(count),
+            "the count rides on the last replayed: {count:?}"
+        );
+        f.create().await;
+        let (seq, count) = reader.notification().await;
+        assert_eq!(seq, 4, "live after the replay, nothing twice");
+        assert!(unread(4)(count), "{count:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missed_create_is_read_back_when_the_next_one_arrives() {
+        let f = fixture().await;
+        let mut reader = f.open(live_only()).await;
+        f.lose_next(1);
+        f.create().await;
+        f.create().await;
+        // The count rides on the first too when the stream's opening
+        // catch-up read only it; the last always has it.
+        assert_eq!(reader.notification().await.0, 1, "the lost one first");
+        let (seq, count) = reader.notification().await;
+        assert_eq!(seq, 2);
+        assert!(unread(2)(count), "{count:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missed_read_is_read_back_with_the_count_as_it_is_now() {
+        let f = fixture().await;
+        let mut reader = f.open(live_only()).await;
+        let first = f.create().await;
+        reader.notification().await;
+        f.lose_next(1);
+        f.read(&first).await;
+        f.create().await;
+        match reader.next().await {
+            StreamEvent {
+                event: Event::Updated { ids, status, .. },
+                count: None,
+            } => assert_eq!((ids, status), (vec![first.id.clone()], Status::Read)),
+            other => panic!("expected the lost read, got {other:?}"),
+        }
+        let (seq, count) = reader.notification().await;
+        assert_eq!(seq, 2);
+        assert!(unread(1)(count), "one read, one not: {count:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_stream_catches_up_from_the_store() {
+        let f = fixture().await;
+        let mut reader = f.open(live_only()).await;
+        f.lose_next(1);
+        f.create().await;
+        // What the hub does when a stream's queue overflows.
+        f.core.hub.resync_all();
+        let (seq, count) = reader.notification().await;
+        assert_eq!(seq, 1);
+        assert!(unread(1)(count), "{count:?}");
+    }
+
+    async fn state_after(f: &Fixture, request: OpenStream) -> StreamState {
+        let mut reader = f.open(request).await;
+        match reader.next().await.event {
+            Event::State(state) => state,
+            other => panic!("expected the state first, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_does_not_fit_the_database_resets() {
+        let f = fixture().await;
+        let held = f.create().await;
+        let synced = |after_seq, after_id: Option<&str>, epoch: Option<&str>| OpenStream {
+            after_seq: Some(after_seq),
+            after_id: after_id.map(str::to_owned),
+            epoch: epoch.map(str::to_owned),
+            sync: true,
+            ..live_only()
+        };
+        let epoch = f.core.store.epoch().to_owned();
+        let fits = state_after(&f, synced(1, Some(&held.id), Some(&epoch))).await;
+        assert!(!fits.reset, "{fits:?}");
+        assert_eq!((fits.last_seq, fits.last_id), (1, Some(held.id.clone())));
+        for (why, request) in [
+            ("another epoch", synced(1, None, Some("another"))),
+            ("a seq past the database", synced(9, None, None)),
+            (
+                "another id at the seq",
+                synced(1, Some("0123456789abcdef01234567"), None),
+            ),
+        ] {
+            let state = state_after(&f, request).await;
+            assert!(state.reset, "{why}: {state:?}");
+            assert_eq!(state.last_seq, 1, "{why}: positioned at the database's");
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_end_when_the_core_shuts_down() {
+        let f = fixture().await;
+        let mut reader = f.open(live_only()).await;
+        f.shutdown.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(10), reader.0.recv()).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+        assert!(f.core.open_stream(live_only()).await.is_err());
     }
 }

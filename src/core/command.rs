@@ -1,0 +1,223 @@
+//! What the core is asked to do, as typed commands: each built once from
+//! its gRPC request by `TryFrom`, which validates every field and names the
+//! first bad one. Past this point nothing is proto and nothing is unchecked.
+
+use notify_store::{NewNotification, PageStart, Status, User};
+
+use crate::contract::proto;
+use crate::contract::validate::{self, FieldError};
+
+/// Store notifications, all or none (one recipient or many).
+#[derive(Clone, Debug)]
+pub struct Create {
+    /// In the order the reply lists them.
+    pub notifications: Vec<NewNotification>,
+}
+
+/// A page of a user's unread inbox.
+#[derive(Clone, Copy, Debug)]
+pub struct ListOffline {
+    /// Whose inbox.
+    pub user: User,
+    /// 1-based page number, reported back in the pagination.
+    pub page: u32,
+    /// Rows per page.
+    pub limit: u32,
+    /// Where the page starts: by number, or right after a seq (keyset).
+    pub start: PageStart,
+}
+
+/// Move some of a user's notifications forward to a status.
+#[derive(Clone, Debug)]
+pub struct Mark {
+    /// Whose notifications; others' ids are ignored.
+    pub user: User,
+    /// Canonical ids, each once.
+    pub ids: Vec<String>,
+    /// DELIVERED or READ.
+    pub status: Status,
+}
+
+/// Delivery receipts of many users, as a bridge batches them.
+#[derive(Clone, Debug)]
+pub struct RecordDeliveries {
+    /// Each user once, with the ids delivered to them.
+    pub receipts: Vec<(User, Vec<String>)>,
+}
+
+/// Open a `StreamUserEvents` stream.
+#[derive(Clone, Debug)]
+pub struct OpenStream {
+    /// Whose events.
+    pub user: User,
+    /// Replay notifications after this seq; `None`: live only.
+    pub after_seq: Option<i64>,
+    /// The id the reader holds at `after_seq`.
+    pub after_id: Option<String>,
+    /// The reader has every change up to this version.
+    pub after_version: Option<i64>,
+    /// The epoch the reader's positions belong to.
+    pub epoch: Option<String>,
+    /// The stream counts as a connection of the user.
+    pub presence: bool,
+    /// Send `state` events.
+    pub sync: bool,
+}
+
+/// Join or leave a room.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    /// The room's name.
+    pub room: String,
+    /// Who joins or leaves.
+    pub user: User,
+}
+
+/// The fields every create shares, checked in the contract's order.
+fn new_notification(
+    recipient: User,
+    kind: &str,
+    channel: i32,
+    content: Option<&prost_types::Struct>,
+    priority: i32,
+    idempotency_key: &str,
+) -> Result<NewNotification, FieldError> {
+    Ok(NewNotification {
+        recipient,
+        kind: validate::kind(kind)?,
+        channel: validate::channel(channel)?,
+        content: validate::content(content)?,
+        priority: validate::priority(priority)?,
+        idempotency_key: validate::idempotency_key(idempotency_key)?,
+    })
+}
+
+impl TryFrom<&proto::CreateNotificationRequest> for Create {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::CreateNotificationRequest) -> Result<Create, FieldError> {
+        let recipient = validate::recipient(request.vendor_id, request.customer_id)?;
+        let notification = new_notification(
+            recipient,
+            &request.r#type,
+            request.channel,
+            request.content.as_ref(),
+            request.priority,
+            &request.idempotency_key,
+        )?;
+        Ok(Create {
+            notifications: vec![notification],
+        })
+    }
+}
+
+impl TryFrom<&proto::CreateNotificationsRequest> for Create {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::CreateNotificationsRequest) -> Result<Create, FieldError> {
+        let recipients = validate::users(
+            "recipients",
+            request
+                .recipients
+                .iter()
+                .map(|r| (r.vendor_id, r.customer_id)),
+        )?;
+        // The recipient is filled in per entry below.
+        let template = new_notification(
+            User::vendor(1),
+            &request.r#type,
+            request.channel,
+            request.content.as_ref(),
+            request.priority,
+            &request.idempotency_key,
+        )?;
+        Ok(Create {
+            notifications: recipients
+                .into_iter()
+                .map(|recipient| NewNotification {
+                    recipient,
+                    ..template.clone()
+                })
+                .collect(),
+        })
+    }
+}
+
+impl TryFrom<&proto::ListOfflineRequest> for ListOffline {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::ListOfflineRequest) -> Result<ListOffline, FieldError> {
+        let page = validate::page(request.page)?;
+        Ok(ListOffline {
+            user: validate::recipient(request.vendor_id, request.customer_id)?,
+            page,
+            limit: validate::limit(request.limit)?,
+            start: validate::page_start(page, request.before_seq)?,
+        })
+    }
+}
+
+impl TryFrom<&proto::MarkNotificationsRequest> for Mark {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::MarkNotificationsRequest) -> Result<Mark, FieldError> {
+        Ok(Mark {
+            user: validate::recipient(request.vendor_id, request.customer_id)?,
+            ids: validate::ids(&request.ids)?,
+            status: validate::mark_status(request.status)?,
+        })
+    }
+}
+
+impl TryFrom<&proto::RecordDeliveriesRequest> for RecordDeliveries {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::RecordDeliveriesRequest) -> Result<RecordDeliveries, FieldError> {
+        let users = validate::users(
+            "receipts",
+            request
+                .receipts
+                .iter()
+                .map(|r| (r.vendor_id, r.customer_id)),
+        )?;
+        let receipts = users
+            .into_iter()
+            .zip(&request.receipts)
+            .enumerate()
+            .map(|(index, (user, receipts))| {
+                let ids = validate::ids(&receipts.ids)
+                    .map_err(|e| e.within(&format!("receipts[{index}]")))?;
+                Ok((user, ids))
+            })
+            .collect::<Result<_, FieldError>>()?;
+        Ok(RecordDeliveries { receipts })
+    }
+}
+
+impl TryFrom<&proto::StreamUserEventsRequest> for OpenStream {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::StreamUserEventsRequest) -> Result<OpenStream, FieldError> {
+        let after_seq = validate::after_seq(request.after_seq)?;
+        Ok(OpenStream {
+            user: validate::recipient(request.vendor_id, request.customer_id)?,
+            after_seq,
+            after_id: validate::after_id(&request.after_id, after_seq)?,
+            after_version: validate::after_version(request.after_version, after_seq)?,
+            epoch: validate::epoch(&request.epoch)?,
+            presence: request.presence,
+            sync: request.sync,
+        })
+    }
+}
+
+impl TryFrom<&proto::RoomRequest> for Membership {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::RoomRequest) -> Result<Membership, FieldError> {
+        Ok(Membership {
+            room: validate::room(&request.room)?,
+            user: validate::recipient(request.vendor_id, request.customer_id)?,
+        })
+    }
+}

@@ -1,0 +1,153 @@
+//! The core's verbs: what can be done with notifications, whichever edge
+//! asks. Each takes a typed command (see `command`) and answers with store
+//! values or a [`CoreError`]; nothing here knows gRPC.
+
+use std::sync::Arc;
+
+use notify_store::{Created, MarkOutcome, Notification, OfflinePage, RoomMember, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{Create, ListOffline, Mark, Membership, OpenStream, RecordDeliveries};
+use super::error::CoreError;
+use super::hub::Hub;
+use super::presence::Presence;
+use super::stream::{self, StreamEvent};
+use crate::contract::paging::Pagination;
+
+/// The notification service itself: the store, the live fan-out of its
+/// commits, and the presence of this core's streams.
+pub struct Notifications {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) hub: Arc<Hub>,
+    pub(super) presence: Arc<Presence>,
+    /// Cancelled when the core shuts down; open streams end on it.
+    pub(super) shutdown: CancellationToken,
+}
+
+/// One page of a user's unread inbox, placed among all its pages, with the
+/// database's epoch its seqs belong to.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    /// The rows and the counters they were read at.
+    pub page: OfflinePage,
+    /// Where the page sits.
+    pub pagination: Pagination,
+    /// See [`Store::epoch`].
+    pub epoch: String,
+}
+
+impl Notifications {
+    /// A service over `store`, whose commits reach `hub`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        presence: Arc<Presence>,
+        shutdown: CancellationToken,
+    ) -> Notifications {
+        Notifications {
+            store,
+            hub,
+            presence,
+            shutdown,
+        }
+    }
+
+    /// Stores the notifications in one transaction (all or none). A repeat
+    /// of an idempotency key answers with the stored one, not fresh.
+    pub async fn create(&self, command: Create) -> Result<Vec<Created>, CoreError> {
+        let expected = command.notifications.len();
+        let created = self.store.create(command.notifications).await?;
+        if created.len() != expected {
+            return Err(CoreError::Internal(format!(
+                "the store answered {} notifications for {expected}",
+                created.len()
+            )));
+        }
+        let fresh = created.iter().filter(|c| c.fresh).count();
+        metrics::counter!("notify_notifications_created_total").increment(fresh as u64);
+        Ok(created)
+    }
+
+    /// One notification by canonical id.
+    pub async fn get(&self, id: &str) -> Result<Notification, CoreError> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("no notification with id {id}")))
+    }
+
+    /// A page of the user's unread inbox, newest first.
+    pub async fn list_offline(&self, command: ListOffline) -> Result<Inbox, CoreError> {
+        let page = self
+            .store
+            .list_unread(command.user, command.start, command.limit)
+            .await?;
+        Ok(Inbox {
+            pagination: Pagination::new(command.page, command.limit, page.total),
+            page,
+            epoch: self.store.epoch().to_owned(),
+        })
+    }
+
+    /// Moves the user's own notifications among the ids forward.
+    pub async fn mark(&self, command: Mark) -> Result<MarkOutcome, CoreError> {
+        Ok(self
+            .store
+            .mark(command.user, command.ids, command.status)
+            .await?)
+    }
+
+    /// Marks each user's delivered ids DELIVERED; answers how many moved.
+    /// The users' marks run side by side, so the store's group commit folds
+    /// them into one transaction.
+    pub async fn record_deliveries(&self, command: RecordDeliveries) -> Result<usize, CoreError> {
+        let mut pending = tokio::task::JoinSet::new();
+        for (user, ids) in command.receipts {
+            let store = self.store.clone();
+            pending
+                .spawn(async move { store.mark(user, ids, notify_store::Status::Delivered).await });
+        }
+        let mut updated = 0;
+        let mut failure = None;
+        while let Some(joined) = pending.join_next().await {
+            match joined {
+                Ok(Ok(outcome)) => updated += outcome.updated.len(),
+                Ok(Err(error)) => failure = Some(CoreError::from(error)),
+                Err(error) => failure = Some(CoreError::Internal(error.to_string())),
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(updated),
+        }
+    }
+
+    /// Opens a stream of the user's events: first what the reader lacks,
+    /// then live (see `stream`). It ends when the receiver is dropped, the
+    /// core shuts down, or the store fails for good (its last item).
+    pub async fn open_stream(
+        self: &Arc<Self>,
+        command: OpenStream,
+    ) -> Result<mpsc::Receiver<Result<StreamEvent, CoreError>>, CoreError> {
+        if self.shutdown.is_cancelled() {
+            return Err(notify_store::StoreError::Closed.into());
+        }
+        stream::open(self.clone(), command).await
+    }
+
+    /// Adds the user to the room (no-op if already there).
+    pub async fn join_room(&self, command: Membership) -> Result<(), CoreError> {
+        Ok(self.store.join_room(&command.room, command.user).await?)
+    }
+
+    /// Removes the user from the room (no-op if not there).
+    pub async fn leave_room(&self, command: Membership) -> Result<(), CoreError> {
+        Ok(self.store.leave_room(&command.room, command.user).await?)
+    }
+
+    /// The room's members with their presence.
+    pub async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, CoreError> {
+        Ok(self.store.room_members(room).await?)
+    }
+}
