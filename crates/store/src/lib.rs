@@ -1,9 +1,13 @@
 //! Notification storage for the notify core.
 //!
+//! - `create`: the stages of a create both stores share (keys, numbering,
+//!   answers), around each one's SQL for counters and rows.
 //! - `model`: users, notifications, statuses, pagination and the timestamp
 //!   format shared by every interface.
 //! - `object_id`: ids made in-process, sortable by creation.
 //! - `peers`: what a reader was told about its room peers' presence.
+//! - `reads`: the read side both stores share (queries and decoding,
+//!   generic over the sqlx database; each store spells its own SQL).
 //! - `sqlite`: the embedded default, one writer task that commits concurrent
 //!   writes in groups, and a pool of readers.
 //! - `postgres`: several cores on one database; row locks for seqs and
@@ -13,10 +17,12 @@
 //! After each commit a store hands what changed to a [`ChangeSink`] (the core's
 //! live fan-out), in commit order.
 
+mod create;
 mod model;
 mod object_id;
 mod peers;
 mod postgres;
+mod reads;
 mod sqlite;
 
 use std::time::Duration;

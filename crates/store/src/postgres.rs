@@ -23,25 +23,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
+use crate::create::{Numbered, Plan};
 use crate::model::{
-    Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
-    Notification, OfflinePage, PageStart, Role, RoomMember, Status, User, UserState, now_millis,
-    page_offset,
+    Change, ChangePosition, ChangedPage, Created, MarkOutcome, NewNotification, Notification,
+    OfflinePage, PageStart, Role, RoomMember, Status, User, UserState, now_millis,
 };
-use crate::object_id::new_object_id;
+use crate::reads::{ReadSql, Reads, columns, decode, decode_user, presence_entries};
 use crate::{ChangeSink, Store, StoreError};
 
 const CHANNEL: &str = "notify_changes";
-/// A notification's columns, in the order [`decode`] reads them.
-macro_rules! columns {
-    () => {
-        "id, recipient_role, recipient_id, seq, type, channel, content, status, \
-         priority, created_at, updated_at, version"
-    };
-}
 
 // The statements that take user input, each on the index named beside it
 // (the `plans` test checks them with generic plans on an analysed
@@ -150,6 +143,24 @@ const DROP_EXPIRED: &str =
 /// Records a user's offline moment: `users_pkey`.
 const WENT_OFFLINE: &str = "UPDATE users SET last_seen_at = $1 WHERE role = $2 AND id = $3";
 
+/// The read statements, for the read side both stores share. A read of
+/// several statements sees one snapshot, and never waits on a writer.
+const READS: ReadSql = ReadSql {
+    begin_snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    get: GET,
+    unread_page: UNREAD_PAGE,
+    unread_before: UNREAD_BEFORE,
+    after_seq: AFTER_SEQ,
+    id_at: ID_AT,
+    changed_after: CHANGED_AFTER,
+    user_state: USER_STATE,
+    last_seen: LAST_SEEN,
+    presence_entries: PRESENCE_ENTRIES,
+    room_members: ROOM_MEMBERS,
+    room_peers: ROOM_PEERS,
+    online_peers: ONLINE_PEERS,
+};
+
 /// Ids a status-change notice carries itself; more would not fit NOTIFY's
 /// 8,000 bytes, and listeners read them from the table instead.
 const IDS_PER_NOTICE: usize = 200;
@@ -228,6 +239,7 @@ impl Default for PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    reads: Arc<Reads<Postgres>>,
     epoch: Arc<str>,
 }
 
@@ -257,6 +269,7 @@ impl PgStore {
         listener.listen(CHANNEL).await?;
         tokio::spawn(listen(pool.clone(), sink, listener));
         Ok(PgStore {
+            reads: Arc::new(Reads::new(pool.clone(), &READS)),
             pool,
             epoch: epoch.into(),
         })
@@ -478,40 +491,99 @@ async fn lock_users(
     Ok(counters)
 }
 
-fn decode(row: &PgRow) -> Result<Notification, sqlx::Error> {
-    let corrupt =
-        |what: &str| sqlx::Error::Decode(format!("unknown {what} in a stored row").into());
-    Ok(Notification {
-        id: row.try_get(0)?,
-        recipient: User {
-            role: Role::from_code(row.try_get(1)?).ok_or_else(|| corrupt("role"))?,
-            id: row.try_get(2)?,
-        },
-        seq: row.try_get(3)?,
-        kind: row.try_get(4)?,
-        channel: Channel::from_code(row.try_get(5)?).ok_or_else(|| corrupt("channel"))?,
-        content: row.try_get(6)?,
-        status: Status::from_code(row.try_get(7)?).ok_or_else(|| corrupt("status"))?,
-        priority: row.try_get(8)?,
-        created_at: row.try_get(9)?,
-        updated_at: row.try_get(10)?,
-        version: row.try_get(11)?,
-    })
+/// The stored notifications under the batch's (recipient, key) pairs.
+async fn stored_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[NewNotification],
+) -> Result<HashMap<(User, String), Notification>, sqlx::Error> {
+    let keyed: Vec<(User, &str)> = batch
+        .iter()
+        .filter_map(|n| n.idempotency_key.as_deref().map(|k| (n.recipient, k)))
+        .collect();
+    let mut stored = HashMap::new();
+    if keyed.is_empty() {
+        return Ok(stored);
+    }
+    let rows = sqlx::query(BY_KEYS)
+        .bind(keyed.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        let notification = decode(row)?;
+        let key: String = row.try_get(12)?;
+        stored.insert((notification.recipient, key), notification);
+    }
+    Ok(stored)
 }
 
-fn decode_user(row: &PgRow) -> Result<User, sqlx::Error> {
-    let role: i64 = row.try_get(0)?;
-    Ok(User {
-        role: Role::from_code(role)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))?,
-        id: row.try_get(1)?,
-    })
+/// Inserts the numbered rows in one statement, a column per array.
+async fn insert_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[Numbered],
+    fresh: &[&NewNotification],
+) -> Result<(), sqlx::Error> {
+    let column = |f: fn(&Notification) -> i64| -> Vec<i64> {
+        rows.iter().map(|r| f(&r.notification)).collect()
+    };
+    let text = |f: fn(&Notification) -> &String| -> Vec<String> {
+        rows.iter().map(|r| f(&r.notification).clone()).collect()
+    };
+    sqlx::query(
+        "INSERT INTO notifications (id, recipient_role, recipient_id, seq, type, channel, \
+         content, status, priority, created_at, updated_at, version, idempotency_key) \
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
+         $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::int[], $10::bigint[], \
+         $11::bigint[], $12::bigint[], $13::text[])",
+    )
+    .bind(text(|n| &n.id))
+    .bind(column(|n| n.recipient.role.code()))
+    .bind(column(|n| n.recipient.id))
+    .bind(column(|n| n.seq))
+    .bind(text(|n| &n.kind))
+    .bind(column(|n| n.channel.code()))
+    .bind(text(|n| &n.content))
+    .bind(column(|n| n.status.code()))
+    .bind(
+        rows.iter()
+            .map(|r| r.notification.priority)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|n| n.created_at))
+    .bind(column(|n| n.updated_at))
+    .bind(column(|n| n.version))
+    .bind(
+        fresh
+            .iter()
+            .map(|n| n.idempotency_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
-fn decode_all(rows: &[PgRow]) -> Result<Vec<Notification>, StoreError> {
-    rows.iter()
-        .map(|row| decode(row).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .collect()
+/// Writes the locked users' counters back.
+async fn save_counters(
+    tx: &mut Transaction<'_, Postgres>,
+    counters: &HashMap<User, UserState>,
+) -> Result<(), sqlx::Error> {
+    let users: Vec<(&User, &UserState)> = counters.iter().collect();
+    sqlx::query(
+        "UPDATE users SET last_seq = v.last_seq, unread = v.unread, version = v.version \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+         AS v(role, id, last_seq, unread, version) \
+         WHERE users.role = v.role AND users.id = v.id",
+    )
+    .bind(users.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
+    .bind(users.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
+    .bind(users.iter().map(|(_, c)| c.last_seq).collect::<Vec<_>>())
+    .bind(users.iter().map(|(_, c)| c.unread).collect::<Vec<_>>())
+    .bind(users.iter().map(|(_, c)| c.version).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn presence_payload(user: User, online: bool, at: i64) -> String {
@@ -535,33 +607,6 @@ async fn database_millis(connection: &mut PgConnection) -> Result<i64, sqlx::Err
         .await
 }
 
-/// The user's counters (all 0 before their first notification).
-async fn read_state(connection: &mut PgConnection, user: User) -> Result<UserState, sqlx::Error> {
-    let counters: Option<(i64, i64, i64)> = sqlx::query_as(USER_STATE)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_optional(connection)
-        .await?;
-    Ok(counters
-        .map(|(last_seq, unread, version)| UserState {
-            last_seq,
-            unread,
-            version,
-        })
-        .unwrap_or_default())
-}
-
-async fn presence_entries(
-    tx: &mut Transaction<'_, Postgres>,
-    user: User,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(PRESENCE_ENTRIES)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_one(&mut **tx)
-        .await
-}
-
 async fn went_offline(
     tx: &mut Transaction<'_, Postgres>,
     user: User,
@@ -580,144 +625,38 @@ async fn went_offline(
 
 #[async_trait]
 impl Store for PgStore {
+    /// The shared stages (see `create`), under the recipients' row locks:
+    /// two cores can neither both miss a key nor take the same seq.
     async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<Created>, StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
         let recipients: Vec<User> = batch.iter().map(|n| n.recipient).collect();
         let mut counters = lock_users(&mut tx, &recipients).await?;
-
-        // Idempotency, checked under the users' locks so two cores cannot
-        // both miss the same key.
-        let keyed: Vec<(User, &str)> = batch
-            .iter()
-            .filter_map(|n| n.idempotency_key.as_deref().map(|k| (n.recipient, k)))
-            .collect();
-        let mut existing: HashMap<(User, String), Notification> = HashMap::new();
-        if !keyed.is_empty() {
-            let rows = sqlx::query(BY_KEYS)
-                .bind(keyed.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
-                .bind(keyed.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
-                .bind(keyed.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>())
-                .fetch_all(&mut *tx)
-                .await?;
-            for row in &rows {
-                let notification = decode(row)?;
-                let key: String = row.try_get(12)?;
-                existing.insert((notification.recipient, key), notification);
-            }
-        }
-
-        let mut results = Vec::with_capacity(batch.len());
-        let mut fresh: Vec<(Notification, Option<String>)> = Vec::new();
-        let mut payloads = Vec::new();
-        for new in &batch {
-            if let Some(key) = &new.idempotency_key
-                && let Some(found) = existing.get(&(new.recipient, key.clone()))
-            {
-                results.push(Created {
-                    notification: found.clone(),
-                    fresh: false,
-                });
-                continue;
-            }
-            let counters = counters
-                .get_mut(&new.recipient)
-                .expect("every recipient's row is locked");
-            counters.last_seq += 1;
-            counters.unread += 1;
-            counters.version += 1;
-            let notification = Notification {
-                id: new_object_id(),
-                recipient: new.recipient,
-                seq: counters.last_seq,
-                kind: new.kind.clone(),
-                channel: new.channel,
-                content: new.content.clone(),
-                status: Status::Sent,
-                priority: new.priority,
-                created_at: now,
-                updated_at: now,
-                version: counters.version,
-            };
-            payloads.push(
+        let stored = stored_keys(&mut tx, &batch).await?;
+        let plan = Plan::resolve(&[&batch], &stored);
+        let rows = plan.number(&mut counters, now);
+        if !rows.is_empty() {
+            insert_rows(&mut tx, &rows, plan.fresh()).await?;
+            save_counters(&mut tx, &counters).await?;
+            let notices = rows.iter().map(|row| {
+                let n = &row.notification;
                 Notice::Created {
-                    role: new.recipient.role.code(),
-                    user: new.recipient.id,
-                    id: notification.id.clone(),
-                    unread: counters.unread,
-                    version: counters.version,
+                    role: n.recipient.role.code(),
+                    user: n.recipient.id,
+                    id: n.id.clone(),
+                    unread: row.unread,
+                    version: n.version,
                 }
-                .payload(),
-            );
-            if let Some(key) = &new.idempotency_key {
-                existing.insert((new.recipient, key.clone()), notification.clone());
-            }
-            results.push(Created {
-                notification: notification.clone(),
-                fresh: true,
+                .payload()
             });
-            fresh.push((notification, new.idempotency_key.clone()));
-        }
-
-        if !fresh.is_empty() {
-            let column = |f: fn(&(Notification, Option<String>)) -> i64| -> Vec<i64> {
-                fresh.iter().map(f).collect()
-            };
-            sqlx::query(
-                "INSERT INTO notifications (id, recipient_role, recipient_id, seq, type, channel, \
-                 content, status, priority, created_at, updated_at, version, idempotency_key) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
-                 $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::int[], $10::bigint[], \
-                 $11::bigint[], $12::bigint[], $13::text[])",
-            )
-            .bind(fresh.iter().map(|(n, _)| n.id.clone()).collect::<Vec<_>>())
-            .bind(column(|(n, _)| n.recipient.role.code()))
-            .bind(column(|(n, _)| n.recipient.id))
-            .bind(column(|(n, _)| n.seq))
-            .bind(
-                fresh
-                    .iter()
-                    .map(|(n, _)| n.kind.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(|(n, _)| n.channel.code()))
-            .bind(
-                fresh
-                    .iter()
-                    .map(|(n, _)| n.content.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(|(n, _)| n.status.code()))
-            .bind(fresh.iter().map(|(n, _)| n.priority).collect::<Vec<_>>())
-            .bind(column(|(n, _)| n.created_at))
-            .bind(column(|(n, _)| n.updated_at))
-            .bind(column(|(n, _)| n.version))
-            .bind(fresh.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-            let users: Vec<(User, UserState)> = counters.into_iter().collect();
-            sqlx::query(
-                "UPDATE users SET last_seq = v.last_seq, unread = v.unread, version = v.version \
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
-                 AS v(role, id, last_seq, unread, version) \
-                 WHERE users.role = v.role AND users.id = v.id",
-            )
-            .bind(users.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
-            .bind(users.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
-            .bind(users.iter().map(|(_, c)| c.last_seq).collect::<Vec<_>>())
-            .bind(users.iter().map(|(_, c)| c.unread).collect::<Vec<_>>())
-            .bind(users.iter().map(|(_, c)| c.version).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-            notify_all(&mut tx, payloads).await?;
+            notify_all(&mut tx, notices.collect()).await?;
         }
         tx.commit().await?;
-        Ok(results)
+        Ok(plan.answers(&rows).pop().unwrap_or_default())
     }
 
     async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
-        let rows = sqlx::query(GET).bind(id).fetch_all(&self.pool).await?;
-        Ok(decode_all(&rows)?.pop())
+        self.reads.get(id).await
     }
 
     async fn list_unread(
@@ -726,41 +665,7 @@ impl Store for PgStore {
         start: PageStart,
         limit: u32,
     ) -> Result<OfflinePage, StoreError> {
-        // One snapshot for the count, the page and last_seq.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let state = read_state(&mut tx, user).await?;
-        let (total, last_seq) = (state.unread, state.last_seq);
-        let rows = match start {
-            PageStart::Page(page) if page_offset(page, limit) >= total => Vec::new(),
-            PageStart::Page(page) => {
-                sqlx::query(UNREAD_PAGE)
-                    .bind(user.role.code())
-                    .bind(user.id)
-                    .bind(i64::from(limit))
-                    .bind(page_offset(page, limit))
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-            PageStart::BeforeSeq(before) => {
-                sqlx::query(UNREAD_BEFORE)
-                    .bind(user.role.code())
-                    .bind(user.id)
-                    .bind(before)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-        };
-        tx.commit().await?;
-        Ok(OfflinePage {
-            items: decode_all(&rows)?,
-            total,
-            last_seq,
-            version: state.version,
-        })
+        self.reads.list_unread(user, start, limit).await
     }
 
     async fn after_seq(
@@ -769,28 +674,15 @@ impl Store for PgStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(AFTER_SEQ)
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        decode_all(&rows)
+        self.reads.after_seq(user, after, limit).await
     }
 
     async fn user_state(&self, user: User) -> Result<UserState, StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        Ok(read_state(&mut connection, user).await?)
+        self.reads.user_state(user).await
     }
 
     async fn id_at(&self, user: User, seq: i64) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(ID_AT)
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(seq)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.reads.id_at(user, seq).await
     }
 
     async fn changed_after(
@@ -799,24 +691,7 @@ impl Store for PgStore {
         after: ChangePosition,
         limit: u32,
     ) -> Result<ChangedPage, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let rows = sqlx::query(CHANGED_AFTER)
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(after.version)
-            .bind(after.seq)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
-        let state = read_state(&mut tx, user).await?;
-        tx.commit().await?;
-        Ok(ChangedPage {
-            items: decode_all(&rows)?,
-            state,
-        })
+        self.reads.changed_after(user, after, limit).await
     }
 
     fn epoch(&self) -> &str {
@@ -933,46 +808,19 @@ impl Store for PgStore {
     }
 
     async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError> {
-        let rows = sqlx::query(ROOM_MEMBERS)
-            .bind(room)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RoomMember {
-                    user: decode_user(row)?,
-                    last_seen_at: row.try_get(2)?,
-                    online: row.try_get(3)?,
-                })
-            })
-            .collect()
+        self.reads.room_members(room).await
     }
 
     async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query(ROOM_PEERS)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
+        self.reads.room_peers(user).await
     }
 
     async fn online_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query(ONLINE_PEERS)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
+        self.reads.online_peers(user).await
     }
 
     async fn last_seen(&self, user: User) -> Result<Option<i64>, StoreError> {
-        let seen: Option<Option<i64>> = sqlx::query_scalar(LAST_SEEN)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(seen.flatten())
+        self.reads.last_seen(user).await
     }
 
     async fn set_presence(
@@ -988,7 +836,7 @@ impl Store for PgStore {
         lock_users(&mut tx, &users).await?;
         let mut payloads = Vec::new();
         for (user, count) in streams {
-            let before = presence_entries(&mut tx, user).await?;
+            let before = presence_entries::<Postgres>(&mut *tx, &READS, user).await?;
             if count > 0 {
                 sqlx::query(
                     "INSERT INTO presence (node, role, user_id, streams, expires_at) \
@@ -1010,7 +858,7 @@ impl Store for PgStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            let after = presence_entries(&mut tx, user).await?;
+            let after = presence_entries::<Postgres>(&mut *tx, &READS, user).await?;
             if before == 0 && after > 0 {
                 payloads.push(presence_payload(user, true, now));
             } else if before > 0 && after == 0 {
@@ -1057,7 +905,7 @@ impl Store for PgStore {
                 .await?
                 .rows_affected();
             let mut payloads = Vec::new();
-            if removed > 0 && presence_entries(&mut tx, user).await? == 0 {
+            if removed > 0 && presence_entries::<Postgres>(&mut *tx, &READS, user).await? == 0 {
                 went_offline(&mut tx, user, now, &mut payloads).await?;
             }
             notify_all(&mut tx, payloads).await?;
@@ -1075,6 +923,8 @@ mod plans {
     //! user has a large unread inbox. Needs `NOTIFY_TEST_POSTGRES_URL`.
 
     use super::*;
+    use crate::model::Channel;
+    use crate::object_id::new_object_id;
     use sqlx::Connection;
 
     struct Nowhere;

@@ -14,27 +14,19 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::create::{Numbered, Plan};
 use crate::model::{
-    Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
-    Notification, OfflinePage, PageStart, Role, RoomMember, Status, User, UserState, now_millis,
-    page_offset,
+    Change, ChangePosition, ChangedPage, Created, MarkOutcome, NewNotification, Notification,
+    OfflinePage, PageStart, RoomMember, Status, User, UserState, now_millis,
 };
-use crate::object_id::new_object_id;
+use crate::reads::{ReadSql, Reads, columns, decode, decode_user, presence_entries};
 use crate::{ChangeSink, Store, StoreError};
 
-/// A notification's columns, in the order [`decode`] reads them.
-macro_rules! columns {
-    () => {
-        "id, recipient_role, recipient_id, seq, type, channel, content, status, \
-         priority, created_at, updated_at, version"
-    };
-}
 const COLUMNS: &str = columns!();
 
 // The statements that take user input, each planned on the index named
@@ -152,6 +144,23 @@ pub enum Synchronous {
     Normal,
 }
 
+/// The read statements, for the read side both stores share.
+const READS: ReadSql = ReadSql {
+    begin_snapshot: "BEGIN",
+    get: GET,
+    unread_page: UNREAD_PAGE,
+    unread_before: UNREAD_BEFORE,
+    after_seq: AFTER_SEQ,
+    id_at: ID_AT,
+    changed_after: CHANGED_AFTER,
+    user_state: USER_STATE,
+    last_seen: LAST_SEEN,
+    presence_entries: PRESENCE_ENTRIES,
+    room_members: ROOM_MEMBERS,
+    room_peers: ROOM_PEERS,
+    online_peers: ONLINE_PEERS,
+};
+
 /// Tuning for [`SqliteStore::open`].
 #[derive(Clone, Debug)]
 pub struct SqliteOptions {
@@ -176,7 +185,7 @@ impl Default for SqliteOptions {
 /// The SQLite implementation of [`Store`]. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
-    readers: SqlitePool,
+    reads: Arc<Reads<Sqlite>>,
     writer: mpsc::Sender<WriteJob>,
     epoch: Arc<str>,
 }
@@ -252,7 +261,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(8192);
         tokio::spawn(write_loop(writer, rx, sink, options.max_batch.max(1)));
         Ok(SqliteStore {
-            readers,
+            reads: Arc::new(Reads::new(readers, &READS)),
             writer: tx,
             epoch: epoch.into(),
         })
@@ -434,11 +443,7 @@ async fn apply(
                     .bind(node)
                     .fetch_all(&mut *tx)
                     .await?;
-                let users = rows
-                    .iter()
-                    .map(decode_user)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+                let users = rows.iter().map(decode_user).collect::<Result<_, _>>()?;
                 outcomes.push(Outcome::Refreshed(users));
             }
             WriteOp::ExpirePresence => {
@@ -452,72 +457,55 @@ async fn apply(
     Ok((outcomes, changes))
 }
 
-/// The next seq, unread count and version of one recipient in a create run.
-struct Counters {
-    seq: i64,
-    unread: i64,
-    version: i64,
-}
-
-/// Where a create's result comes from once the run is resolved.
-enum Slot {
-    Existing(Notification),
-    Fresh(usize),
-    SameAs(usize),
-}
-
+/// A run of creates through the shared stages (see `create`): keys, then
+/// one upsert per recipient reserving a block of seqs, then the rows.
 async fn create_run(
     tx: &mut Transaction<'_, Sqlite>,
     run: &[&[NewNotification]],
     now: i64,
     changes: &mut Vec<Change>,
 ) -> Result<Vec<Vec<Created>>, sqlx::Error> {
-    // Idempotency first: a key seen earlier (in the database or this run)
-    // resolves to that notification instead of a new row.
-    let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(run.len());
-    let mut fresh: Vec<&NewNotification> = Vec::new();
-    let mut keys: HashMap<(User, &str), usize> = HashMap::new();
-    for batch in run {
-        let mut batch_slots = Vec::with_capacity(batch.len());
-        for new in batch.iter() {
-            let slot = match new.idempotency_key.as_deref() {
-                Some(key) => {
-                    if let Some(&index) = keys.get(&(new.recipient, key)) {
-                        Slot::SameAs(index)
-                    } else if let Some(existing) = find_by_key(tx, new.recipient, key).await? {
-                        Slot::Existing(existing)
-                    } else {
-                        keys.insert((new.recipient, key), fresh.len());
-                        fresh.push(new);
-                        Slot::Fresh(fresh.len() - 1)
-                    }
-                }
-                None => {
-                    fresh.push(new);
-                    Slot::Fresh(fresh.len() - 1)
-                }
-            };
-            batch_slots.push(slot);
-        }
-        slots.push(batch_slots);
-    }
+    let stored = stored_keys(tx, run).await?;
+    let plan = Plan::resolve(run, &stored);
+    let mut counters = reserve_seqs(tx, &plan.per_recipient()).await?;
+    let rows = plan.number(&mut counters, now);
+    insert_rows(tx, &rows, plan.fresh()).await?;
+    changes.extend(rows.iter().map(|row| Change::Created {
+        notification: row.notification.clone(),
+        unread: row.unread,
+        version: row.notification.version,
+    }));
+    Ok(plan.answers(&rows))
+}
 
-    // One counter update per recipient reserves a contiguous block of seqs.
-    let mut per_user: Vec<(User, i64)> = Vec::new();
-    let mut position: HashMap<User, usize> = HashMap::new();
-    for new in &fresh {
-        let index = *position.entry(new.recipient).or_insert_with(|| {
-            per_user.push((new.recipient, 0));
-            per_user.len() - 1
-        });
-        per_user[index].1 += 1;
+/// The stored notifications under the run's (recipient, key) pairs.
+async fn stored_keys(
+    tx: &mut Transaction<'_, Sqlite>,
+    run: &[&[NewNotification]],
+) -> Result<HashMap<(User, String), Notification>, sqlx::Error> {
+    let mut stored = HashMap::new();
+    let mut asked = std::collections::HashSet::new();
+    for new in run.iter().flat_map(|batch| batch.iter()) {
+        let Some(key) = new.idempotency_key.as_deref() else {
+            continue;
+        };
+        if asked.insert((new.recipient, key))
+            && let Some(found) = find_by_key(tx, new.recipient, key).await?
+        {
+            stored.insert((new.recipient, key.to_owned()), found);
+        }
     }
-    // Next seq, unread count and version to hand out, per recipient: one
-    // statement for all recipients (per 1,000), not one each. Each
-    // notification is one change of its recipient, so it takes a version
-    // as it takes a seq.
-    let mut next: HashMap<User, Counters> = HashMap::with_capacity(per_user.len());
-    for chunk in per_user.chunks(1000) {
+    Ok(stored)
+}
+
+/// Adds each recipient's count to its counters, one statement per 1,000
+/// recipients, and answers the counters as they were before.
+async fn reserve_seqs(
+    tx: &mut Transaction<'_, Sqlite>,
+    per_recipient: &[(User, i64)],
+) -> Result<HashMap<User, UserState>, sqlx::Error> {
+    let mut before = HashMap::with_capacity(per_recipient.len());
+    for chunk in per_recipient.chunks(1000) {
         let mut upsert =
             QueryBuilder::<Sqlite>::new("INSERT INTO users (role, id, last_seq, unread, version) ");
         upsert.push_values(chunk, |mut values, (user, count)| {
@@ -534,62 +522,38 @@ async fn create_run(
              RETURNING role, id, last_seq, unread, version",
         );
         // RETURNING's order is not promised: rows are matched by key.
-        let by_key: HashMap<(i64, i64), (User, i64)> = chunk
-            .iter()
-            .map(|&(user, count)| ((user.role.code(), user.id), (user, count)))
-            .collect();
+        let counts: HashMap<User, i64> = chunk.iter().copied().collect();
         for row in upsert.build().fetch_all(&mut **tx).await? {
-            let key: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-            let last_seq: i64 = row.try_get(2)?;
-            let unread: i64 = row.try_get(3)?;
-            let version: i64 = row.try_get(4)?;
-            if let Some(&(user, count)) = by_key.get(&key) {
-                next.insert(
+            let user = decode_user(&row)?;
+            if let Some(&count) = counts.get(&user) {
+                let after: (i64, i64, i64) = (row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+                before.insert(
                     user,
-                    Counters {
-                        seq: last_seq - count + 1,
-                        unread: unread - count + 1,
-                        version: version - count + 1,
+                    UserState {
+                        last_seq: after.0 - count,
+                        unread: after.1 - count,
+                        version: after.2 - count,
                     },
                 );
             }
         }
     }
+    Ok(before)
+}
 
-    let mut rows = Vec::with_capacity(fresh.len());
-    for new in &fresh {
-        let next = next
-            .get_mut(&new.recipient)
-            .expect("every fresh recipient has a reserved block");
-        rows.push(Notification {
-            id: new_object_id(),
-            recipient: new.recipient,
-            seq: next.seq,
-            kind: new.kind.clone(),
-            channel: new.channel,
-            content: new.content.clone(),
-            status: Status::Sent,
-            priority: new.priority,
-            created_at: now,
-            updated_at: now,
-            version: next.version,
-        });
-        changes.push(Change::Created {
-            notification: rows.last().cloned().expect("just pushed"),
-            unread: next.unread,
-            version: next.version,
-        });
-        next.seq += 1;
-        next.unread += 1;
-        next.version += 1;
-    }
-
-    // 13 parameters a row stays well under SQLite's 32,766.
+/// Inserts the numbered rows, 1,000 per statement (13 parameters a row
+/// stays well under SQLite's 32,766).
+async fn insert_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: &[Numbered],
+    fresh: &[&NewNotification],
+) -> Result<(), sqlx::Error> {
     for (chunk, news) in rows.chunks(1000).zip(fresh.chunks(1000)) {
         let mut insert = QueryBuilder::<Sqlite>::new(format!(
             "INSERT INTO notifications ({COLUMNS}, idempotency_key) "
         ));
         insert.push_values(chunk.iter().zip(news), |mut values, (row, new)| {
+            let row = &row.notification;
             values
                 .push_bind(row.id.clone())
                 .push_bind(row.recipient.role.code())
@@ -607,29 +571,7 @@ async fn create_run(
         });
         insert.build().execute(&mut **tx).await?;
     }
-
-    Ok(slots
-        .into_iter()
-        .map(|batch| {
-            batch
-                .into_iter()
-                .map(|slot| match slot {
-                    Slot::Existing(notification) => Created {
-                        notification,
-                        fresh: false,
-                    },
-                    Slot::Fresh(index) => Created {
-                        notification: rows[index].clone(),
-                        fresh: true,
-                    },
-                    Slot::SameAs(index) => Created {
-                        notification: rows[index].clone(),
-                        fresh: false,
-                    },
-                })
-                .collect()
-        })
-        .collect())
+    Ok(())
 }
 
 async fn find_by_key(
@@ -783,7 +725,7 @@ async fn mark_run(
             .fetch_all(&mut **tx)
             .await?;
         for row in rows {
-            let user = decode_user(&row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+            let user = decode_user(&row)?;
             counters.insert(user, (row.try_get(2)?, row.try_get(3)?));
         }
     }
@@ -864,17 +806,6 @@ async fn mark(
     })
 }
 
-async fn presence_entries(
-    tx: &mut Transaction<'_, Sqlite>,
-    user: User,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(PRESENCE_ENTRIES)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_one(&mut **tx)
-        .await
-}
-
 /// Records the user's offline moment and announces it.
 async fn went_offline(
     tx: &mut Transaction<'_, Sqlite>,
@@ -905,7 +836,7 @@ async fn set_presence(
     expires_at: i64,
     changes: &mut Vec<Change>,
 ) -> Result<(), sqlx::Error> {
-    let before = presence_entries(tx, user).await?;
+    let before = presence_entries::<Sqlite>(&mut **tx, &READS, user).await?;
     if streams > 0 {
         sqlx::query(SET_ENTRY)
             .bind(node)
@@ -923,7 +854,7 @@ async fn set_presence(
             .execute(&mut **tx)
             .await?;
     }
-    let after = presence_entries(tx, user).await?;
+    let after = presence_entries::<Sqlite>(&mut **tx, &READS, user).await?;
     if before == 0 && after > 0 {
         changes.push(Change::Presence {
             user,
@@ -946,48 +877,18 @@ async fn expire_presence(
         .fetch_all(&mut **tx)
         .await?;
     for row in &expired {
-        let user = decode_user(row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+        let user = decode_user(row)?;
         sqlx::query(DROP_EXPIRED)
             .bind(user.role.code())
             .bind(user.id)
             .bind(now)
             .execute(&mut **tx)
             .await?;
-        if presence_entries(tx, user).await? == 0 {
+        if presence_entries::<Sqlite>(&mut **tx, &READS, user).await? == 0 {
             went_offline(tx, user, now, changes).await?;
         }
     }
     Ok(())
-}
-
-fn decode(row: &SqliteRow) -> Result<Notification, sqlx::Error> {
-    let corrupt =
-        |what: &str| sqlx::Error::Decode(format!("unknown {what} in a stored row").into());
-    let role: i64 = row.try_get(1)?;
-    let channel: i64 = row.try_get(5)?;
-    let status: i64 = row.try_get(7)?;
-    Ok(Notification {
-        id: row.try_get(0)?,
-        recipient: User {
-            role: Role::from_code(role).ok_or_else(|| corrupt("role"))?,
-            id: row.try_get(2)?,
-        },
-        seq: row.try_get(3)?,
-        kind: row.try_get(4)?,
-        channel: Channel::from_code(channel).ok_or_else(|| corrupt("channel"))?,
-        content: row.try_get(6)?,
-        status: Status::from_code(status).ok_or_else(|| corrupt("status"))?,
-        priority: row.try_get(8)?,
-        created_at: row.try_get(9)?,
-        updated_at: row.try_get(10)?,
-        version: row.try_get(11)?,
-    })
-}
-
-fn decode_all(rows: &[SqliteRow]) -> Result<Vec<Notification>, StoreError> {
-    rows.iter()
-        .map(|row| decode(row).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .collect()
 }
 
 fn unexpected(outcome: Outcome) -> StoreError {
@@ -1010,8 +911,7 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
-        let rows = sqlx::query(GET).bind(id).fetch_all(&self.readers).await?;
-        Ok(decode_all(&rows)?.pop())
+        self.reads.get(id).await
     }
 
     async fn list_unread(
@@ -1020,39 +920,7 @@ impl Store for SqliteStore {
         start: PageStart,
         limit: u32,
     ) -> Result<OfflinePage, StoreError> {
-        // One read transaction: the count, the page and last_seq come from
-        // the same snapshot.
-        let mut tx = self.readers.begin().await?;
-        let state = read_state(&mut tx, user).await?;
-        let (total, last_seq) = (state.unread, state.last_seq);
-        let rows = match start {
-            PageStart::Page(page) if page_offset(page, limit) >= total => Vec::new(),
-            PageStart::Page(page) => {
-                sqlx::query(UNREAD_PAGE)
-                    .bind(user.role.code())
-                    .bind(user.id)
-                    .bind(i64::from(limit))
-                    .bind(page_offset(page, limit))
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-            PageStart::BeforeSeq(before) => {
-                sqlx::query(UNREAD_BEFORE)
-                    .bind(user.role.code())
-                    .bind(user.id)
-                    .bind(before)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-        };
-        tx.commit().await?;
-        Ok(OfflinePage {
-            items: decode_all(&rows)?,
-            total,
-            last_seq,
-            version: state.version,
-        })
+        self.reads.list_unread(user, start, limit).await
     }
 
     async fn after_seq(
@@ -1061,28 +929,15 @@ impl Store for SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(AFTER_SEQ)
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.readers)
-            .await?;
-        decode_all(&rows)
+        self.reads.after_seq(user, after, limit).await
     }
 
     async fn user_state(&self, user: User) -> Result<UserState, StoreError> {
-        let mut connection = self.readers.acquire().await?;
-        Ok(read_state(&mut connection, user).await?)
+        self.reads.user_state(user).await
     }
 
     async fn id_at(&self, user: User, seq: i64) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(ID_AT)
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(seq)
-            .fetch_optional(&self.readers)
-            .await?)
+        self.reads.id_at(user, seq).await
     }
 
     async fn changed_after(
@@ -1091,22 +946,7 @@ impl Store for SqliteStore {
         after: ChangePosition,
         limit: u32,
     ) -> Result<ChangedPage, StoreError> {
-        // One read transaction: the rows and the counters from one snapshot.
-        let mut tx = self.readers.begin().await?;
-        let rows = sqlx::query(CHANGED_AFTER)
-            .bind(user.role.code())
-            .bind(user.id)
-            .bind(after.version)
-            .bind(after.seq)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
-        let state = read_state(&mut tx, user).await?;
-        tx.commit().await?;
-        Ok(ChangedPage {
-            items: decode_all(&rows)?,
-            state,
-        })
+        self.reads.changed_after(user, after, limit).await
     }
 
     fn epoch(&self) -> &str {
@@ -1144,46 +984,19 @@ impl Store for SqliteStore {
     }
 
     async fn room_members(&self, room: &str) -> Result<Vec<RoomMember>, StoreError> {
-        let rows = sqlx::query(ROOM_MEMBERS)
-            .bind(room)
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RoomMember {
-                    user: decode_user(row)?,
-                    last_seen_at: row.try_get(2)?,
-                    online: row.try_get(3)?,
-                })
-            })
-            .collect()
+        self.reads.room_members(room).await
     }
 
     async fn room_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query(ROOM_PEERS)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(decode_user).collect()
+        self.reads.room_peers(user).await
     }
 
     async fn online_peers(&self, user: User) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query(ONLINE_PEERS)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter().map(decode_user).collect()
+        self.reads.online_peers(user).await
     }
 
     async fn last_seen(&self, user: User) -> Result<Option<i64>, StoreError> {
-        let seen: Option<Option<i64>> = sqlx::query_scalar(LAST_SEEN)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_optional(&self.readers)
-            .await?;
-        Ok(seen.flatten())
+        self.reads.last_seen(user).await
     }
 
     async fn set_presence(
@@ -1219,34 +1032,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// The user's counters (all 0 before their first notification).
-async fn read_state(
-    connection: &mut SqliteConnection,
-    user: User,
-) -> Result<UserState, sqlx::Error> {
-    let counters: Option<(i64, i64, i64)> = sqlx::query_as(USER_STATE)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_optional(connection)
-        .await?;
-    Ok(counters
-        .map(|(last_seq, unread, version)| UserState {
-            last_seq,
-            unread,
-            version,
-        })
-        .unwrap_or_default())
-}
-
-fn decode_user(row: &SqliteRow) -> Result<User, StoreError> {
-    let role: i64 = row.try_get(0)?;
-    Ok(User {
-        role: Role::from_code(role)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role}")))?,
-        id: row.try_get(1)?,
-    })
-}
-
 #[cfg(test)]
 mod plans {
     //! Every statement that takes user input is planned on the index meant
@@ -1254,6 +1039,8 @@ mod plans {
     //! user with a large unread inbox, analysed.
 
     use super::*;
+    use crate::model::{Channel, Role};
+    use crate::object_id::new_object_id;
 
     struct Nowhere;
     impl ChangeSink for Nowhere {

@@ -1,0 +1,236 @@
+//! The stages of a create both stores share, apart from the SQL:
+//!
+//! 1. **Resolve keys**: a notification whose idempotency key the recipient
+//!    already has (stored, or earlier in the same commit) is answered with
+//!    that one instead of a new row ([`Plan::resolve`]).
+//! 2. **Reserve seqs**: the store reads (and locks, or upserts) each
+//!    recipient's counters: its own SQL.
+//! 3. **Number**: each fresh notification takes its recipient's next seq
+//!    and version, and the unread count after it ([`Plan::number`]).
+//! 4. **Insert**: the store writes the rows: its own SQL.
+//! 5. **Answer**: each input gets its notification, fresh or not
+//!    ([`Plan::answers`]).
+
+use std::collections::HashMap;
+
+use crate::model::{Created, NewNotification, Notification, Status, User, UserState};
+use crate::object_id::new_object_id;
+
+/// Where one input's answer comes from.
+enum Slot {
+    /// Stored before this commit.
+    Existing(Notification),
+    /// The n-th fresh row.
+    Fresh(usize),
+    /// The same key as the n-th fresh row, earlier in this commit.
+    SameAs(usize),
+}
+
+/// A commit's creates once their keys are resolved: the batches (each
+/// answered on its own) and the notifications that need a row.
+pub(crate) struct Plan<'a> {
+    slots: Vec<Vec<Slot>>,
+    fresh: Vec<&'a NewNotification>,
+}
+
+/// A fresh notification, numbered.
+pub(crate) struct Numbered {
+    /// The row to insert.
+    pub notification: Notification,
+    /// Its recipient's unread count right after it.
+    pub unread: i64,
+}
+
+impl<'a> Plan<'a> {
+    /// Stage 1. `stored` holds the notifications already stored under the
+    /// (recipient, key) pairs of `batches`.
+    pub(crate) fn resolve(
+        batches: &[&'a [NewNotification]],
+        stored: &HashMap<(User, String), Notification>,
+    ) -> Plan<'a> {
+        let mut slots = Vec::with_capacity(batches.len());
+        let mut fresh = Vec::new();
+        let mut seen: HashMap<(User, &str), usize> = HashMap::new();
+        for batch in batches {
+            let mut batch_slots = Vec::with_capacity(batch.len());
+            for new in batch.iter() {
+                let slot = match new.idempotency_key.as_deref() {
+                    Some(key) => {
+                        if let Some(&index) = seen.get(&(new.recipient, key)) {
+                            Slot::SameAs(index)
+                        } else if let Some(existing) = stored.get(&(new.recipient, key.to_owned()))
+                        {
+                            Slot::Existing(existing.clone())
+                        } else {
+                            seen.insert((new.recipient, key), fresh.len());
+                            fresh.push(new);
+                            Slot::Fresh(fresh.len() - 1)
+                        }
+                    }
+                    None => {
+                        fresh.push(new);
+                        Slot::Fresh(fresh.len() - 1)
+                    }
+                };
+                batch_slots.push(slot);
+            }
+            slots.push(batch_slots);
+        }
+        Plan { slots, fresh }
+    }
+
+    /// The notifications that need a row, in the order [`Plan::number`]
+    /// numbers them.
+    pub(crate) fn fresh(&self) -> &[&'a NewNotification] {
+        &self.fresh
+    }
+
+    /// How many fresh notifications each recipient gets, each recipient
+    /// once, in order of first appearance.
+    pub(crate) fn per_recipient(&self) -> Vec<(User, i64)> {
+        let mut counts: Vec<(User, i64)> = Vec::new();
+        let mut position: HashMap<User, usize> = HashMap::new();
+        for new in &self.fresh {
+            let index = *position.entry(new.recipient).or_insert_with(|| {
+                counts.push((new.recipient, 0));
+                counts.len() - 1
+            });
+            counts[index].1 += 1;
+        }
+        counts
+    }
+
+    /// Stage 3. `counters` holds each recipient's counters before this
+    /// commit and comes back as they are after it. Each notification is
+    /// one change of its recipient: it takes a version as it takes a seq.
+    pub(crate) fn number(
+        &self,
+        counters: &mut HashMap<User, UserState>,
+        now: i64,
+    ) -> Vec<Numbered> {
+        self.fresh
+            .iter()
+            .map(|new| {
+                let state = counters.entry(new.recipient).or_default();
+                state.last_seq += 1;
+                state.unread += 1;
+                state.version += 1;
+                Numbered {
+                    notification: Notification {
+                        id: new_object_id(),
+                        recipient: new.recipient,
+                        seq: state.last_seq,
+                        kind: new.kind.clone(),
+                        channel: new.channel,
+                        content: new.content.clone(),
+                        status: Status::Sent,
+                        priority: new.priority,
+                        created_at: now,
+                        updated_at: now,
+                        version: state.version,
+                    },
+                    unread: state.unread,
+                }
+            })
+            .collect()
+    }
+
+    /// Stage 5: each batch's answers, in input order.
+    pub(crate) fn answers(self, rows: &[Numbered]) -> Vec<Vec<Created>> {
+        self.slots
+            .into_iter()
+            .map(|batch| {
+                batch
+                    .into_iter()
+                    .map(|slot| match slot {
+                        Slot::Existing(notification) => Created {
+                            notification,
+                            fresh: false,
+                        },
+                        Slot::Fresh(index) => Created {
+                            notification: rows[index].notification.clone(),
+                            fresh: true,
+                        },
+                        Slot::SameAs(index) => Created {
+                            notification: rows[index].notification.clone(),
+                            fresh: false,
+                        },
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Channel;
+
+    fn new(user: User, key: Option<&str>) -> NewNotification {
+        NewNotification {
+            recipient: user,
+            kind: "order".to_owned(),
+            channel: Channel::InApp,
+            content: "{}".to_owned(),
+            priority: 0,
+            idempotency_key: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn keys_resolve_to_the_stored_or_the_earlier_one_and_seqs_follow_the_counters() {
+        let (a, b) = (User::vendor(1), User::customer(1));
+        let mut stored = HashMap::new();
+        let mut old = Plan::resolve(&[&[new(a, Some("k0"))]], &stored)
+            .number(&mut HashMap::new(), 0)
+            .remove(0)
+            .notification;
+        old.seq = 7;
+        stored.insert((a, "k0".to_owned()), old.clone());
+
+        let first = [new(a, Some("k0")), new(a, Some("k1")), new(b, None)];
+        let second = [new(a, Some("k1")), new(b, Some("k1")), new(a, None)];
+        let plan = Plan::resolve(&[&first, &second], &stored);
+        assert_eq!(plan.per_recipient(), vec![(a, 2), (b, 2)]);
+        let mut counters = HashMap::from([(
+            a,
+            UserState {
+                last_seq: 7,
+                unread: 3,
+                version: 10,
+            },
+        )]);
+        let rows = plan.number(&mut counters, 5);
+        let seqs: Vec<(User, i64, i64, i64)> = rows
+            .iter()
+            .map(|r| {
+                let n = &r.notification;
+                (n.recipient, n.seq, n.version, r.unread)
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![(a, 8, 11, 4), (b, 1, 1, 1), (b, 2, 2, 2), (a, 9, 12, 5)]
+        );
+        assert_eq!(counters[&a].last_seq, 9, "the counters come back advanced");
+        let answers = plan.answers(&rows);
+        let fresh: Vec<Vec<(i64, bool)>> = answers
+            .iter()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .map(|c| (c.notification.seq, c.fresh))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            fresh,
+            vec![
+                vec![(7, false), (8, true), (1, true)],
+                vec![(8, false), (2, true), (9, true)],
+            ],
+            "a stored key answers the stored one; a repeat in the commit the first"
+        );
+    }
+}
