@@ -446,6 +446,7 @@ async fn record_deliveries_marks_each_users_own_notifications_delivered() {
 /// JWT secret and API token.
 #[tokio::test]
 async fn secrets_never_appear_in_logs() {
+    use notify_testkit::{Process, core};
     use std::io::Read;
     use std::process::{Command, Stdio};
 
@@ -453,57 +454,24 @@ async fn secrets_never_appear_in_logs() {
     const SECRET: &str = "jwt-secret-do-not-log-9a7e2b";
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("n.db").display());
-    let spawn = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_notify"))
-            .args(args)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+    let bin: &std::path::Path = env!("CARGO_BIN_EXE_notify").as_ref();
+    let start = |mut command: Command, ready: &str| {
+        command.env("RUST_LOG", "debug").stderr(Stdio::piped());
+        Process::start(command, ready).expect("ready line")
     };
-    let ready_line = |child: &mut std::process::Child, prefix: &str| {
-        use std::io::BufRead;
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.starts_with(prefix))
-            .expect("ready line")
-    };
-    let field = |line: &str, name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .unwrap()
-            .to_owned()
-    };
-    let mut core = spawn(&[
-        "core",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &url,
-        "--api-token",
-        TOKEN,
-    ]);
-    let grpc = field(&ready_line(&mut core, "notify core ready"), "grpc=");
-    let mut bridge = spawn(&[
-        "bridge",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--core-url",
-        &format!("http://{grpc}"),
-        "--jwt-secret",
-        SECRET,
-        "--api-token",
-        TOKEN,
-    ]);
-    let line = ready_line(&mut bridge, "notify bridge ready");
-    let (http, bridge_metrics) = (field(&line, "http="), field(&line, "metrics="));
+    let mut core = core::command(bin, &url);
+    core.args(["--api-token", TOKEN]);
+    let core = start(core, core::READY);
+    let grpc = core.field("grpc").unwrap().to_owned();
+    let mut bridge = Command::new(bin);
+    bridge
+        .args(["bridge", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--core-url", &format!("http://{grpc}")])
+        .args(["--jwt-secret", SECRET, "--api-token", TOKEN]);
+    let bridge = start(bridge, "notify bridge ready");
+    let http = bridge.field("http").unwrap().to_owned();
+    let bridge_metrics = bridge.field("metrics").unwrap().to_owned();
 
     // A refused call with a wrong token, and a good one.
     let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
@@ -543,11 +511,13 @@ async fn secrets_never_appear_in_logs() {
     assert!(!metrics.contains(SECRET) && !metrics.contains(TOKEN));
 
     let mut logs = String::new();
-    for mut child in [bridge, core] {
-        terminate(&child);
-        child.wait().unwrap();
+    // SIGTERM, so each process flushes its logs as it stops.
+    for mut process in [bridge, core] {
+        process.signal("TERM").unwrap();
+        process.child_mut().wait().unwrap();
         let mut text = String::new();
-        child
+        process
+            .child_mut()
             .stderr
             .take()
             .unwrap()
@@ -562,13 +532,6 @@ async fn secrets_never_appear_in_logs() {
     assert!(!logs.contains(SECRET), "the JWT secret was logged");
     assert!(!logs.contains(TOKEN), "the API token was logged");
     assert!(!logs.contains("4f1X"), "a presented token was logged");
-}
-
-/// SIGTERM, so the process flushes its logs as it stops.
-fn terminate(child: &std::process::Child) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
 }
 
 /// `GET path` over a plain HTTP/1.1 connection; the whole response.

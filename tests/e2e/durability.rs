@@ -181,7 +181,7 @@ async fn sigterm_exits_while_the_database_is_down() {
     if crate::harness::postgres_admin_url().is_none() {
         return;
     }
-    let server = crate::harness::OwnPostgres::start();
+    let server = crate::harness::OwnPostgres::start().expect("a PostgreSQL server of our own");
     let url = crate::harness::create_database(&server.url).await;
     let mut core = CoreProcess::start_on(&url, &[], tempfile::tempdir().unwrap());
     let mut client = core.client().await;
@@ -194,7 +194,7 @@ async fn sigterm_exits_while_the_database_is_down() {
         .await
         .unwrap()
         .into_inner();
-    server.stop();
+    server.stop().expect("stop PostgreSQL");
     // `shut_down` fails the test if the core is still running 15 s later.
     assert!(core.shut_down().await.success());
 }

@@ -1,23 +1,21 @@
-//! Starts real `notify core` processes on ephemeral loopback ports, each on
-//! its own database in a temporary directory, and gives typed clients.
+//! Real `notify core` processes on ephemeral loopback ports, each on its
+//! own database in a temporary directory (spawning and the ready line are
+//! the test kit's), with what the tests do to them: signals, restarts.
 //! Set `TEST_LOG=1` to see the processes' logs.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use notify::contract::proto::notification_service_client::NotificationServiceClient;
-use tonic::transport::Channel;
+use notify_testkit::{Process, core};
 
 /// A gRPC client for the core.
-pub type Client = NotificationServiceClient<Channel>;
+pub type Client = core::Client;
 
 /// A running core process.
 pub struct CoreProcess {
-    child: Child,
+    process: Process,
     /// The gRPC address.
     pub addr: SocketAddr,
     /// The `/metrics` address.
@@ -61,9 +59,9 @@ impl CoreProcess {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, addr, metrics_addr) = spawn(&database_url, &extra, &env);
+        let (process, addr, metrics_addr) = spawn(&database_url, &extra, &env);
         CoreProcess {
-            child,
+            process,
             addr,
             metrics_addr,
             database_url,
@@ -75,11 +73,7 @@ impl CoreProcess {
 
     /// Sends a signal by name (`STOP`, `CONT`, …).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name}");
+        self.process.signal(name).expect("signal the core");
     }
 
     /// `http://addr` for clients.
@@ -89,34 +83,22 @@ impl CoreProcess {
 
     /// A connected client.
     pub async fn client(&self) -> Client {
-        let channel = Channel::from_shared(self.url())
-            .expect("valid url")
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .expect("connect to core");
-        NotificationServiceClient::new(channel)
+        core::client(self.addr).await.expect("connect to core")
     }
 
     /// SIGKILL: no goodbye, no flush, no checkpoint.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
     }
 
     /// SIGTERM, then the exit status, without blocking the test's runtime:
     /// the clients' connections keep being served (the core drains them).
     pub async fn shut_down(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..300 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("core did not exit within 15 s of SIGTERM");
+        self.process.signal("TERM").expect("SIGTERM the core");
+        self.process
+            .exit_within(Duration::from_secs(15))
+            .await
+            .expect("core exits within 15 s of SIGTERM")
     }
 
     /// Starts the core again on the same database (on a new port).
@@ -128,8 +110,8 @@ impl CoreProcess {
     /// Starts the core again after [`Self::kill9`] or [`Self::terminate`],
     /// on the same database (on a new port).
     pub fn start_again(&mut self) {
-        let (child, addr, metrics_addr) = spawn(&self.database_url, &self.extra, &self.env);
-        self.child = child;
+        let (process, addr, metrics_addr) = spawn(&self.database_url, &self.extra, &self.env);
+        self.process = process;
         self.addr = addr;
         self.metrics_addr = metrics_addr;
     }
@@ -145,48 +127,18 @@ impl CoreProcess {
     }
 }
 
-impl Drop for CoreProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 fn spawn(
     database_url: &str,
     extra: &[String],
     env: &[(String, String)],
-) -> (Child, SocketAddr, SocketAddr) {
+) -> (Process, SocketAddr, SocketAddr) {
     let log = std::env::var_os("TEST_LOG").is_some();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_notify"))
+    let mut command = core::command(env!("CARGO_BIN_EXE_notify").as_ref(), database_url);
+    command
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .arg("core")
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--database-url", database_url])
         .args(extra)
-        .env_remove("NOTIFY_API_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .expect("spawn notify core");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("notify core ready") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("core printed its ready line (run with TEST_LOG=1 to see why not)");
-    let field = |name: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|part| part.strip_prefix(name))
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-    };
-    (child, field("grpc="), field("metrics="))
+        .stderr(if log { Stdio::inherit() } else { Stdio::null() });
+    core::start(command).expect("core printed its ready line (run with TEST_LOG=1 to see why not)")
 }
 
 /// libfaketime (Debian's `faketime` package; `scripts/test` installs it),
@@ -220,84 +172,11 @@ pub fn grpcurl() -> PathBuf {
     found.expect("grpcurl not found: run scripts/test, which installs it into .venv")
 }
 
-/// The test PostgreSQL server's admin URL (`scripts/test` starts one), or
-/// `None` when there is none and none is required.
-pub fn postgres_admin_url() -> Option<String> {
-    match std::env::var("NOTIFY_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var_os("NOTIFY_REQUIRE_POSTGRES").is_none(),
-                "NOTIFY_REQUIRE_POSTGRES is set but NOTIFY_TEST_POSTGRES_URL is not"
-            );
-            eprintln!("PostgreSQL test not run: set NOTIFY_TEST_POSTGRES_URL (scripts/test does)");
-            None
-        }
-    }
-}
+pub use notify_testkit::postgres::{OwnPostgres, admin_url as postgres_admin_url};
 
 /// A fresh, empty database on the server at `admin_url`.
 pub async fn create_database(admin_url: &str) -> String {
-    use sqlx::Connection;
-    let name = format!("t_{}", notify_store::new_object_id());
-    let mut connection = sqlx::PgConnection::connect(admin_url)
+    notify_testkit::postgres::create_database(admin_url)
         .await
-        .expect("connect to the test PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut connection)
-        .await
-        .expect("create a test database");
-    let base = admin_url.rsplit_once('/').expect("url has a path").0;
-    format!("{base}/{name}")
-}
-
-/// A PostgreSQL server of the test's own (for tests that restart it),
-/// through `scripts/postgres`; stopped when dropped.
-pub struct OwnPostgres {
-    /// Admin URL.
-    pub url: String,
-    dir: tempfile::TempDir,
-}
-
-impl OwnPostgres {
-    /// Starts one on a free loopback port.
-    pub fn start() -> OwnPostgres {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("temp dir");
-        // The server runs as `postgres`, which must reach its data directory.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod temp dir");
-        let url = postgres_script("start", &dir);
-        OwnPostgres { url, dir }
-    }
-
-    /// Restarts it (fast shutdown: open connections are cut).
-    pub fn restart(&self) {
-        postgres_script("restart", &self.dir);
-    }
-
-    /// Stops it (fast shutdown: open connections are cut).
-    pub fn stop(&self) {
-        postgres_script("stop", &self.dir);
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        postgres_script("stop", &self.dir);
-    }
-}
-
-fn postgres_script(action: &str, dir: &tempfile::TempDir) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres");
-    let output = Command::new(script)
-        .args([action, &dir.path().join("pg").display().to_string()])
-        .output()
-        .expect("run scripts/postgres");
-    assert!(
-        output.status.success(),
-        "scripts/postgres {action}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        .expect("a test database")
 }

@@ -167,7 +167,7 @@ async fn a_postgres_restart_under_load_loses_nothing_acknowledged() {
     }
     // A server of this test's own: restarting the shared one would disturb
     // the other tests.
-    let server = OwnPostgres::start();
+    let server = OwnPostgres::start().expect("a PostgreSQL server of our own");
     let url = create_database(&server.url).await;
     let core = core_on(&url, &["--db-acquire-timeout", "1s"]);
     let client = core.client().await;
@@ -202,7 +202,7 @@ async fn a_postgres_restart_under_load_loses_nothing_acknowledged() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    server.restart();
+    server.restart().expect("restart PostgreSQL");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();
     let (mut acked, mut refused) = (Vec::new(), 0);

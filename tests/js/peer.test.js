@@ -1,7 +1,7 @@
-// The Node.js peer bridge of the benchmarks (bench/peer/server.js) against
+// The Node.js peer bridge of the benchmarks (crates/bench/peer/server.js) against
 // notify bridge: one core, both bridges in front of it, the same user on
 // each, and every event they send must carry the same JSON. Needs
-// `cd bench/peer && npm ci` (socket.io, @grpc/grpc-js, jsonwebtoken).
+// `cd crates/bench/peer && npm ci` (socket.io, @grpc/grpc-js, jsonwebtoken).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
@@ -12,7 +12,12 @@ import {
 const stack = {};
 before(async () => {
   stack.core = await Core.start();
-  [stack.bridge, stack.peer] = await Promise.all([Bridge.start(stack.core), Peer.start(stack.core)]);
+  // Settled, not raced: a bridge that started beside a peer that failed is
+  // still kept, so `after` stops it instead of leaving it to hold the run open.
+  const started = await Promise.allSettled([Bridge.start(stack.core), Peer.start(stack.core)]);
+  [stack.bridge, stack.peer] = started.map((s) => (s.status === "fulfilled" ? s.value : undefined));
+  const failed = started.find((s) => s.status === "rejected");
+  if (failed) throw failed.reason;
 });
 after(async () => {
   const peerExit = await stack.peer?.stop();

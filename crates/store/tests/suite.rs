@@ -92,22 +92,7 @@ async fn sqlite() -> Backend {
 
 /// A fresh database on the test server, or `None` if there is no server.
 pub async fn postgres_database() -> Option<String> {
-    let Ok(admin) = std::env::var("NOTIFY_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("NOTIFY_REQUIRE_POSTGRES").is_none(),
-            "NOTIFY_REQUIRE_POSTGRES is set but NOTIFY_TEST_POSTGRES_URL is not"
-        );
-        eprintln!("PostgreSQL case not run: set NOTIFY_TEST_POSTGRES_URL (scripts/test does)");
-        return None;
-    };
-    let name = format!("t_{}", new_object_id());
-    let mut connection = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').unwrap().0;
-    Some(format!("{base}/{name}"))
+    notify_testkit::postgres::database().await
 }
 
 async fn postgres() -> Option<Backend> {
