@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use notify::bridge::limits::Limits;
+use notify::core::presence;
 use notify::telemetry::{self, LogFormat};
-use notify_store::{Synchronous, User};
+use notify_store::{PgOptions, SqliteOptions, Synchronous, User};
 use tokio_util::sync::CancellationToken;
 
 /// The secret `notify dev` signs tokens with. Development only.
@@ -48,7 +50,7 @@ enum Command {
 #[derive(clap::Args)]
 struct CoreArgs {
     /// Address for gRPC (port 0 picks a free one).
-    #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "NOTIFY_LISTEN", default_value = notify::core::DEFAULT_LISTEN)]
     listen: String,
     #[command(flatten)]
     store: StoreArgs,
@@ -73,32 +75,32 @@ struct StoreArgs {
         long,
         env = "NOTIFY_SQLITE_SYNCHRONOUS",
         value_enum,
-        default_value = "full"
+        default_value_t = SqliteOptions::DEFAULT.synchronous.into()
     )]
     sqlite_synchronous: SyncArg,
     /// How long a core's presence entries outlive it if it dies without a
     /// goodbye; then its users go offline.
-    #[arg(long, env = "NOTIFY_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
-    presence_ttl: Duration,
+    #[arg(long, env = "NOTIFY_PRESENCE_TTL", default_value_t = presence::DEFAULT_TTL.into())]
+    presence_ttl: humantime::Duration,
     /// PostgreSQL: most connections in this core's pool.
-    #[arg(long, env = "NOTIFY_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "NOTIFY_DB_MAX_CONNECTIONS", default_value_t = PgOptions::DEFAULT.max_connections)]
     db_max_connections: u32,
     /// PostgreSQL: how long a call waits for a connection before it fails
     /// with UNAVAILABLE.
-    #[arg(long, env = "NOTIFY_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    db_acquire_timeout: Duration,
+    #[arg(long, env = "NOTIFY_DB_ACQUIRE_TIMEOUT", default_value_t = PgOptions::DEFAULT.acquire_timeout.into())]
+    db_acquire_timeout: humantime::Duration,
 }
 
 #[derive(clap::Args)]
 struct BridgeArgs {
     /// Address for HTTP and Socket.IO (port 0 picks a free one).
-    #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:3000")]
+    #[arg(long, env = "NOTIFY_LISTEN", default_value = notify::bridge::DEFAULT_LISTEN)]
     listen: String,
     /// The core's gRPC URL.
     #[arg(
         long,
         env = "NOTIFY_CORE_URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = notify::bridge::DEFAULT_CORE_URL
     )]
     core_url: String,
     #[command(flatten)]
@@ -119,22 +121,22 @@ struct BridgeArgs {
 #[derive(clap::Args)]
 struct LimitArgs {
     /// Sockets one user may have open on this bridge; more are refused (429).
-    #[arg(long, env = "NOTIFY_MAX_SOCKETS_PER_USER", default_value_t = 10)]
+    #[arg(long, env = "NOTIFY_MAX_SOCKETS_PER_USER", default_value_t = Limits::DEFAULT.sockets_per_user)]
     max_sockets_per_user: usize,
     /// Client requests one user may have waiting on the core at once, across
     /// all their sockets on this bridge; more get 429.
     #[arg(
         long,
         env = "NOTIFY_MAX_REQUESTS_IN_FLIGHT_PER_USER",
-        default_value_t = 4
+        default_value_t = Limits::DEFAULT.requests_in_flight_per_user
     )]
     max_requests_in_flight_per_user: usize,
     /// Client events per second per socket (bursts of twice that pass); a
     /// socket that keeps flooding gets 429 and is disconnected.
-    #[arg(long, env = "NOTIFY_EVENTS_PER_SECOND", default_value_t = 20)]
+    #[arg(long, env = "NOTIFY_EVENTS_PER_SECOND", default_value_t = Limits::DEFAULT.events_per_second)]
     events_per_second: u32,
     /// Largest incoming Socket.IO packet, in bytes.
-    #[arg(long, env = "NOTIFY_MAX_PAYLOAD", default_value_t = 100_000)]
+    #[arg(long, env = "NOTIFY_MAX_PAYLOAD", default_value_t = Limits::DEFAULT.max_payload)]
     max_payload: u64,
     /// Browser origins besides the bridge's own allowed to open the page and
     /// connect, comma-separated (`https://shop.example`); `*` allows any.
@@ -142,8 +144,8 @@ struct LimitArgs {
     allowed_origins: Vec<String>,
     /// How long a connection may refuse to read (its TCP window full) before
     /// it is closed, e.g. 30s.
-    #[arg(long, env = "NOTIFY_WRITE_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    write_stall_timeout: Duration,
+    #[arg(long, env = "NOTIFY_WRITE_STALL_TIMEOUT", default_value_t = Limits::DEFAULT.write_stall_timeout.into())]
+    write_stall_timeout: humantime::Duration,
     /// Open connections (HTTP and WebSocket) at most; more are closed as
     /// they are accepted [default: the open-files limit, raised to the
     /// system's most, less 100].
@@ -151,16 +153,16 @@ struct LimitArgs {
     max_connections: Option<usize>,
     /// How long a connection may take to send its request headers, and may
     /// stay idle between requests.
-    #[arg(long, env = "NOTIFY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    header_read_timeout: Duration,
+    #[arg(long, env = "NOTIFY_HEADER_READ_TIMEOUT", default_value_t = Limits::DEFAULT.header_read_timeout.into())]
+    header_read_timeout: humantime::Duration,
     /// Socket.IO sessions opened but not yet authenticated, at most; more
     /// handshakes get 503 until some finish.
-    #[arg(long, env = "NOTIFY_MAX_PENDING_HANDSHAKES", default_value_t = 1_000)]
+    #[arg(long, env = "NOTIFY_MAX_PENDING_HANDSHAKES", default_value_t = Limits::DEFAULT.max_pending_handshakes)]
     max_pending_handshakes: usize,
     /// How long a session may stay open without sending its token (the
     /// namespace CONNECT) before it is closed.
-    #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    handshake_timeout: Duration,
+    #[arg(long, env = "NOTIFY_HANDSHAKE_TIMEOUT", default_value_t = Limits::DEFAULT.handshake_timeout.into())]
+    handshake_timeout: humantime::Duration,
 }
 
 /// The open-files limit, raised first to the most the system allows (as
@@ -170,26 +172,30 @@ fn open_files_limit() -> Option<usize> {
     usize::try_from(raised).ok()
 }
 
-impl From<LimitArgs> for notify::bridge::limits::Limits {
+impl From<LimitArgs> for Limits {
     fn from(args: LimitArgs) -> Self {
-        notify::bridge::limits::Limits {
+        Limits {
             sockets_per_user: args.max_sockets_per_user.max(1),
             requests_in_flight_per_user: args.max_requests_in_flight_per_user.max(1),
             events_per_second: args.events_per_second.max(1),
             max_payload: args.max_payload,
             allowed_origins: args.allowed_origins,
-            write_stall_timeout: args.write_stall_timeout,
+            write_stall_timeout: args.write_stall_timeout.into(),
             // Descriptors left over for the core connections, the metrics
             // listener and files.
             max_connections: {
                 let files = open_files_limit();
                 args.max_connections
-                    .unwrap_or_else(|| files.map_or(10_000, |n| n.saturating_sub(100)))
+                    .unwrap_or_else(|| {
+                        files.map_or(Limits::DEFAULT.max_connections, |n| n.saturating_sub(100))
+                    })
                     .max(1)
             },
-            header_read_timeout: args.header_read_timeout.max(Duration::from_millis(100)),
+            header_read_timeout: Duration::from(args.header_read_timeout)
+                .max(Duration::from_millis(100)),
             max_pending_handshakes: args.max_pending_handshakes.max(1),
-            handshake_timeout: args.handshake_timeout.max(Duration::from_millis(100)),
+            handshake_timeout: Duration::from(args.handshake_timeout)
+                .max(Duration::from_millis(100)),
         }
     }
 }
@@ -197,10 +203,10 @@ impl From<LimitArgs> for notify::bridge::limits::Limits {
 #[derive(clap::Args)]
 struct DevArgs {
     /// Address of the bridge (HTTP and Socket.IO).
-    #[arg(long, env = "NOTIFY_LISTEN", default_value = "127.0.0.1:3000")]
+    #[arg(long, env = "NOTIFY_LISTEN", default_value = notify::bridge::DEFAULT_LISTEN)]
     listen: String,
     /// Address of the core's gRPC.
-    #[arg(long, env = "NOTIFY_CORE_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "NOTIFY_CORE_LISTEN", default_value = notify::core::DEFAULT_LISTEN)]
     core_listen: String,
     /// Address for the core's Prometheus `GET /metrics` [default: 127.0.0.1:9464, skipped if busy].
     #[arg(long, env = "NOTIFY_METRICS_LISTEN")]
@@ -298,6 +304,15 @@ enum SyncArg {
     Normal,
 }
 
+impl From<Synchronous> for SyncArg {
+    fn from(value: Synchronous) -> Self {
+        match value {
+            Synchronous::Full => SyncArg::Full,
+            Synchronous::Normal => SyncArg::Normal,
+        }
+    }
+}
+
 impl From<SyncArg> for Synchronous {
     fn from(arg: SyncArg) -> Self {
         match arg {
@@ -329,10 +344,10 @@ fn core_config(store: StoreArgs, api_token: Option<String>) -> notify::core::Cor
         database_url: store.database_url,
         api_token,
         synchronous: store.sqlite_synchronous.into(),
-        presence_ttl: store.presence_ttl,
+        presence_ttl: store.presence_ttl.into(),
         postgres: notify_store::PgOptions {
             max_connections: store.db_max_connections,
-            acquire_timeout: store.db_acquire_timeout,
+            acquire_timeout: store.db_acquire_timeout.into(),
         },
     }
 }

@@ -42,19 +42,25 @@ pub struct Limits {
     pub handshake_timeout: Duration,
 }
 
+impl Limits {
+    /// The defaults, stated once: the command line's and [`Default`]'s.
+    pub const DEFAULT: Limits = Limits {
+        sockets_per_user: 10,
+        requests_in_flight_per_user: 4,
+        events_per_second: 20,
+        max_payload: 100_000,
+        allowed_origins: Vec::new(),
+        write_stall_timeout: Duration::from_secs(30),
+        // When the open-files limit cannot be read.
+        max_connections: 10_000,
+        header_read_timeout: Duration::from_secs(10),
+        max_pending_handshakes: 1_000,
+        handshake_timeout: Duration::from_secs(10),
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            sockets_per_user: 10,
-            requests_in_flight_per_user: 4,
-            events_per_second: 20,
-            max_payload: 100_000,
-            allowed_origins: Vec::new(),
-            write_stall_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            header_read_timeout: Duration::from_secs(10),
-            max_pending_handshakes: 1_000,
-            handshake_timeout: Duration::from_secs(10),
-        }
+        Limits::DEFAULT
     }
 }

@@ -208,6 +208,13 @@ pub async fn run(
 /// Where the bridge's `/metrics` listens when `--metrics-listen` is not given.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9465";
 
+/// Where HTTP and Socket.IO listen when `--listen` is not given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+
+/// The core a bridge reaches when `--core-url` is not given: a core on its
+/// own default address ([`crate::core::DEFAULT_LISTEN`]).
+pub const DEFAULT_CORE_URL: &str = "http://127.0.0.1:50051";
+
 /// Binds the bridge's listener, and its metrics listener unless
 /// `metrics_listen` is `None` (`notify dev`, whose core serves the
 /// process's metrics), then prints the line scripts wait for:
@@ -230,4 +237,15 @@ pub async fn bind(
         "notify bridge ready http={addr} metrics={metrics_addr}"
     ));
     Ok((listener, metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_core_url_is_the_cores_default_address() {
+        assert_eq!(
+            super::DEFAULT_CORE_URL,
+            format!("http://{}", crate::core::DEFAULT_LISTEN)
+        );
+    }
 }

@@ -185,6 +185,9 @@ pub async fn run(
     Ok(())
 }
 
+/// Where gRPC listens when `--listen` is not given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
 /// Where `/metrics` listens when `--metrics-listen` is not given.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 

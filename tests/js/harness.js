@@ -17,8 +17,8 @@ import { before, after } from "node:test";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const BIN = process.env.NOTIFY_BIN ?? join(root, "target", "debug", "notify");
 export const SECRET = "test-secret-of-at-least-16-bytes";
-/** The Node.js peer bridge of the benchmarks (needs `cd bench/peer && npm ci`). */
-export const PEER = join(root, "bench", "peer", "server.js");
+/** The Node.js peer bridge of the benchmarks (needs `cd crates/bench/peer && npm ci`). */
+export const PEER = join(root, "crates", "bench", "peer", "server.js");
 
 const definition = protoLoader.loadSync(join(root, "proto", "notify", "v1", "notify.proto"), {
   longs: String,
@@ -181,11 +181,11 @@ export class Bridge {
   }
 }
 
-/** The Node.js peer bridge (bench/peer) in front of `core`, started like `Bridge`. */
+/** The Node.js peer bridge (crates/bench/peer) in front of `core`, started like `Bridge`. */
 export class Peer {
   static async start(core, extra = []) {
     if (!existsSync(join(dirname(PEER), "node_modules"))) {
-      throw new Error("the peer bridge's packages are missing: run (cd bench/peer && npm ci)");
+      throw new Error("the peer bridge's packages are missing: run (cd crates/bench/peer && npm ci)");
     }
     const peer = new Peer();
     const args = [PEER, "--listen", "127.0.0.1:0", "--core-url", `http://${core.addr}`, "--jwt-secret", SECRET, ...extra];

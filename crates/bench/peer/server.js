@@ -3,7 +3,7 @@
 // /notification namespace with the same events and JSON, over the same
 // core, so benchmarks compare like with like.
 //
-//   node bench/peer/server.js --listen 127.0.0.1:0 --core-url http://127.0.0.1:50051 --jwt-secret SECRET
+//   node crates/bench/peer/server.js --listen 127.0.0.1:0 --core-url http://127.0.0.1:50051 --jwt-secret SECRET
 //
 // Left out on purpose (the Rust bridge has them): per-socket rate limits,
 // the sockets-per-user cap, origin checks, stalled-socket detection,
@@ -43,7 +43,7 @@ const MAX_IDS_PER_CALL = 1000;
 
 // ---- the core ------------------------------------------------------------
 
-const protoPath = fileURLToPath(new URL("../../proto/notify/v1/notify.proto", import.meta.url));
+const protoPath = fileURLToPath(new URL("../../../proto/notify/v1/notify.proto", import.meta.url));
 const definition = protoLoader.loadSync(protoPath, { longs: Number, enums: String, defaults: true, oneofs: true });
 const { NotificationService } = grpc.loadPackageDefinition(definition).notify.v1;
 const core = new NotificationService(

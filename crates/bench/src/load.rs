@@ -208,18 +208,20 @@ async fn call(client: &mut Client, first: u64, offer: &Offer) -> Result<u64, ton
     }
 }
 
-/// One connection per client, made before any timing starts.
-async fn connect(core: &Core, clients: usize) -> anyhow::Result<Vec<Client>> {
+/// One connection per client, made before any timing starts, the clients
+/// dealt round the cores.
+async fn connect(cores: &[&Core], clients: usize) -> anyhow::Result<Vec<Client>> {
     let mut connected = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for core in cores.iter().cycle().take(clients) {
         connected.push(core.client().await?);
     }
     Ok(connected)
 }
 
-/// Creates notifications as `offer` says and reports what the core took.
-pub async fn create(core: &Core, offer: Offer) -> anyhow::Result<Created> {
-    let clients = connect(core, offer.clients).await?;
+/// Creates notifications as `offer` says, its clients dealt round `cores`
+/// (one or several sharing a database), and reports what they took.
+pub async fn create(cores: &[&Core], offer: Offer) -> anyhow::Result<Created> {
+    let clients = connect(cores, offer.clients).await?;
     let next = Arc::new(AtomicU64::new(0));
     let calls = Recorder::default();
     let interval = (offer.rate > 0)
@@ -270,7 +272,7 @@ pub async fn create(core: &Core, offer: Offer) -> anyhow::Result<Created> {
 
 /// Exactly one call per client, all at once (a broadcast).
 pub async fn create_once(core: &Core, offer: Offer) -> anyhow::Result<Created> {
-    let clients = connect(core, offer.clients).await?;
+    let clients = connect(&[core], offer.clients).await?;
     let calls = Recorder::default();
     let started = Instant::now();
     let mut senders = JoinSet::new();

@@ -1,5 +1,5 @@
 //! `notify-bench`: drives a real core and bridge — ours, or the Node.js peer
-//! in `bench/peer/` — the way production does, on loopback, and reports
+//! in `peer/` beside it — the way production does, on loopback, and reports
 //! create→receive latency, throughput, memory and CPU. Each scenario is
 //! one command; `sweep` runs the growth curves and draws the charts.
 //!
@@ -8,7 +8,9 @@
 //! (and charts) into `--out`. It exits non-zero if a notification that the
 //! core acknowledged never reached its socket.
 
+mod backends;
 mod ceiling;
+mod list;
 mod load;
 mod report;
 mod scenario;
@@ -121,6 +123,37 @@ enum Scenario {
         /// CreateNotifications (creates/s then counts notifications).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+    },
+    /// gRPC only: creates/s by backend (SQLite FULL and NORMAL, PostgreSQL
+    /// with one and two cores), round by round, medians. Starts its own
+    /// PostgreSQL server (`scripts/postgres`) when a setup needs one.
+    Backends {
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "sqlite-full,sqlite-normal,postgres1,postgres2"
+        )]
+        setups: Vec<backends::Setup>,
+        /// Concurrent clients, each on its own connection.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Seconds per round of each setup.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// gRPC only: ListOffline on random users and pages of a large store
+    /// (users × per-user notifications), from 1 reader, then 16.
+    List {
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        #[arg(long, default_value_t = 100)]
+        per_user: u64,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
     },
     /// Draws the sweep's charts again from a saved `sweep.json`.
     Chart {
@@ -260,6 +293,42 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
                     ),
                 ],
                 &json!({ "creates": report }),
+            )?;
+            Ok(())
+        }
+        Scenario::Backends {
+            setups,
+            clients,
+            seconds,
+            rounds,
+        } => {
+            let rows = backends::run(programs, &setups, clients, seconds, rounds).await?;
+            output.write(
+                "backends",
+                &[(
+                    format!("creates by backend, {clients} clients ({rounds} rounds of {seconds} s, medians)"),
+                    backends::table(&rows),
+                )],
+                &json!({ "backends": rows }),
+            )?;
+            Ok(())
+        }
+        Scenario::List {
+            users,
+            per_user,
+            seconds,
+        } => {
+            let report = list::run(programs, users, per_user, seconds).await?;
+            output.write(
+                "list",
+                &[(
+                    format!(
+                        "ListOffline, {} stored over {users} users, {seconds} s per phase",
+                        report.stored
+                    ),
+                    list::table(&report),
+                )],
+                &json!({ "list": report }),
             )?;
             Ok(())
         }

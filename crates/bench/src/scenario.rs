@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::ceiling;
 use crate::load::{self, Created, Offer, Ramp, Sockets};
 use crate::report::Table;
-use crate::stack::{Core, Programs, Stack, Target, Usage};
+use crate::stack::{Core, Programs, Stack, Target, Usage, usage};
 use crate::stats::{Latency, median};
 
 /// Memory after `sockets` idle sockets, each its own user.
@@ -54,7 +54,7 @@ async fn idle_steps(
     ramp: Ramp,
 ) -> anyhow::Result<Vec<IdleRow>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let baseline = stack.bridge.usage().rss_bytes;
+    let baseline = usage(&stack.bridge).rss_bytes;
     let mut rows = Vec::new();
     for &total in steps {
         let started = Instant::now();
@@ -154,7 +154,7 @@ async fn fanout_phase(
     sockets.latency().take();
     let (core_before, bridge_before) = stack.usage();
     let started = Instant::now();
-    let created = load::create(&stack.core, offer).await?;
+    let created = load::create(&[&stack.core], offer).await?;
     let mut last = (sockets.latency().count(), Instant::now());
     while sockets.latency().count() < created.created && last.1.elapsed() < Duration::from_secs(10)
     {
@@ -460,9 +460,9 @@ pub async fn creates(
     let core = Core::start(programs)?;
     let mut rows = Vec::new();
     for &clients in concurrency {
-        let before = core.process.usage();
+        let before = usage(&core.process);
         let created = load::create(
-            &core,
+            &[&core],
             Offer {
                 clients,
                 rate: 0,
@@ -472,7 +472,7 @@ pub async fn creates(
             },
         )
         .await?;
-        let after = core.process.usage();
+        let after = usage(&core.process);
         eprintln!(
             "creates: {clients} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
             created.per_second,

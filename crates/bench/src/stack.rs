@@ -1,16 +1,13 @@
-//! The processes under load: one `notify core` on a fresh SQLite file and
+//! The processes under load: one `notify core` (on a fresh SQLite file, or
+//! a PostgreSQL database) and
 //! one bridge in front of it — ours (`notify bridge`) or the Node peer
-//! (`bench/peer/server.js`) — on loopback ports the kernel picks.
+//! (`crates/bench/peer/server.js`) — on loopback ports the kernel picks.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use anyhow::{Context, bail};
-use notify::contract::proto::notification_service_client::NotificationServiceClient;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 
 /// The signing secret every token of a run is made with.
 pub const SECRET: &str = "bench-secret-of-at-least-16-bytes";
@@ -43,7 +40,7 @@ pub struct Programs {
     #[arg(long)]
     pub notify_bin: Option<PathBuf>,
     /// The Node peer's entry point.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/peer/server.js"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/peer/server.js"))]
     pub peer_script: PathBuf,
     /// SQLite `synchronous` for the core (full or normal).
     #[arg(long, default_value = "full")]
@@ -80,70 +77,11 @@ impl Programs {
     }
 }
 
-/// A child process that printed its ready line; killed when dropped.
-pub struct Process {
-    child: Child,
-    fields: Vec<(String, String)>,
-}
+pub use notify_testkit::Process;
 
-impl Process {
-    /// Spawns `command` and waits (up to a minute) for a stdout line that
-    /// starts with `ready`, whose `key=value` words it keeps.
-    pub fn start(mut command: Command, ready: &str) -> anyhow::Result<Process> {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("spawn {command:?}"))?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let ready = ready.to_owned();
-        // Reads the ready line, then keeps draining stdout so the child
-        // never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent && let Some(rest) = line.strip_prefix(&ready) {
-                    let _ = sender.send(rest.to_owned());
-                    sent = true;
-                }
-            }
-        });
-        let mut process = Process {
-            child,
-            fields: Vec::new(),
-        };
-        let line = receiver
-            .recv_timeout(Duration::from_secs(60))
-            .context("the process exited or did not print its ready line within 60 s")?;
-        process.fields = line
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        Ok(process)
-    }
-
-    /// A `key=value` word of the ready line.
-    pub fn field(&self, name: &str) -> anyhow::Result<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .with_context(|| format!("no {name}= in the ready line"))
-    }
-
-    /// Resident memory and CPU time so far, from /proc.
-    pub fn usage(&self) -> Usage {
-        Usage::of(self.child.id())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Resident memory and CPU time of a process so far, from /proc.
+pub fn usage(process: &Process) -> Usage {
+    Usage::of(process.id())
 }
 
 /// A process's resident memory and CPU seconds (user + system).
@@ -214,25 +152,32 @@ pub struct Core {
 }
 
 impl Core {
-    /// Starts a core with the programs' `synchronous` setting.
+    /// Starts a core on a fresh SQLite file with the programs'
+    /// `synchronous` setting.
     pub fn start(programs: &Programs) -> anyhow::Result<Core> {
+        Self::start_with(programs, None, &programs.synchronous)
+    }
+
+    /// Starts a core on `database_url` (`None`: a fresh SQLite file) with
+    /// SQLite's `synchronous` (ignored on PostgreSQL).
+    pub fn start_with(
+        programs: &Programs,
+        database_url: Option<&str>,
+        synchronous: &str,
+    ) -> anyhow::Result<Core> {
         let dir = programs.temp_dir()?;
-        let url = format!("sqlite://{}", dir.path().join("notify.db").display());
-        let mut command = Command::new(programs.notify_bin()?);
+        let sqlite = format!("sqlite://{}", dir.path().join("notify.db").display());
+        let url = database_url.unwrap_or(&sqlite);
+        let mut command = notify_testkit::core::command(&programs.notify_bin()?, url);
         command
-            .args([
-                "core",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--database-url", &url])
-            .args(["--sqlite-synchronous", &programs.synchronous])
+            .args(["--sqlite-synchronous", synchronous])
             .env("RUST_LOG", "warn");
-        let process = Process::start(command, "notify core ready")?;
-        let grpc = process.field("grpc")?.to_owned();
-        Ok(Core { process, grpc, dir })
+        let (process, grpc, _) = notify_testkit::core::start(command)?;
+        Ok(Core {
+            process,
+            grpc: grpc.to_string(),
+            dir,
+        })
     }
 
     /// The directory holding the database (for the SQLite ceiling run).
@@ -241,13 +186,8 @@ impl Core {
     }
 
     /// A gRPC client on a connection of its own.
-    pub async fn client(&self) -> anyhow::Result<NotificationServiceClient<Channel>> {
-        let channel = Channel::from_shared(format!("http://{}", self.grpc))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .context("connect to the core")?;
-        Ok(NotificationServiceClient::new(channel))
+    pub async fn client(&self) -> anyhow::Result<notify_testkit::core::Client> {
+        notify_testkit::core::client(self.grpc.parse()?).await
     }
 }
 
@@ -290,7 +230,7 @@ impl Stack {
 
     /// Both processes' usage now: (core, bridge).
     pub fn usage(&self) -> (Usage, Usage) {
-        (self.core.process.usage(), self.bridge.usage())
+        (usage(&self.core.process), usage(&self.bridge))
     }
 }
 

@@ -226,12 +226,17 @@ pub struct PgOptions {
     pub acquire_timeout: Duration,
 }
 
+impl PgOptions {
+    /// The defaults, stated once: the command line's and [`Default`]'s.
+    pub const DEFAULT: PgOptions = PgOptions {
+        max_connections: 16,
+        acquire_timeout: Duration::from_secs(5),
+    };
+}
+
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-        }
+        PgOptions::DEFAULT
     }
 }
 

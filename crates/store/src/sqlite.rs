@@ -172,13 +172,18 @@ pub struct SqliteOptions {
     pub max_batch: usize,
 }
 
+impl SqliteOptions {
+    /// The defaults, stated once: the command line's and [`Default`]'s.
+    pub const DEFAULT: SqliteOptions = SqliteOptions {
+        synchronous: Synchronous::Full,
+        readers: 4,
+        max_batch: 512,
+    };
+}
+
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions {
-            synchronous: Synchronous::Full,
-            readers: 4,
-            max_batch: 512,
-        }
+        SqliteOptions::DEFAULT
     }
 }
 
