@@ -8,9 +8,9 @@ use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, State, TryData};
 
+use super::admission::Admission;
 use super::auth::TokenError;
 use super::events::{on_mark_as_read, on_offline_page, on_unknown_event};
-use super::feed::Admission;
 use super::handshake::PendingHandshake;
 use super::paging;
 use super::payload::AppError;

@@ -12,8 +12,9 @@ use serde_json::Value;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 
 use super::Bridge;
+use super::admission::Admission;
 use super::core_client::unary;
-use super::feed::{Admission, emit};
+use super::emit::emit;
 use super::paging::{next_page_start, offline_page, remember_page};
 use super::payload::{AppError, Envelope, Updated, mark_request, page_request};
 use super::rate::{SharedRateLimit, Verdict};

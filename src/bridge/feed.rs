@@ -14,8 +14,8 @@
 //! ```
 //!
 //! - *Admitted*: the connect middleware counted the socket against its
-//!   user's limit ([`Feeds::admit`], under one lock, so handshakes racing
-//!   each other cannot pass it together). The [`Admission`] lives in the
+//!   user's limit (`admission`, under one lock, so handshakes racing
+//!   each other cannot pass it together). The `Admission` lives in the
 //!   socket; a socket whose handshake never completes gives its place back
 //!   when it is dropped.
 //! - *Join* (the connect handler) and *Leave* (the disconnect handler, or
@@ -38,196 +38,35 @@
 //! again. A socket is disconnected, with `appError` 401, when its token
 //! expires.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use notify_store::{PeerView, User};
-use serde_json::Value;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use socketioxide::{SendError, SocketError};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use super::Bridge;
 use super::auth::Identity;
 use super::core_client::CALL_TIMEOUT;
+use super::emit::{deliver, emit, send_page};
 use super::paging::{OfflinePage, delivered_live, offline_page, remember_page};
 use super::payload::{
-    AppError, Envelope, NotificationJson, Page, PresenceEnvelope, PresenceJson, UnreadCount,
+    AppError, Envelope, NotificationJson, PresenceEnvelope, PresenceJson, UnreadCount,
 };
 use crate::contract::proto::{self, user_event::Event};
 use crate::contract::validate;
 
-/// Every feed of this bridge, by user: which sockets are admitted (the
-/// per-user limit) and each feed's mailbox.
-#[derive(Default)]
-pub struct Feeds {
-    users: Mutex<HashMap<User, Entry>>,
-}
-
-struct Entry {
-    admitted: HashSet<Sid>,
-    mailbox: mpsc::UnboundedSender<Message>,
-    /// The user's client requests waiting on the core, across sockets.
-    in_flight: Arc<Semaphore>,
-}
-
 /// What a feed hears from the socket handlers.
-enum Message {
+pub(super) enum Message {
     /// The socket's connect handler ran: it gets its inbox and what follows.
     Join(SocketRef, Identity),
     /// The socket is gone.
     Leave(Sid),
-}
-
-/// A socket counted against its user's limit. It gives its place back when
-/// the socket leaves, or when it is dropped with a socket that never made
-/// it past the handshake.
-pub struct Admission {
-    feeds: Arc<Feeds>,
-    /// Who, and until when.
-    pub identity: Identity,
-    /// The socket.
-    pub sid: Sid,
-    /// Shared by the user's sockets: a permit per client request in flight.
-    pub in_flight: Arc<Semaphore>,
-    /// Cancelled when the socket leaves: its requests in flight are dropped
-    /// (nobody is left to read their answers).
-    pub gone: CancellationToken,
-}
-
-impl Admission {
-    /// The socket is gone: its feed forgets it, and its requests in flight
-    /// are cancelled (once, however often called).
-    pub fn leave(&self) {
-        self.gone.cancel();
-        self.feeds.leave(self.identity.user, self.sid);
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.leave();
-    }
-}
-
-impl Feeds {
-    /// Counts socket `sid` against its user's `limit`, starting the user's
-    /// feed if it is the first; `None` when the user has `limit` already.
-    pub fn admit(
-        self: &Arc<Self>,
-        bridge: &Arc<Bridge>,
-        identity: Identity,
-        sid: Sid,
-        limit: usize,
-    ) -> Option<Admission> {
-        let user = identity.user;
-        let mut users = lock(&self.users);
-        let entry = users.entry(user).or_insert_with(|| Entry {
-            admitted: HashSet::new(),
-            mailbox: Feed::start(bridge.clone(), user),
-            in_flight: Arc::new(Semaphore::new(bridge.limits.requests_in_flight_per_user)),
-        });
-        if entry.admitted.len() >= limit {
-            return None;
-        }
-        entry.admitted.insert(sid);
-        Some(Admission {
-            feeds: self.clone(),
-            identity,
-            sid,
-            in_flight: entry.in_flight.clone(),
-            gone: CancellationToken::new(),
-        })
-    }
-
-    /// Hands the connected socket to its feed; false if it is no longer
-    /// admitted (it left already).
-    pub fn join(&self, admission: &Admission, socket: SocketRef) -> bool {
-        let mailbox = {
-            let users = lock(&self.users);
-            match users.get(&admission.identity.user) {
-                Some(entry) if entry.admitted.contains(&admission.sid) => entry.mailbox.clone(),
-                _ => return false,
-            }
-        };
-        // Sent outside the lock: a failed send drops the socket handle, and
-        // dropping a socket may drop an admission, which takes the lock.
-        mailbox
-            .send(Message::Join(socket, admission.identity))
-            .is_ok()
-    }
-
-    /// The socket is gone. The user's last admitted socket ends the feed,
-    /// once the feed has read this.
-    fn leave(&self, user: User, sid: Sid) {
-        let mailbox = {
-            let mut users = lock(&self.users);
-            let Some(entry) = users.get_mut(&user) else {
-                return;
-            };
-            if !entry.admitted.remove(&sid) {
-                return;
-            }
-            let mailbox = entry.mailbox.clone();
-            if entry.admitted.is_empty() {
-                users.remove(&user);
-            }
-            mailbox
-        };
-        let _ = mailbox.send(Message::Leave(sid));
-    }
-}
-
-/// Emits and counts; a full or closed socket only costs that socket the
-/// event (what it misses stays in its offline list), and a stalled one gets
-/// nothing more.
-pub fn emit<T: serde::Serialize + ?Sized>(socket: &SocketRef, event: &'static str, data: &T) {
-    if is_stalled(socket) {
-        return;
-    }
-    match socket.emit(event, data) {
-        Ok(()) => metrics::counter!("notify_bridge_emits_total", "event" => event).increment(1),
-        Err(error) => emit_failed(socket, event, &error),
-    }
-}
-
-/// Marks a socket whose send buffer filled up: it reads nothing.
-#[derive(Clone, Copy)]
-struct Stalled;
-
-fn is_stalled(socket: &SocketRef) -> bool {
-    socket.extensions.get::<Stalled>().is_some()
-}
-
-/// A socket whose buffer is full reads nothing. It gets nothing more, so
-/// it holds no more than its full buffer ([`super::SOCKET_BUFFER`]
-/// packets), and it is disconnected: at once if the disconnect packet still
-/// fits, otherwise by the heartbeat it cannot answer; its connection is
-/// closed once writes have waited `--write-stall-timeout` (see
-/// [`super::stall::StallLimited`]). It gets its backlog from
-/// `offlineNotifications` when it reconnects.
-fn emit_failed(socket: &SocketRef, event: &'static str, error: &SendError) {
-    metrics::counter!("notify_bridge_emit_failures_total", "event" => event).increment(1);
-    tracing::debug!(sid = %socket.id, event, %error, "emit failed");
-    if matches!(error, SendError::Socket(SocketError::InternalChannelFull)) && !is_stalled(socket) {
-        socket.extensions.insert(Stalled);
-        metrics::counter!("notify_bridge_stalled_disconnects_total").increment(1);
-        tracing::info!(sid = %socket.id, "socket stalled (send buffer full); disconnecting it");
-        let _ = socket.clone().disconnect();
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -348,7 +187,7 @@ struct InboxRead {
 }
 
 /// The task's state.
-struct Feed {
+pub(super) struct Feed {
     bridge: Arc<Bridge>,
     user: User,
     members: Vec<Member>,
@@ -369,7 +208,7 @@ struct Feed {
 impl Feed {
     /// Starts the feed's task; it runs until its mailbox closes (the user's
     /// last admitted socket left) or the bridge shuts down.
-    fn start(bridge: Arc<Bridge>, user: User) -> mpsc::UnboundedSender<Message> {
+    pub(super) fn start(bridge: Arc<Bridge>, user: User) -> mpsc::UnboundedSender<Message> {
         let (mailbox, messages) = mpsc::unbounded_channel();
         let feed = Feed {
             bridge,
@@ -821,59 +660,5 @@ async fn inbox_step(inbox: &mut Option<InboxRead>) -> Result<OfflinePage, tonic:
     match inbox {
         Some(inbox) => (&mut inbox.reading).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Emits a live notification with an ack request; the ack marks it
-/// DELIVERED.
-fn deliver(bridge: &Bridge, socket: &SocketRef, user: User, json: &NotificationJson) {
-    emit_for_receipt(
-        bridge,
-        socket,
-        user,
-        "notification",
-        json,
-        vec![json.id.clone()],
-    );
-}
-
-/// Emits the connect-time page with an ack request; the ack marks its
-/// items DELIVERED.
-fn send_page(
-    bridge: &Bridge,
-    socket: &SocketRef,
-    user: User,
-    page: &Envelope<Page>,
-    ids: &[String],
-) {
-    emit_for_receipt(
-        bridge,
-        socket,
-        user,
-        "offlineNotifications",
-        page,
-        ids.to_vec(),
-    );
-}
-
-/// The one way an ack becomes a receipt: `event` goes out with an ack
-/// request, and the ack, when it comes, marks `ids` DELIVERED.
-fn emit_for_receipt<T: serde::Serialize>(
-    bridge: &Bridge,
-    socket: &SocketRef,
-    user: User,
-    event: &'static str,
-    data: &T,
-    ids: Vec<String>,
-) {
-    if is_stalled(socket) {
-        return;
-    }
-    match socket.emit_with_ack::<_, Value>(event, data) {
-        Ok(ack) => {
-            metrics::counter!("notify_bridge_emits_total", "event" => event).increment(1);
-            bridge.receipts.on_ack(user, ids, ack);
-        }
-        Err(error) => emit_failed(socket, event, &error),
     }
 }

@@ -3,7 +3,11 @@
 //!
 //! - `connection`: a socket's arrival: the token, its place under the
 //!   user's socket limit, its handlers, its feed.
+//! - `admission`: which sockets each user has here (the per-user limit),
+//!   and the mailbox of each user's feed.
 //! - `events`: the client events, each answered through its ack.
+//! - `emit`: emitting, and the one path by which an ack becomes a receipt
+//!   (live notifications and inbox pages alike).
 //! - `paging`: inbox pages as sockets get them (keyset for the next page).
 //! - `auth`: JWT checks and issuing (`notify token`).
 //! - `payload`: the Socket.IO JSON of the seed, and the `appError` mapping.
@@ -23,9 +27,11 @@
 //!   connection cap.
 //! - this file: the configuration, the HTTP routes, `bind` and `run`.
 
+mod admission;
 pub mod auth;
 mod connection;
 pub mod core_client;
+mod emit;
 mod events;
 mod feed;
 mod handshake;
@@ -52,9 +58,9 @@ use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use admission::Feeds;
 use auth::Jwt;
 use core_client::CoreClient;
-use feed::Feeds;
 use handshake::Handshakes;
 use limits::Limits;
 use receipts::Receipts;
