@@ -56,7 +56,8 @@ use super::core_client::CALL_TIMEOUT;
 use super::emit::{deliver, emit, send_page};
 use super::paging::{OfflinePage, delivered_live, offline_page, remember_page};
 use super::payload::{
-    AppError, Envelope, NotificationJson, PresenceEnvelope, PresenceJson, UnreadCount,
+    AppError, Envelope, NotificationJson, NotificationsUpdatedJson, PresenceEnvelope, PresenceJson,
+    UnreadCount,
 };
 use crate::contract::proto::{self, user_event::Event};
 use crate::contract::validate;
@@ -451,7 +452,15 @@ impl Feed {
             }
             Some(Event::UserOnline(peer)) => self.presence(&peer, true),
             Some(Event::UserOffline(peer)) => self.presence(&peer, false),
-            Some(Event::NotificationUpdated(_)) | None => {}
+            Some(Event::NotificationUpdated(update)) => {
+                // Every socket of the user, whichever tab or backend made
+                // the change: two open tabs agree without a reload.
+                let envelope = Envelope::ok(NotificationsUpdatedJson::from(update));
+                for member in &self.members {
+                    emit(&member.socket, "notificationUpdated", &envelope);
+                }
+            }
+            None => {}
         }
         if let Some(count) = count {
             if let Some(resume) = &mut self.resume {

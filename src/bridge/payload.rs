@@ -329,6 +329,31 @@ pub struct Updated {
     pub updated: i32,
 }
 
+/// `notificationUpdated`'s data: which of the user's notifications changed,
+/// and what they now are.
+#[derive(Debug, Serialize)]
+pub struct NotificationsUpdatedJson {
+    /// The notifications that changed.
+    pub ids: Vec<String>,
+    /// Their new status (`DELIVERED`, `READ`).
+    pub status: &'static str,
+    /// When, ISO 8601 UTC with milliseconds.
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+}
+
+impl From<proto::NotificationsUpdated> for NotificationsUpdatedJson {
+    fn from(update: proto::NotificationsUpdated) -> Self {
+        NotificationsUpdatedJson {
+            ids: update.ids,
+            status: Status::from_code(i64::from(update.status))
+                .unwrap_or(Status::Sent)
+                .name(),
+            updated_at: update.updated_at,
+        }
+    }
+}
+
 /// `userIsOffline` / `userIsOnline` data.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -147,6 +147,39 @@ test("the inbox shows, pages, marks and survives a core restart", async () => {
   await context.close();
 });
 
+test("two tabs of one user agree without a reload: a read in one shows in the other", async () => {
+  const vendor = 33;
+  for (let i = 1; i <= 3; i++) {
+    await core.create({ vendorId: vendor, content: toStruct({ message: `Return request #${i}` }) });
+  }
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  try {
+    const [first, second] = [await context.newPage(), await context.newPage()];
+    for (const page of [first, second]) {
+      await page.goto(`${bridge.url}/#token=${token({ vendor })}`);
+      await eventually(async () => (await page.locator("#list > li").count()) === 3, "3 items in each tab");
+    }
+    const item = (page) => page.locator("#list > li").first();
+    await item(first).locator(".mark").click();
+    await eventually(async () => item(second).evaluate((li) => li.classList.contains("read")), "read in the other tab");
+    assert.equal(await item(second).locator(".status").textContent(), "read");
+    assert.equal(await item(second).locator(".mark").count(), 0, "no mark button on a read item");
+    await eventually(async () => (await badgeOf(second)) === "2", "the other tab's badge follows");
+    // A read by a backend shows in both.
+    const id = await item(first).getAttribute("data-id");
+    const other = await first.locator("#list > li").nth(1).getAttribute("data-id");
+    await core.call("MarkNotifications", { vendorId: vendor, ids: [other], status: "READ" });
+    for (const page of [first, second]) {
+      await eventually(async () => page.locator(`#list > li[data-id="${other}"]`).evaluate((li) => li.classList.contains("read")), "the backend's read");
+      await eventually(async () => (await badgeOf(page)) === "1", "badge 1");
+    }
+    assert.notEqual(id, other);
+    await second.screenshot({ path: join(shots, "inbox-second-tab.png"), fullPage: true });
+  } finally {
+    await context.close();
+  }
+});
+
 test("sign in by pasting a token; a bad token is refused with the reason", async () => {
   const context = await browser.newContext();
   const page = await context.newPage();

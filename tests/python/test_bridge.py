@@ -15,7 +15,7 @@ def client_for(stack, role, user_id, transports=("websocket",)):
     client = socketio.Client(reconnection=False)
     received = queue.Queue()
     for event in ("offlineNotifications", "notification", "unreadCount", "appError",
-                  "userIsOffline", "userIsOnline"):
+                  "userIsOffline", "userIsOnline", "notificationUpdated"):
         client.on(event, (lambda name: lambda data: received.put((name, data)))(event),
                   namespace="/notification")
     client.connect(stack.url, namespaces=["/notification"], transports=list(transports),
@@ -73,6 +73,29 @@ def test_offline_live_and_mark_as_read(stack, transport):
         assert page["data"]["pagination"]["totalRecords"] == 0
     finally:
         client.disconnect()
+
+
+def test_a_read_in_one_tab_reaches_the_other(stack):
+    created = stack.grpc("CreateNotification", {
+        "vendorId": 6, "type": "order:shipped", "content": {"orderId": 77}})
+    websocket, ws_received = client_for(stack, "vendor", 6, transports=("websocket",))
+    polling, polling_received = client_for(stack, "vendor", 6, transports=("polling",))
+    try:
+        for received in (ws_received, polling_received):
+            assert next_event(received, "unreadCount")["data"] == {"count": 1}
+        answer = polling.call("markAsRead", {"ids": [created["id"]]},
+                              namespace="/notification", timeout=10)
+        assert answer["data"] == {"updated": 1}
+        for received in (ws_received, polling_received):
+            update = next_event(received, "notificationUpdated")
+            assert update["statusCode"] == 200 and update["error"] is False
+            assert update["data"]["ids"] == [created["id"]]
+            assert update["data"]["status"] == "READ"
+            assert re.match(ISO_MS, update["data"]["updatedAt"])
+            assert next_event(received, "unreadCount")["data"] == {"count": 0}
+    finally:
+        websocket.disconnect()
+        polling.disconnect()
 
 
 def test_bad_payload_answers_400_and_keeps_the_socket(stack):

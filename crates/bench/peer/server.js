@@ -268,6 +268,9 @@ class Feed {
           if (!timedOut) receipt(this.user, [json.id]);
         });
       }
+    } else if (event.event === "notificationUpdated") {
+      const { ids, status, updatedAt } = event.notificationUpdated;
+      this.emit("notificationUpdated", ok({ ids, status, updatedAt }));
     } else if (event.event === "userOffline") {
       const { vendorId = null, customerId = null, lastSeenAt } = event.userOffline;
       const data = { vendorId, customerId, lastSeenAt };

@@ -129,6 +129,10 @@ function start(token) {
     render(notification.id);
   });
 
+  // A change made in another tab, by a backend or by a receipt: this page
+  // shows it too, without a reload.
+  socket.on("notificationUpdated", ({ data }) => applyUpdate(data.ids, data.status));
+
   socket.on("unreadCount", ({ data }) => {
     setState("live", "Live");
     setBadge(data.count);
@@ -217,6 +221,25 @@ function render(freshId) {
   $("next").disabled = view.page >= view.totalPages;
 }
 
+// Shows the new status of the listed notifications among `ids`.
+function applyUpdate(ids, status) {
+  const changed = new Set(ids);
+  for (const notification of view.items) {
+    if (!changed.has(notification.id) || notification.status === "READ") continue;
+    notification.status = status;
+    const item = $("list").querySelector(`li[data-id="${notification.id}"]`);
+    if (item) showStatus(item, status);
+  }
+}
+
+function showStatus(item, status) {
+  item.querySelector(".status").textContent = status.toLowerCase();
+  if (status === "READ") {
+    item.classList.add("read");
+    item.querySelector(".mark")?.remove();
+  }
+}
+
 function renderItem(notification, fresh) {
   const item = $("item-template").content.firstElementChild.cloneNode(true);
   item.dataset.id = notification.id;
@@ -236,11 +259,10 @@ function renderItem(notification, fresh) {
     mark.disabled = true;
     if ((await markRead([notification.id])) !== null) {
       notification.status = "READ";
-      item.classList.add("read");
-      item.querySelector(".status").textContent = "read";
-      mark.remove();
+      showStatus(item, "READ");
     }
   });
+  if (notification.status === "READ") showStatus(item, "READ");
   if (fresh) {
     item.classList.add("fresh");
     setTimeout(() => item.classList.remove("fresh"), 3000);
