@@ -16,14 +16,3 @@ pub enum CoreError {
     #[error("{0}")]
     Internal(String),
 }
-
-impl CoreError {
-    /// Whether trying again later may succeed (the database or the core
-    /// is briefly unable), as opposed to a request that cannot.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            CoreError::Store(StoreError::Unavailable(_) | StoreError::Closed)
-        )
-    }
-}

@@ -153,8 +153,10 @@ enum Stop {
 
 type Step = Result<(), Stop>;
 
-fn failed(error: StoreError) -> Stop {
-    Stop::Failed(error)
+impl From<StoreError> for Stop {
+    fn from(error: StoreError) -> Stop {
+        Stop::Failed(error)
+    }
 }
 
 /// One stream and what its reader has been told.
@@ -207,11 +209,7 @@ impl<'a> Stream<'a> {
                 _ => (start.last_seq, start.version),
             };
             (self.last_seq, self.version) = from;
-            let online = self
-                .store()
-                .online_peers(self.user())
-                .await
-                .map_err(failed)?;
+            let online = self.store().online_peers(self.user()).await?;
             self.peers.start(&online);
             self.catch_up().await?;
             self.send_state(reset, &online).await?;
@@ -250,7 +248,7 @@ impl<'a> Stream<'a> {
         if let (Some(id), Some(seq)) = (&request.after_id, request.after_seq)
             && seq > 0
         {
-            let held = self.store().id_at(self.user(), seq).await.map_err(failed)?;
+            let held = self.store().id_at(self.user(), seq).await?;
             return Ok(held.as_ref() == Some(id));
         }
         Ok(true)
@@ -269,8 +267,7 @@ impl<'a> Stream<'a> {
             let page = self
                 .store()
                 .changed_after(self.user(), after, CATCH_UP_BATCH)
-                .await
-                .map_err(failed)?;
+                .await?;
             let full = page.items.len() == CATCH_UP_BATCH as usize;
             for notification in page.items {
                 after = ChangePosition {
@@ -290,8 +287,7 @@ impl<'a> Stream<'a> {
             let batch = self
                 .store()
                 .after_seq(self.user(), self.last_seq, CATCH_UP_BATCH)
-                .await
-                .map_err(failed)?;
+                .await?;
             let full = batch.len() == CATCH_UP_BATCH as usize;
             for notification in batch {
                 // Later ones come live, with versions past the snapshot's.
@@ -327,12 +323,14 @@ impl<'a> Stream<'a> {
         let online = loop {
             let attempt = async {
                 self.catch_up().await?;
-                self.store().online_peers(self.user()).await.map_err(failed)
+                self.store()
+                    .online_peers(self.user())
+                    .await
+                    .map_err(Stop::from)
             };
             match attempt.await {
                 Err(Stop::Failed(error))
-                    if CoreError::from(error.clone()).is_transient()
-                        && started.elapsed() < STORE_PATIENCE =>
+                    if error.is_transient() && started.elapsed() < STORE_PATIENCE =>
                 {
                     tokio::select! {
                         _ = self.out.closed() => return Err(Stop::ClientGone),
@@ -347,7 +345,7 @@ impl<'a> Stream<'a> {
             let event = if now_online {
                 Event::PeerOnline(peer)
             } else {
-                let last_seen_at = self.store().last_seen(peer).await.map_err(failed)?;
+                let last_seen_at = self.store().last_seen(peer).await?;
                 Event::PeerOffline {
                     user: peer,
                     last_seen_at,
@@ -430,13 +428,9 @@ impl<'a> Stream<'a> {
             return Ok(());
         }
         let user = self.user();
-        let now = self.store().user_state(user).await.map_err(failed)?;
+        let now = self.store().user_state(user).await?;
         if self.last_id.is_none() && self.last_seq > 0 {
-            self.last_id = self
-                .store()
-                .id_at(user, self.last_seq)
-                .await
-                .map_err(failed)?;
+            self.last_id = self.store().id_at(user, self.last_seq).await?;
         }
         let state = StreamState {
             epoch: self.store().epoch().to_owned(),

@@ -65,9 +65,10 @@ pub async fn run(
     seconds: f64,
     rounds: usize,
 ) -> anyhow::Result<Vec<BackendRow>> {
-    let server = match setups.iter().any(|s| s.on_postgres()) {
-        true => Some(OwnPostgres::start()?),
-        false => None,
+    let server = if setups.iter().any(|s| s.on_postgres()) {
+        Some(OwnPostgres::start()?)
+    } else {
+        None
     };
     let mut collected: Vec<Vec<Created>> = vec![Vec::new(); setups.len()];
     for round in 0..rounds {

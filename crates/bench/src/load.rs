@@ -161,14 +161,11 @@ pub fn recipients(first: u64, batch: usize, users: u64) -> Vec<u64> {
 
 /// The content every benchmark notification carries, stamped now.
 fn content() -> prost_types::Struct {
-    let serde_json::Value::Object(map) = json!({
+    notify_testkit::requests::to_struct(json!({
         "message": "Product has been uploaded successfully",
         "data": {"id": 42, "price": "22"},
         "sentAt": now_micros(),
-    }) else {
-        unreachable!("a JSON object literal")
-    };
-    notify::contract::convert::map_to_struct(map)
+    }))
 }
 
 type Client = notify::contract::proto::notification_service_client::NotificationServiceClient<

@@ -54,6 +54,14 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed: the database or the store
+    /// is briefly unable, as opposed to data that cannot be read.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Closed)
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     /// Rows that cannot be read are corrupt (retrying reads them again);
     /// everything else (I/O, the pool, the server, a full disk, a
