@@ -1,6 +1,7 @@
 //! Client-event parsing: any bytes, read as the JSON text of a Socket.IO
-//! event's payload, go through `page_request` (`offlineNotifications`) and
-//! `mark_request` (`markAsRead`), as the bridge's handlers call them.
+//! event's payload, go through `page_request` (`offlineNotifications`),
+//! `mark_request` (`markAsRead`), `mark_all_request` (`markAllAsRead`) and
+//! `archive_request` (`archive`), as the bridge's handlers call them.
 //!
 //! Checked, besides "no panic": every refusal is a 400 error envelope with
 //! a message; an accepted page has `page` ≥ 1 and `limit` 1–100, equal to
@@ -10,7 +11,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use notify::bridge::payload::{AppError, mark_request, page_request};
+use notify::bridge::payload::{
+    AppError, archive_request, mark_all_request, mark_request, page_request,
+};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
     let read = || serde_json::from_slice::<Value>(data);
 
     match page_request(read()) {
-        Ok((page, limit)) => {
+        Ok(request) => {
+            let (page, limit) = (request.page, request.limit);
             let payload = payload.clone().expect("accepted an unreadable payload");
             assert!(page >= 1);
             assert!((1..=100).contains(&limit));
@@ -27,6 +31,17 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(field(&payload, "limit").unwrap_or(20), i64::from(limit));
         }
         Err(error) => refused(&error),
+    }
+
+    match mark_all_request(read()) {
+        Ok((category, up_to_seq)) => {
+            assert!(category.is_none_or(|c| notify_store::is_category(&c)));
+            assert!(up_to_seq.is_none_or(|seq| seq >= 1));
+        }
+        Err(error) => refused(&error),
+    }
+    if let Err(error) = archive_request(read()) {
+        refused(&error);
     }
 
     match mark_request(read()) {

@@ -10,7 +10,9 @@ use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::admission::Admission;
 use super::auth::TokenError;
-use super::events::{on_mark_as_read, on_offline_page, on_unknown_event};
+use super::events::{
+    on_archive, on_mark_all_as_read, on_mark_as_read, on_offline_page, on_unknown_event,
+};
 use super::handshake::PendingHandshake;
 use super::paging;
 use super::payload::AppError;
@@ -77,6 +79,8 @@ pub(super) async fn on_connect(socket: SocketRef, io: SocketIo, State(bridge): S
     paging::track(&socket);
     socket.on("offlineNotifications", on_offline_page);
     socket.on("markAsRead", on_mark_as_read);
+    socket.on("markAllAsRead", on_mark_all_as_read);
+    socket.on("archive", on_archive);
     socket.on_fallback(on_unknown_event);
     // Join before the disconnect handler exists, so its Leave cannot come
     // first. A client gone before this handler ran had no disconnect

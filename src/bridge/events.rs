@@ -1,5 +1,5 @@
 //! The client events of the namespace (`offlineNotifications`,
-//! `markAsRead`, anything else), each answered through its ack, within the
+//! `markAsRead`, `markAllAsRead`, `archive`, anything else), each answered through its ack, within the
 //! socket's rate, its user's requests in flight, and dropped when the
 //! socket goes.
 
@@ -16,7 +16,9 @@ use super::admission::Admission;
 use super::core_client::unary;
 use super::emit::emit;
 use super::paging::{next_page_start, offline_page, remember_page};
-use super::payload::{AppError, Envelope, Updated, mark_request, page_request};
+use super::payload::{
+    AppError, Envelope, Updated, archive_request, mark_all_request, mark_request, page_request,
+};
 use super::rate::{SharedRateLimit, Verdict};
 use crate::contract::proto;
 
@@ -136,7 +138,8 @@ pub(super) async fn on_unknown_event(socket: SocketRef, Event(event): Event, ack
             &socket,
             ack,
             Err(AppError::bad_input(format!(
-                "unknown event {shown:?}: use offlineNotifications or markAsRead"
+                "unknown event {shown:?}: use offlineNotifications, markAsRead, \
+                 markAllAsRead or archive"
             ))),
         );
     }
@@ -150,9 +153,18 @@ pub(super) async fn on_offline_page(
 ) {
     let work = async {
         let user = user_of(&socket)?;
-        let (page, limit) = page_request(payload)?;
+        let request = page_request(payload)?;
         let cursor = next_page_start(&socket);
-        let read = offline_page(bridge.core.for_user(user), user, page, limit, cursor).await?;
+        let client = bridge.core.for_user(user);
+        let read = offline_page(
+            client,
+            user,
+            request.query,
+            request.page,
+            request.limit,
+            cursor,
+        )
+        .await?;
         remember_page(&socket, read.next);
         Ok(read.envelope)
     };
@@ -176,6 +188,59 @@ pub(super) async fn on_mark_as_read(
                 customer_id: user.customer_id(),
                 ids,
                 status: proto::Status::Read as i32,
+            }))
+            .await?
+            .into_inner()
+            .updated;
+        Ok(Envelope::ok(Updated { updated }))
+    };
+    serve(&socket, ack, work).await;
+}
+
+pub(super) async fn on_mark_all_as_read(
+    socket: SocketRef,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(bridge): State<Arc<Bridge>>,
+) {
+    let work = async {
+        let user = user_of(&socket)?;
+        let (category, up_to_seq) = mark_all_request(payload)?;
+        let updated = bridge
+            .core
+            .for_user(user)
+            .mark_all_notifications(unary(proto::MarkAllNotificationsRequest {
+                vendor_id: user.vendor_id(),
+                customer_id: user.customer_id(),
+                status: proto::Status::Read as i32,
+                category: category.unwrap_or_default(),
+                up_to_seq,
+            }))
+            .await?
+            .into_inner()
+            .updated;
+        Ok(Envelope::ok(Updated { updated }))
+    };
+    serve(&socket, ack, work).await;
+}
+
+pub(super) async fn on_archive(
+    socket: SocketRef,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(bridge): State<Arc<Bridge>>,
+) {
+    let work = async {
+        let user = user_of(&socket)?;
+        let (ids, archived) = archive_request(payload)?;
+        let updated = bridge
+            .core
+            .for_user(user)
+            .archive_notifications(unary(proto::ArchiveNotificationsRequest {
+                vendor_id: user.vendor_id(),
+                customer_id: user.customer_id(),
+                ids,
+                archived: Some(archived),
             }))
             .await?
             .into_inner()

@@ -38,12 +38,13 @@
 //! again. A socket is disconnected, with `appError` 401, when its token
 //! expires.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use notify_store::{PeerView, User};
+use notify_store::{ListQuery, PeerView, User};
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::mpsc;
@@ -52,7 +53,7 @@ use tonic::Streaming;
 
 use super::Bridge;
 use super::auth::Identity;
-use super::core_client::CALL_TIMEOUT;
+use super::core_client::{CALL_TIMEOUT, unary};
 use super::emit::{deliver, emit, send_page};
 use super::paging::{OfflinePage, delivered_live, offline_page, remember_page};
 use super::payload::{
@@ -83,10 +84,12 @@ fn doubled(backoff: Duration) -> Duration {
     (backoff * 2).min(BACKOFF_MAX)
 }
 
-/// An unread count and the change version it is exact at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An unread count (in all and by category) and the change version it is
+/// exact at.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Count {
     unread: i64,
+    by_category: Arc<BTreeMap<String, i64>>,
     version: i64,
 }
 
@@ -94,14 +97,26 @@ impl Count {
     fn of(event: &proto::UserEvent) -> Option<Count> {
         Some(Count {
             unread: event.unread_count?,
+            by_category: Arc::new(sorted(&event.unread_by_category)),
             version: event.version?,
         })
     }
 
     /// Whether this count may replace `known`: only a newer one may.
-    fn replaces(self, known: Option<Count>) -> bool {
+    fn replaces(&self, known: Option<&Count>) -> bool {
         known.is_none_or(|known| self.version > known.version)
     }
+
+    /// Whether it says something other than `known` does.
+    fn differs(&self, known: Option<&Count>) -> bool {
+        known.is_none_or(|known| {
+            (known.unread, &known.by_category) != (self.unread, &self.by_category)
+        })
+    }
+}
+
+fn sorted(counts: &HashMap<String, i64>) -> BTreeMap<String, i64> {
+    counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 /// One socket of the feed's user.
@@ -121,18 +136,19 @@ struct Member {
 
 impl Member {
     /// Sends `count` if it is newer than the last one sent and says something new.
-    fn offer(&mut self, count: Count) {
-        if !count.replaces(self.count) {
+    fn offer(&mut self, count: &Count) {
+        if !count.replaces(self.count.as_ref()) {
             return;
         }
-        let changed = self.count.map(|c| c.unread) != Some(count.unread);
-        self.count = Some(count);
+        let changed = count.differs(self.count.as_ref());
+        self.count = Some(count.clone());
         if changed {
             emit(
                 &self.socket,
                 "unreadCount",
                 &Envelope::ok(UnreadCount {
                     count: count.unread,
+                    by_category: (*count.by_category).clone(),
                 }),
             );
         }
@@ -179,7 +195,9 @@ enum LinkStep {
     Event(Result<Option<proto::UserEvent>, tonic::Status>),
 }
 
-type Reading = Pin<Box<dyn Future<Output = Result<OfflinePage, tonic::Status>> + Send>>;
+/// The first page of the unread inbox and the counts by category, read
+/// side by side.
+type Reading = Pin<Box<dyn Future<Output = Result<(OfflinePage, Count), tonic::Status>> + Send>>;
 
 /// An inbox read in flight, and the sockets it is for.
 struct InboxRead {
@@ -433,7 +451,7 @@ impl Feed {
             Some(Event::State(state)) => {
                 self.synced(state);
                 if let Some(count) = count {
-                    self.offer(count);
+                    self.offer(&count);
                 }
                 return;
             }
@@ -466,7 +484,7 @@ impl Feed {
             if let Some(resume) = &mut self.resume {
                 resume.version = resume.version.max(count.version);
             }
-            self.offer(count);
+            self.offer(&count);
         }
     }
 
@@ -559,9 +577,9 @@ impl Feed {
 
     /// A count heard from the core or a list: kept if it is the newest, and
     /// sent to the sockets past their inbox that have an older one.
-    fn offer(&mut self, count: Count) {
-        if count.replaces(self.unread) {
-            self.unread = Some(count);
+    fn offer(&mut self, count: &Count) {
+        if count.replaces(self.unread.as_ref()) {
+            self.unread = Some(count.clone());
         }
         for member in self.members.iter_mut().filter(|m| !m.awaiting_inbox) {
             member.offer(count);
@@ -575,29 +593,46 @@ impl Feed {
             .filter(|m| m.awaiting_inbox)
             .map(|m| m.socket.id)
             .collect();
-        let client = self.bridge.core.for_user(self.user);
-        let reading = Box::pin(offline_page(
-            client,
-            self.user,
+        let user = self.user;
+        let page = offline_page(
+            self.bridge.core.for_user(user),
+            user,
+            ListQuery::inbox(),
             1,
             validate::DEFAULT_PAGE_LIMIT,
             None,
-        ));
+        );
+        let mut client = self.bridge.core.for_user(user);
+        let counts = async move {
+            let counts = client
+                .get_unread_counts(unary(proto::GetUnreadCountsRequest {
+                    vendor_id: user.vendor_id(),
+                    customer_id: user.customer_id(),
+                }))
+                .await?
+                .into_inner();
+            Ok(Count {
+                unread: counts.count,
+                by_category: Arc::new(sorted(&counts.by_category)),
+                version: counts.version,
+            })
+        };
+        let reading = Box::pin(async move { tokio::try_join!(page, counts) });
         InboxRead { serving, reading }
     }
 
-    fn inbox_read(&mut self, read: Result<OfflinePage, tonic::Status>) {
+    fn inbox_read(&mut self, read: Result<(OfflinePage, Count), tonic::Status>) {
         let Some(InboxRead { serving, .. }) = self.inbox.take() else {
             return;
         };
-        let page = match read {
-            Ok(page)
+        let (page, listed) = match read {
+            Ok((page, listed))
                 if self
                     .resume
                     .as_ref()
                     .is_none_or(|resume| resume.epoch == page.epoch) =>
             {
-                page
+                (page, listed)
             }
             Ok(_) => {
                 // A list of another database than the stream's: the stream
@@ -621,14 +656,10 @@ impl Feed {
         };
         self.inbox_retry = None;
         self.inbox_backoff = BACKOFF_START;
-        let listed = Count {
-            unread: page.total,
-            version: page.version,
-        };
-        if listed.replaces(self.unread) {
-            self.unread = Some(listed);
+        if listed.replaces(self.unread.as_ref()) {
+            self.unread = Some(listed.clone());
         }
-        let newest = self.unread.unwrap_or(listed);
+        let newest = self.unread.clone().unwrap_or_else(|| listed.clone());
         for member in self
             .members
             .iter_mut()
@@ -643,12 +674,12 @@ impl Feed {
                 &page.envelope,
                 &page.ids,
             );
-            remember_page(&member.socket, page.next);
+            remember_page(&member.socket, page.next.clone());
             // Right after the page: its count, or a newer one heard since.
             member.count = None;
-            member.offer(newest);
+            member.offer(&newest);
         }
-        self.offer(listed);
+        self.offer(&listed);
     }
 
     fn retry_inbox(&mut self) {
@@ -665,7 +696,7 @@ async fn link_step(link: &mut Link) -> LinkStep {
     }
 }
 
-async fn inbox_step(inbox: &mut Option<InboxRead>) -> Result<OfflinePage, tonic::Status> {
+async fn inbox_step(inbox: &mut Option<InboxRead>) -> Result<(OfflinePage, Count), tonic::Status> {
     match inbox {
         Some(inbox) => (&mut inbox.reading).await,
         None => std::future::pending().await,

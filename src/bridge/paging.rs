@@ -1,10 +1,11 @@
-//! Pages of a user's unread inbox as sockets get them: read from the core
-//! (by keyset when the socket asks for the page after the one it was last
-//! sent), with their ids for receipts and the count's version.
+//! Pages of a user's lists (the unread inbox unless asked for another view
+//! or a category) as sockets get them: read from the core (by keyset when
+//! the socket asks for the page after the one it was last sent), with their
+//! ids for receipts.
 
 use std::sync::{Arc, Mutex};
 
-use notify_store::User;
+use notify_store::{ListQuery, User, View};
 use socketioxide::extract::SocketRef;
 
 use super::core_client::{self, unary};
@@ -12,8 +13,8 @@ use super::payload::{Envelope, NotificationJson, Page};
 use crate::contract::paging::Pagination;
 use crate::contract::proto;
 
-/// One page of a user's unread inbox as sockets see it, with what the
-/// bridge needs besides: its ids (for receipts) and the count's version.
+/// One page of one of a user's lists as sockets see it, with what the
+/// bridge needs besides: its ids (for receipts) and the database's epoch.
 pub struct OfflinePage {
     /// The `offlineNotifications` envelope.
     pub envelope: Envelope<Page>,
@@ -21,10 +22,6 @@ pub struct OfflinePage {
     pub ids: Vec<String>,
     /// Where the next page starts: the seq of its last item.
     pub next: Option<PageCursor>,
-    /// The unread count (`totalRecords`) …
-    pub total: i64,
-    /// … and the change version it is exact at.
-    pub version: i64,
     /// The database's epoch.
     pub epoch: String,
 }
@@ -32,9 +29,11 @@ pub struct OfflinePage {
 /// Where a socket's next page starts, from the last page it was sent:
 /// asked for next, that page is read by keyset (after this seq), so paging
 /// through a deep inbox costs each page its own rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageCursor {
-    /// The page that starts there …
+    /// The list …
+    pub query: ListQuery,
+    /// … and the page that starts there …
     pub page: u32,
     /// … when pages have this many items …
     pub limit: u32,
@@ -87,27 +86,36 @@ pub(super) fn next_page_start(socket: &SocketRef) -> Option<PageCursor> {
     with_pages(socket, |memory| {
         memory
             .next
+            .clone()
             .filter(|cursor| memory.delivered <= cursor.read_at)
     })
     .flatten()
 }
 
-/// Reads one page of the user's unread inbox; by keyset when `cursor` says
+/// Reads one page of one of the user's lists; by keyset when `cursor` says
 /// where this page starts.
 pub(super) async fn offline_page(
     mut client: core_client::CoreApi,
     user: User,
+    query: ListQuery,
     page: u32,
     limit: u32,
     cursor: Option<PageCursor>,
 ) -> Result<OfflinePage, tonic::Status> {
     let before_seq = cursor
-        .filter(|c| (c.page, c.limit) == (page, limit))
+        .filter(|c| (c.page, c.limit, &c.query) == (page, limit, &query))
         .map(|c| c.after);
+    let view = match query.view {
+        View::Inbox => proto::View::Inbox,
+        View::Archived => proto::View::Archived,
+        View::All => proto::View::All,
+    };
     let response = client
-        .list_offline(unary(proto::ListOfflineRequest {
+        .list_notifications(unary(proto::ListNotificationsRequest {
             vendor_id: user.vendor_id(),
             customer_id: user.customer_id(),
+            view: view as i32,
+            category: query.category.clone().unwrap_or_default(),
             page: Some(page as i32),
             limit: Some(limit as i32),
             before_seq,
@@ -119,6 +127,7 @@ pub(super) async fn offline_page(
         .map(|p| p.total_records)
         .unwrap_or_default();
     let next = response.items.last().map(|last| PageCursor {
+        query,
         page: page + 1,
         limit,
         after: last.seq,
@@ -131,8 +140,6 @@ pub(super) async fn offline_page(
             items: response.items.iter().map(NotificationJson::from).collect(),
             pagination: Pagination::new(page, limit, total).into(),
         }),
-        total,
-        version: response.version,
         epoch: response.epoch,
     })
 }

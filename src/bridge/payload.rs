@@ -1,7 +1,7 @@
 //! The Socket.IO JSON, exactly as the seed documents it: camelCase,
 //! `vendorId`/`customerId` numbers or null, ISO 8601 UTC with milliseconds.
 
-use notify_store::{Channel, Status};
+use notify_store::{Channel, ListQuery, Status, View};
 use serde::Serialize;
 use serde_json::Value;
 use tonic::Code;
@@ -38,6 +38,10 @@ pub struct NotificationJson {
     pub updated_at: String,
     /// Per-user sequence number; `id` is the key to drop a repeat.
     pub seq: i64,
+    /// The inbox tab it belongs to, e.g. `order`.
+    pub category: String,
+    /// When it was archived, or null.
+    pub archived_at: Option<String>,
 }
 
 impl From<&proto::Notification> for NotificationJson {
@@ -63,6 +67,8 @@ impl From<&proto::Notification> for NotificationJson {
             created_at: n.created_at.clone(),
             updated_at: n.updated_at.clone(),
             seq: n.seq,
+            category: n.category.clone(),
+            archived_at: (!n.archived_at.is_empty()).then(|| n.archived_at.clone()),
         }
     }
 }
@@ -205,16 +211,101 @@ impl From<tonic::Status> for AppError {
     }
 }
 
-/// The `offlineNotifications` payload as `(page, limit)`: `{"page":2,"limit":20}`,
-/// both optional (1 and 20). Pure, apart from the socket, so the checks are
+/// What an `offlineNotifications` request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    /// 1-based.
+    pub page: u32,
+    /// Rows per page.
+    pub limit: u32,
+    /// Which list: the unread inbox of every category unless asked.
+    pub query: ListQuery,
+}
+
+/// The `offlineNotifications` payload: `{"page":2,"limit":20}`, both
+/// optional (1 and 20), and optionally `"view"` (`INBOX`, `ARCHIVED`,
+/// `ALL`) and `"category"`. Pure, apart from the socket, so the checks are
 /// unit tested and fuzzed without a connection; every error is a 400.
 pub fn page_request(
     payload: Result<Value, impl std::fmt::Display>,
-) -> Result<(u32, u32), AppError> {
+) -> Result<PageRequest, AppError> {
     let payload = object(payload)?;
     let page = validate::page(optional_int(&payload, "page")?)?;
     let limit = validate::limit(optional_int(&payload, "limit")?)?;
-    Ok((page, limit))
+    let view = match optional_str(&payload, "view")? {
+        None | Some("INBOX") => View::Inbox,
+        Some("ARCHIVED") => View::Archived,
+        Some("ALL") => View::All,
+        Some(other) => {
+            return Err(AppError::bad_input(format!(
+                "view: must be INBOX, ARCHIVED or ALL, got {other:?}"
+            )));
+        }
+    };
+    let category = category_field(&payload)?;
+    Ok(PageRequest {
+        page,
+        limit,
+        query: ListQuery { view, category },
+    })
+}
+
+/// The `markAllAsRead` payload: `{"category":"order","upToSeq":120}`, both
+/// optional. Every error is a 400.
+pub fn mark_all_request(
+    payload: Result<Value, impl std::fmt::Display>,
+) -> Result<(Option<String>, Option<i64>), AppError> {
+    let payload = object(payload)?;
+    let category = category_field(&payload)?;
+    let up_to_seq = match payload.get("upToSeq") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_i64().ok_or_else(|| FieldError {
+            field: "upToSeq".into(),
+            reason: format!("must be an integer, got {value}"),
+        })?),
+    };
+    Ok((category, validate::up_to_seq(up_to_seq)?))
+}
+
+/// The `archive` payload: `{"ids":["…"],"archived":true}`; `archived`
+/// unset archives, false brings them back. Every error is a 400.
+pub fn archive_request(
+    payload: Result<Value, impl std::fmt::Display>,
+) -> Result<(Vec<String>, bool), AppError> {
+    let payload = object(payload)?;
+    let archived = match payload.get("archived") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(archived)) => *archived,
+        Some(other) => {
+            return Err(AppError::bad_input(format!(
+                "archived: must be true or false, got {other}"
+            )));
+        }
+    };
+    Ok((ids_field(&payload)?, archived))
+}
+
+/// An optional `category` field, checked.
+fn category_field(payload: &Value) -> Result<Option<String>, AppError> {
+    Ok(match optional_str(payload, "category")? {
+        None => None,
+        Some(text) => Some(validate::category(text)?.ok_or_else(|| FieldError {
+            field: "category".into(),
+            reason: "must not be empty".into(),
+        })?),
+    })
+}
+
+/// An optional string field of a client payload.
+fn optional_str<'a>(payload: &'a Value, field: &str) -> Result<Option<&'a str>, FieldError> {
+    match payload.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err(FieldError {
+            field: field.into(),
+            reason: format!("must be a string, got {other}"),
+        }),
+    }
 }
 
 /// The `markAsRead` payload as the ids to mark: `{"ids":["…"]}`, 1–1,000
@@ -223,7 +314,11 @@ pub fn page_request(
 pub fn mark_request(
     payload: Result<Value, impl std::fmt::Display>,
 ) -> Result<Vec<String>, AppError> {
-    let payload = object(payload)?;
+    ids_field(&object(payload)?)
+}
+
+/// The `ids` field: 1–1,000 valid ids, canonical, each once.
+fn ids_field(payload: &Value) -> Result<Vec<String>, AppError> {
     let ids: Vec<String> = match payload.get("ids") {
         Some(Value::Array(items)) => items
             .iter()
@@ -320,6 +415,9 @@ impl From<Pagination> for PaginationJson {
 pub struct UnreadCount {
     /// Exact, never capped.
     pub count: i64,
+    /// The same by category; categories with none are left out.
+    #[serde(rename = "byCategory")]
+    pub by_category: std::collections::BTreeMap<String, i64>,
 }
 
 /// `markAsRead`'s data.
@@ -335,8 +433,12 @@ pub struct Updated {
 pub struct NotificationsUpdatedJson {
     /// The notifications that changed.
     pub ids: Vec<String>,
-    /// Their new status (`DELIVERED`, `READ`).
-    pub status: &'static str,
+    /// Their new status (`DELIVERED`, `READ`), when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    /// Archived (true) or brought back (false), when that changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived: Option<bool>,
     /// When, ISO 8601 UTC with milliseconds.
     #[serde(rename = "updatedAt")]
     pub updated_at: String,
@@ -346,9 +448,8 @@ impl From<proto::NotificationsUpdated> for NotificationsUpdatedJson {
     fn from(update: proto::NotificationsUpdated) -> Self {
         NotificationsUpdatedJson {
             ids: update.ids,
-            status: Status::from_code(i64::from(update.status))
-                .unwrap_or(Status::Sent)
-                .name(),
+            status: Status::from_code(i64::from(update.status)).map(Status::name),
+            archived: update.archived,
             updated_at: update.updated_at,
         }
     }
@@ -426,6 +527,8 @@ mod tests {
             created_at: "2025-06-20T10:27:34.307Z".into(),
             updated_at: "2025-06-20T10:27:34.307Z".into(),
             seq: 1,
+            category: "product".into(),
+            archived_at: String::new(),
         };
         let json = serde_json::to_value(NotificationJson::from(&n)).unwrap();
         assert_eq!(
@@ -434,7 +537,8 @@ mod tests {
                 "id": "68553796000745d4620985bc", "vendorId": 5, "customerId": null,
                 "type": "product:upload", "channel": "PUSH", "content": {"id": 63},
                 "status": "SENT", "priority": 1, "createdAt": "2025-06-20T10:27:34.307Z",
-                "updatedAt": "2025-06-20T10:27:34.307Z", "seq": 1
+                "updatedAt": "2025-06-20T10:27:34.307Z", "seq": 1,
+                "category": "product", "archivedAt": null
             })
         );
     }
@@ -444,7 +548,7 @@ mod tests {
     }
 
     fn page_of(payload: Value) -> Result<(u32, u32), AppError> {
-        page_request(Ok::<_, String>(payload))
+        page_request(Ok::<_, String>(payload)).map(|r| (r.page, r.limit))
     }
 
     fn mark_of(payload: Value) -> Result<Vec<String>, AppError> {
@@ -458,6 +562,70 @@ mod tests {
         assert_eq!(page_of(json!({"page": null, "limit": null})), Ok((1, 20)));
         assert_eq!(page_of(json!({"page": 2, "limit": 100})), Ok((2, 100)));
         assert_eq!(page_of(json!({"limit": 1, "other": "x"})), Ok((1, 1)));
+    }
+
+    #[test]
+    fn page_request_reads_the_view_and_category() {
+        let request = page_request(Ok::<_, String>(
+            json!({"view": "ARCHIVED", "category": "order"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            request.query,
+            ListQuery {
+                view: View::Archived,
+                category: Some("order".into())
+            }
+        );
+        let default = page_request(Ok::<_, String>(json!({}))).unwrap();
+        assert_eq!(default.query, ListQuery::inbox());
+        assert_eq!(
+            page_request(Ok::<_, String>(json!({"view": "TRASH"}))).map(|r| r.page),
+            Err(bad("view: must be INBOX, ARCHIVED or ALL, got \"TRASH\""))
+        );
+        assert_eq!(
+            page_request(Ok::<_, String>(json!({"category": "Order"}))).map(|r| r.page),
+            Err(bad("category: must be 1 to 64 of a-z, 0-9, '_' and '-'"))
+        );
+    }
+
+    #[test]
+    fn mark_all_and_archive_requests_name_their_bad_fields() {
+        let of = |v: Value| mark_all_request(Ok::<_, String>(v));
+        assert_eq!(of(Value::Null), Ok((None, None)));
+        assert_eq!(
+            of(json!({"category": "order", "upToSeq": 120})),
+            Ok((Some("order".into()), Some(120)))
+        );
+        assert_eq!(
+            of(json!({"upToSeq": 0})).unwrap_err().message,
+            "upToSeq: must be 1 or more, got 0"
+        );
+        assert_eq!(
+            of(json!({"upToSeq": "5"})).unwrap_err().message,
+            "upToSeq: must be an integer, got \"5\""
+        );
+        assert_eq!(
+            of(json!({"category": 5})).unwrap_err().message,
+            "category: must be a string, got 5"
+        );
+        let id = "68553796000745d4620985bc";
+        let archive = |v: Value| archive_request(Ok::<_, String>(v));
+        assert_eq!(
+            archive(json!({"ids": [id]})),
+            Ok((vec![id.to_owned()], true))
+        );
+        assert_eq!(
+            archive(json!({"ids": [id], "archived": false})),
+            Ok((vec![id.to_owned()], false))
+        );
+        assert_eq!(
+            archive(json!({"ids": [id], "archived": "yes"}))
+                .unwrap_err()
+                .message,
+            "archived: must be true or false, got \"yes\""
+        );
+        assert_eq!(archive(json!({})).unwrap_err().message, "ids: required");
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub fn notification(n: &Notification) -> proto::Notification {
         created_at: format_millis(n.created_at),
         updated_at: format_millis(n.updated_at),
         seq: n.seq,
+        category: n.category.clone(),
+        archived_at: n.archived_at.map(format_millis).unwrap_or_default(),
     }
 }
 

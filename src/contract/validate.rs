@@ -2,7 +2,7 @@
 //! spells it, so `INVALID_ARGUMENT: type: must not be empty` tells the
 //! caller what to fix.
 
-use notify_store::{Channel, PageStart, Status, User, parse_object_id};
+use notify_store::{Channel, PageStart, Status, User, View, is_category, parse_object_id};
 use prost_types::Struct;
 
 use super::convert::{ContentError, struct_to_json};
@@ -339,6 +339,45 @@ pub fn room(text: &str) -> Result<String, FieldError> {
     name("room", text, MAX_NAME_CHARS)
 }
 
+/// A category: 1-64 of `[a-z0-9_-]`; empty means none was named.
+pub fn category(text: &str) -> Result<Option<String>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if !is_category(text) {
+        return Err(FieldError::new(
+            "category",
+            "must be 1 to 64 of a-z, 0-9, '_' and '-'",
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// A list's view; unset means INBOX.
+pub fn view(value: i32) -> Result<View, FieldError> {
+    use crate::contract::proto::View as Wire;
+    match Wire::try_from(value) {
+        Ok(Wire::Unspecified | Wire::Inbox) => Ok(View::Inbox),
+        Ok(Wire::Archived) => Ok(View::Archived),
+        Ok(Wire::All) => Ok(View::All),
+        Err(_) => Err(FieldError::new(
+            "view",
+            format!("must be INBOX, ARCHIVED or ALL, got {value}"),
+        )),
+    }
+}
+
+/// The last seq a mark-all covers: 1 or more.
+pub fn up_to_seq(value: Option<i64>) -> Result<Option<i64>, FieldError> {
+    match value {
+        Some(seq) if seq < 1 => Err(FieldError::new(
+            "upToSeq",
+            format!("must be 1 or more, got {seq}"),
+        )),
+        other => Ok(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +430,16 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn categories_are_short_lowercase_names() {
+        assert_eq!(category(""), Ok(None));
+        assert_eq!(category("order_2-b"), Ok(Some("order_2-b".into())));
+        for bad in ["Order", "a b", "é", "a:b", &"a".repeat(65)] {
+            assert_eq!(category(bad).unwrap_err().field, "category", "{bad:?}");
+        }
+        assert!(category(&"a".repeat(64)).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! its gRPC request by `TryFrom`, which validates every field and names the
 //! first bad one. Past this point nothing is proto and nothing is unchecked.
 
-use notify_store::{NewNotification, PageStart, Status, User};
+use notify_store::{ListQuery, NewNotification, PageStart, Status, User, default_category};
 
 use crate::contract::proto;
 use crate::contract::validate::{self, FieldError};
@@ -14,11 +14,13 @@ pub struct Create {
     pub notifications: Vec<NewNotification>,
 }
 
-/// A page of a user's unread inbox.
-#[derive(Clone, Copy, Debug)]
-pub struct ListOffline {
-    /// Whose inbox.
+/// A page of one of a user's lists (the unread inbox for ListOffline).
+#[derive(Clone, Debug)]
+pub struct List {
+    /// Whose notifications.
     pub user: User,
+    /// Which view, of which category.
+    pub query: ListQuery,
     /// 1-based page number, reported back in the pagination.
     pub page: u32,
     /// Rows per page.
@@ -36,6 +38,30 @@ pub struct Mark {
     pub ids: Vec<String>,
     /// DELIVERED or READ.
     pub status: Status,
+}
+
+/// Move a user's whole unread inbox (of a category, up to a seq) forward.
+#[derive(Clone, Debug)]
+pub struct MarkAll {
+    /// Whose inbox.
+    pub user: User,
+    /// DELIVERED or READ.
+    pub status: Status,
+    /// Only this category.
+    pub category: Option<String>,
+    /// Only seqs up to this one.
+    pub up_to_seq: Option<i64>,
+}
+
+/// Archive some of a user's notifications, or bring them back.
+#[derive(Clone, Debug)]
+pub struct Archive {
+    /// Whose notifications; others' ids are ignored.
+    pub user: User,
+    /// Canonical ids, each once.
+    pub ids: Vec<String>,
+    /// Archive (true) or bring back (false).
+    pub archived: bool,
 }
 
 /// Delivery receipts of many users, as a bridge batches them.
@@ -81,14 +107,17 @@ fn new_notification(
     content: Option<&prost_types::Struct>,
     priority: i32,
     idempotency_key: &str,
+    category: &str,
 ) -> Result<NewNotification, FieldError> {
+    let kind = validate::kind(kind)?;
     Ok(NewNotification {
         recipient,
-        kind: validate::kind(kind)?,
         channel: validate::channel(channel)?,
         content: validate::content(content)?,
         priority: validate::priority(priority)?,
         idempotency_key: validate::idempotency_key(idempotency_key)?,
+        category: validate::category(category)?.unwrap_or_else(|| default_category(&kind)),
+        kind,
     })
 }
 
@@ -104,6 +133,7 @@ impl TryFrom<&proto::CreateNotificationRequest> for Create {
             request.content.as_ref(),
             request.priority,
             &request.idempotency_key,
+            &request.category,
         )?;
         Ok(Create {
             notifications: vec![notification],
@@ -130,6 +160,7 @@ impl TryFrom<&proto::CreateNotificationsRequest> for Create {
             request.content.as_ref(),
             request.priority,
             &request.idempotency_key,
+            &request.category,
         )?;
         Ok(Create {
             notifications: recipients
@@ -143,17 +174,71 @@ impl TryFrom<&proto::CreateNotificationsRequest> for Create {
     }
 }
 
-impl TryFrom<&proto::ListOfflineRequest> for ListOffline {
+impl TryFrom<&proto::ListOfflineRequest> for List {
     type Error = FieldError;
 
-    fn try_from(request: &proto::ListOfflineRequest) -> Result<ListOffline, FieldError> {
+    fn try_from(request: &proto::ListOfflineRequest) -> Result<List, FieldError> {
         let page = validate::page(request.page)?;
-        Ok(ListOffline {
+        Ok(List {
             user: validate::recipient(request.vendor_id, request.customer_id)?,
+            query: ListQuery::inbox(),
             page,
             limit: validate::limit(request.limit)?,
             start: validate::page_start(page, request.before_seq)?,
         })
+    }
+}
+
+impl TryFrom<&proto::ListNotificationsRequest> for List {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::ListNotificationsRequest) -> Result<List, FieldError> {
+        let user = validate::recipient(request.vendor_id, request.customer_id)?;
+        let query = ListQuery {
+            view: validate::view(request.view)?,
+            category: validate::category(&request.category)?,
+        };
+        let page = validate::page(request.page)?;
+        Ok(List {
+            user,
+            query,
+            page,
+            limit: validate::limit(request.limit)?,
+            start: validate::page_start(page, request.before_seq)?,
+        })
+    }
+}
+
+impl TryFrom<&proto::MarkAllNotificationsRequest> for MarkAll {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::MarkAllNotificationsRequest) -> Result<MarkAll, FieldError> {
+        Ok(MarkAll {
+            user: validate::recipient(request.vendor_id, request.customer_id)?,
+            status: validate::mark_status(request.status)?,
+            category: validate::category(&request.category)?,
+            up_to_seq: validate::up_to_seq(request.up_to_seq)?,
+        })
+    }
+}
+
+impl TryFrom<&proto::ArchiveNotificationsRequest> for Archive {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::ArchiveNotificationsRequest) -> Result<Archive, FieldError> {
+        Ok(Archive {
+            user: validate::recipient(request.vendor_id, request.customer_id)?,
+            ids: validate::ids(&request.ids)?,
+            archived: request.archived.unwrap_or(true),
+        })
+    }
+}
+
+impl TryFrom<&proto::GetUnreadCountsRequest> for User {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::GetUnreadCountsRequest) -> Result<User, FieldError> {
+        validate::recipient(request.vendor_id, request.customer_id)
     }
 }
 

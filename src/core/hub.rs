@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use notify_store::{Change, ChangeSink, Notification, Status, User};
+use notify_store::{ByCategory, Change, ChangeSink, Notification, Update, User};
 use tokio::sync::{Notify, mpsc};
 
 /// Events one stream can queue before it is flagged as lagging.
@@ -25,19 +25,23 @@ pub enum HubEvent {
         notification: Arc<Notification>,
         /// The user's unread count right after it.
         unread: i64,
+        /// The same by category.
+        by_category: Arc<ByCategory>,
         /// The user's change version it took.
         version: i64,
     },
-    /// Some of the user's notifications changed status.
+    /// Some of the user's notifications changed (status, archive).
     Updated {
         /// Which ones.
         ids: Arc<[String]>,
-        /// The new status.
-        status: Status,
+        /// What changed.
+        update: Update,
         /// When (ms since the epoch).
         updated_at: i64,
         /// The user's unread count afterwards.
         unread: i64,
+        /// The same by category; `None` when the change moved no count.
+        by_category: Option<Arc<ByCategory>>,
         /// The user's change version it took.
         version: i64,
     },
@@ -164,29 +168,33 @@ impl ChangeSink for Hub {
             Change::Created {
                 notification,
                 unread,
+                by_category,
                 version,
             } => self.send(
                 notification.recipient,
                 HubEvent::Created {
                     notification: Arc::new(notification),
                     unread,
+                    by_category: Arc::new(by_category),
                     version,
                 },
             ),
             Change::Updated {
                 user,
                 ids,
-                status,
+                update,
                 updated_at,
                 unread,
+                by_category,
                 version,
             } => self.send(
                 user,
                 HubEvent::Updated {
                     ids: ids.into(),
-                    status,
+                    update,
                     updated_at,
                     unread,
+                    by_category: by_category.map(Arc::new),
                     version,
                 },
             ),
@@ -217,9 +225,10 @@ mod tests {
     fn event(n: i64) -> HubEvent {
         HubEvent::Updated {
             ids: vec![n.to_string()].into(),
-            status: Status::Read,
+            update: Update::status(notify_store::Status::Read),
             updated_at: 0,
             unread: 0,
+            by_category: None,
             version: n,
         }
     }

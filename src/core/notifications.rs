@@ -4,11 +4,15 @@
 
 use std::sync::Arc;
 
-use notify_store::{Created, MarkOutcome, Notification, OfflinePage, RoomMember, Store};
+use notify_store::{
+    Created, MarkOutcome, Notification, OfflinePage, RoomMember, Store, UnreadCounts, User,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{Create, ListOffline, Mark, Membership, OpenStream, RecordDeliveries};
+use super::command::{
+    Archive, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
+};
 use super::error::CoreError;
 use super::hub::Hub;
 use super::presence::Presence;
@@ -25,7 +29,7 @@ pub struct Notifications {
     pub(super) shutdown: CancellationToken,
 }
 
-/// One page of a user's unread inbox, placed among all its pages, with the
+/// One page of one of a user's lists, placed among all its pages, with the
 /// database's epoch its seqs belong to.
 #[derive(Clone, Debug)]
 pub struct Inbox {
@@ -77,11 +81,11 @@ impl Notifications {
             .ok_or_else(|| CoreError::NotFound(format!("no notification with id {id}")))
     }
 
-    /// A page of the user's unread inbox, newest first.
-    pub async fn list_offline(&self, command: ListOffline) -> Result<Inbox, CoreError> {
+    /// A page of one of the user's lists, newest first.
+    pub async fn list(&self, command: List) -> Result<Inbox, CoreError> {
         let page = self
             .store
-            .list_unread(command.user, command.start, command.limit)
+            .list(command.user, &command.query, command.start, command.limit)
             .await?;
         Ok(Inbox {
             pagination: Pagination::new(command.page, command.limit, page.total),
@@ -95,6 +99,34 @@ impl Notifications {
         Ok(self
             .store
             .mark(command.user, command.ids, command.status)
+            .await?)
+    }
+
+    /// The user's unread counts, in all and by category.
+    pub async fn unread_counts(&self, user: User) -> Result<UnreadCounts, CoreError> {
+        Ok(self.store.unread_counts(user).await?)
+    }
+
+    /// Moves the user's whole unread inbox (of a category, up to a seq)
+    /// forward, in one transaction.
+    pub async fn mark_all(&self, command: MarkAll) -> Result<MarkOutcome, CoreError> {
+        Ok(self
+            .store
+            .mark_all(
+                command.user,
+                command.status,
+                command.category,
+                command.up_to_seq,
+            )
+            .await?)
+    }
+
+    /// Archives the user's own notifications among the ids, or brings
+    /// them back.
+    pub async fn archive(&self, command: Archive) -> Result<MarkOutcome, CoreError> {
+        Ok(self
+            .store
+            .archive(command.user, command.ids, command.archived)
             .await?)
     }
 

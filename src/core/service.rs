@@ -12,7 +12,9 @@ use subtle::ConstantTimeEq;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::command::{Create, ListOffline, Mark, Membership, OpenStream, RecordDeliveries};
+use super::command::{
+    Archive, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
+};
 use super::error::CoreError;
 use super::notifications::Notifications;
 use super::stream::{Event, StreamEvent, StreamState};
@@ -133,14 +135,56 @@ impl NotificationService for Api {
         request: Request<proto::ListOfflineRequest>,
     ) -> Reply<proto::ListOfflineResponse> {
         let _timer = Timer::start("ListOffline");
-        let list: ListOffline = command(request.get_ref())?;
-        let inbox = self.core.list_offline(list).await.map_err(status)?;
-        Ok(Response::new(proto::ListOfflineResponse {
-            items: inbox.page.items.iter().map(convert::notification).collect(),
-            pagination: Some(inbox.pagination.into()),
-            last_seq: inbox.page.last_seq,
-            epoch: inbox.epoch,
-            version: inbox.page.version,
+        let list: List = command(request.get_ref())?;
+        let inbox = self.core.list(list).await.map_err(status)?;
+        Ok(Response::new(list_response(inbox)))
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<proto::ListNotificationsRequest>,
+    ) -> Reply<proto::ListOfflineResponse> {
+        let _timer = Timer::start("ListNotifications");
+        let list: List = command(request.get_ref())?;
+        let inbox = self.core.list(list).await.map_err(status)?;
+        Ok(Response::new(list_response(inbox)))
+    }
+
+    async fn get_unread_counts(
+        &self,
+        request: Request<proto::GetUnreadCountsRequest>,
+    ) -> Reply<proto::GetUnreadCountsResponse> {
+        let _timer = Timer::start("GetUnreadCounts");
+        let user: notify_store::User = command(request.get_ref())?;
+        let counts = self.core.unread_counts(user).await.map_err(status)?;
+        Ok(Response::new(proto::GetUnreadCountsResponse {
+            count: counts.unread,
+            by_category: counts.by_category.into_iter().collect(),
+            version: counts.version,
+        }))
+    }
+
+    async fn mark_all_notifications(
+        &self,
+        request: Request<proto::MarkAllNotificationsRequest>,
+    ) -> Reply<proto::MarkNotificationsResponse> {
+        let _timer = Timer::start("MarkAllNotifications");
+        let mark: MarkAll = command(request.get_ref())?;
+        let outcome = self.core.mark_all(mark).await.map_err(status)?;
+        Ok(Response::new(proto::MarkNotificationsResponse {
+            updated: outcome.updated.len() as i32,
+        }))
+    }
+
+    async fn archive_notifications(
+        &self,
+        request: Request<proto::ArchiveNotificationsRequest>,
+    ) -> Reply<proto::MarkNotificationsResponse> {
+        let _timer = Timer::start("ArchiveNotifications");
+        let archive: Archive = command(request.get_ref())?;
+        let outcome = self.core.archive(archive).await.map_err(status)?;
+        Ok(Response::new(proto::MarkNotificationsResponse {
+            updated: outcome.updated.len() as i32,
         }))
     }
 
@@ -229,12 +273,13 @@ fn user_event(item: StreamEvent) -> proto::UserEvent {
         Event::Notification(n) => Proto::Notification(convert::notification(&n)),
         Event::Updated {
             ids,
-            status,
+            update,
             updated_at,
         } => Proto::NotificationUpdated(proto::NotificationsUpdated {
             ids,
-            status: status.code() as i32,
+            status: update.status.map_or(0, |s| s.code() as i32),
             updated_at: notify_store::format_millis(updated_at),
+            archived: update.archived,
         }),
         Event::PeerOnline(user) => Proto::UserOnline(convert::presence_change(user, None)),
         Event::PeerOffline { user, last_seen_at } => {
@@ -242,10 +287,34 @@ fn user_event(item: StreamEvent) -> proto::UserEvent {
         }
         Event::State(state) => Proto::State(stream_state(state)),
     };
+    let (unread_count, version, unread_by_category) = match item.count {
+        Some(count) => (
+            Some(count.unread),
+            Some(count.version),
+            count
+                .by_category
+                .iter()
+                .map(|(category, n)| (category.clone(), *n))
+                .collect(),
+        ),
+        None => (None, None, Default::default()),
+    };
     proto::UserEvent {
         event: Some(event),
-        unread_count: item.count.map(|c| c.unread),
-        version: item.count.map(|c| c.version),
+        unread_count,
+        version,
+        unread_by_category,
+    }
+}
+
+/// A page of a list as ListOffline and ListNotifications answer it.
+fn list_response(inbox: super::notifications::Inbox) -> proto::ListOfflineResponse {
+    proto::ListOfflineResponse {
+        items: inbox.page.items.iter().map(convert::notification).collect(),
+        pagination: Some(inbox.pagination.into()),
+        last_seq: inbox.page.last_seq,
+        epoch: inbox.epoch,
+        version: inbox.page.version,
     }
 }
 

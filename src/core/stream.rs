@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify_store::{
-    ChangePosition, Notification, PeerView, Status, Store, StoreError, User, UserState,
+    ByCategory, ChangePosition, Notification, PeerView, Status, Store, StoreError, Update, User,
+    UserState,
 };
 use tokio::sync::mpsc;
 
@@ -57,10 +58,12 @@ pub struct StreamEvent {
 }
 
 /// A user's unread count at one version of their notifications.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnreadCount {
-    /// Notifications not yet READ.
+    /// Notifications in the unread inbox.
     pub unread: i64,
+    /// The same by category.
+    pub by_category: Arc<ByCategory>,
     /// The change version the count belongs to: a reader keeps the newest.
     pub version: i64,
 }
@@ -70,12 +73,12 @@ pub struct UnreadCount {
 pub enum Event {
     /// A notification the reader did not have.
     Notification(Arc<Notification>),
-    /// Some of the reader's notifications changed status.
+    /// Some of the reader's notifications changed (status, archive).
     Updated {
         /// Which ones.
         ids: Vec<String>,
-        /// The status they now have.
-        status: Status,
+        /// What changed (after a catch-up: every field, as they are now).
+        update: Update,
         /// When (ms since the epoch).
         updated_at: i64,
     },
@@ -172,6 +175,9 @@ struct Stream<'a> {
     peers: PeerView,
     /// The last event of a catch-up, held back so the count can ride on it.
     held: Option<StreamEvent>,
+    /// The last count sent: a change that moves no count (a receipt)
+    /// carries it on, when it is the count of the version just before.
+    counted: Option<UnreadCount>,
 }
 
 impl<'a> Stream<'a> {
@@ -185,6 +191,7 @@ impl<'a> Stream<'a> {
             version: 0,
             peers: PeerView::default(),
             held: None,
+            counted: None,
         }
     }
 
@@ -263,7 +270,7 @@ impl<'a> Stream<'a> {
     async fn catch_up(&mut self) -> Step {
         let known = self.last_seq;
         let mut after = ChangePosition::after(self.version);
-        let state = loop {
+        let (state, by_category) = loop {
             let page = self
                 .store()
                 .changed_after(self.user(), after, CATCH_UP_BATCH)
@@ -275,12 +282,12 @@ impl<'a> Stream<'a> {
                     seq: notification.seq,
                 };
                 // Those past `known` are new to the reader: sent whole below.
-                if notification.seq <= known && notification.status != Status::Sent {
+                if notification.seq <= known && changed_since_created(&notification) {
                     self.hold_update(&notification).await?;
                 }
             }
             if !full {
-                break page.state;
+                break (page.state, page.by_category);
             }
         };
         'replay: while self.last_seq < state.last_seq {
@@ -304,12 +311,13 @@ impl<'a> Stream<'a> {
             }
         }
         self.version = self.version.max(state.version);
-        if let Some(mut last) = self.held.take() {
-            last.count = Some(UnreadCount {
+        if let Some(last) = self.held.take() {
+            let count = UnreadCount {
                 unread: state.unread,
+                by_category: Arc::new(by_category),
                 version: state.version,
-            });
-            self.send(last).await?;
+            };
+            self.send_event(last.event, Some(count)).await?;
         }
         Ok(())
     }
@@ -361,6 +369,7 @@ impl<'a> Stream<'a> {
             HubEvent::Created {
                 notification,
                 unread,
+                by_category,
                 version,
             } => {
                 if !self.next_in_line(version) {
@@ -369,26 +378,53 @@ impl<'a> Stream<'a> {
                 self.version = version;
                 self.last_seq = self.last_seq.max(notification.seq);
                 self.last_id = Some(notification.id.clone());
-                self.send_counted(Event::Notification(notification), unread, version)
+                let count = UnreadCount {
+                    unread,
+                    by_category,
+                    version,
+                };
+                self.send_event(Event::Notification(notification), Some(count))
                     .await
             }
             HubEvent::Updated {
                 ids,
-                status,
+                update,
                 updated_at,
                 unread,
+                by_category,
                 version,
             } => {
                 if !self.next_in_line(version) {
                     return self.resync_if_ahead(version).await;
                 }
                 self.version = version;
-                let updated = Event::Updated {
-                    ids: ids.to_vec(),
-                    status,
-                    updated_at,
-                };
-                self.send_counted(updated, unread, version).await
+                // A change that moved no count leaves the categories as the
+                // last count had them, if that was the version before.
+                let by_category = by_category.or_else(|| {
+                    self.counted
+                        .as_ref()
+                        .filter(|c| c.version == version - 1)
+                        .map(|c| c.by_category.clone())
+                });
+                let count = by_category.map(|by_category| UnreadCount {
+                    unread,
+                    by_category,
+                    version,
+                });
+                // One message of a mark of many stays small: the ids go in
+                // parts, the count on the last.
+                let parts: Vec<&[String]> = ids.chunks(IDS_PER_UPDATE).collect();
+                let last = parts.len().saturating_sub(1);
+                for (n, part) in parts.into_iter().enumerate() {
+                    let updated = Event::Updated {
+                        ids: part.to_vec(),
+                        update: update.clone(),
+                        updated_at,
+                    };
+                    let count = if n == last { count.clone() } else { None };
+                    self.send_event(updated, count).await?;
+                }
+                Ok(())
             }
             HubEvent::PeerOnline { user } => {
                 if !self.peers.change(user, true) {
@@ -428,7 +464,7 @@ impl<'a> Stream<'a> {
             return Ok(());
         }
         let user = self.user();
-        let now = self.store().user_state(user).await?;
+        let now = self.store().unread_counts(user).await?;
         if self.last_id.is_none() && self.last_seq > 0 {
             self.last_id = self.store().id_at(user, self.last_seq).await?;
         }
@@ -442,8 +478,12 @@ impl<'a> Stream<'a> {
         };
         // The count as it is now; its version may be ahead of the changes
         // passed on when one is still on its way, which orders them right.
-        self.send_counted(Event::State(state), now.unread, now.version)
-            .await
+        let count = UnreadCount {
+            unread: now.unread,
+            by_category: Arc::new(now.by_category),
+            version: now.version,
+        };
+        self.send_event(Event::State(state), Some(count)).await
     }
 
     /// Queues a catch-up event behind the one held back.
@@ -455,19 +495,23 @@ impl<'a> Stream<'a> {
         Ok(())
     }
 
-    /// A status change read back: merged into the held event when it says
-    /// the same (status and time), as one mark's notifications do.
+    /// A change read back, as the row is now: merged into the held event
+    /// when it says the same (fields and time), as one mark's rows do.
     async fn hold_update(&mut self, notification: &Notification) -> Step {
+        let now = Update {
+            status: Some(notification.status),
+            archived: Some(notification.archived_at.is_some()),
+        };
         if let Some(StreamEvent {
             event:
                 Event::Updated {
                     ids,
-                    status,
+                    update,
                     updated_at,
                 },
             ..
         }) = &mut self.held
-            && *status == notification.status
+            && *update == now
             && *updated_at == notification.updated_at
             && ids.len() < IDS_PER_UPDATE
         {
@@ -476,24 +520,31 @@ impl<'a> Stream<'a> {
         }
         let update = Event::Updated {
             ids: vec![notification.id.clone()],
-            status: notification.status,
+            update: now,
             updated_at: notification.updated_at,
         };
         self.hold(update).await
     }
 
-    async fn send_counted(&mut self, event: Event, unread: i64, version: i64) -> Step {
-        self.send_event(event, Some(UnreadCount { unread, version }))
-            .await
-    }
-
     async fn send_event(&mut self, event: Event, count: Option<UnreadCount>) -> Step {
+        if let Some(count) = &count {
+            self.counted = Some(count.clone());
+        }
         self.send(StreamEvent { event, count }).await
     }
 
     async fn send(&self, event: StreamEvent) -> Step {
         self.out.send(Ok(event)).await.map_err(|_| Stop::ClientGone)
     }
+}
+
+/// Whether a row read back in a catch-up changed after it was created (a
+/// status, an archive, or one undone since): a row only ever created is the
+/// reader's already, as it was.
+fn changed_since_created(notification: &Notification) -> bool {
+    notification.status != Status::Sent
+        || notification.archived_at.is_some()
+        || notification.updated_at != notification.created_at
 }
 
 /// The stream's catch-up, gap and resync logic against a real SQLite store
@@ -579,6 +630,7 @@ mod tests {
                 content: "{}".to_owned(),
                 priority: 0,
                 idempotency_key: None,
+                category: "order".to_owned(),
             };
             let created = self.core.store.create(vec![new]).await.unwrap();
             Arc::new(created.into_iter().next().unwrap().notification)
@@ -634,8 +686,12 @@ mod tests {
         }
     }
 
-    fn unread(n: i64) -> impl Fn(Option<UnreadCount>) -> bool {
-        move |count| count.is_some_and(|c| c.unread == n)
+    fn unread(n: i64) -> impl Fn(&Option<UnreadCount>) -> bool {
+        move |count| {
+            count
+                .as_ref()
+                .is_some_and(|c| c.unread == n && c.by_category.get("order") == Some(&n))
+        }
     }
 
     #[tokio::test]
@@ -654,13 +710,13 @@ mod tests {
         let (seq, count) = reader.notification().await;
         assert_eq!(seq, 3);
         assert!(
-            unread(3)(count),
+            unread(3)(&count),
             "the count rides on the last replayed: {count:?}"
         );
         f.create().await;
         let (seq, count) = reader.notification().await;
         assert_eq!(seq, 4, "live after the replay, nothing twice");
-        assert!(unread(4)(count), "{count:?}");
+        assert!(unread(4)(&count), "{count:?}");
     }
 
     #[tokio::test]
@@ -675,7 +731,7 @@ mod tests {
         assert_eq!(reader.notification().await.0, 1, "the lost one first");
         let (seq, count) = reader.notification().await;
         assert_eq!(seq, 2);
-        assert!(unread(2)(count), "{count:?}");
+        assert!(unread(2)(&count), "{count:?}");
     }
 
     #[tokio::test]
@@ -689,14 +745,17 @@ mod tests {
         f.create().await;
         match reader.next().await {
             StreamEvent {
-                event: Event::Updated { ids, status, .. },
+                event: Event::Updated { ids, update, .. },
                 count: None,
-            } => assert_eq!((ids, status), (vec![first.id.clone()], Status::Read)),
+            } => assert_eq!(
+                (ids, update.status, update.archived),
+                (vec![first.id.clone()], Some(Status::Read), Some(false))
+            ),
             other => panic!("expected the lost read, got {other:?}"),
         }
         let (seq, count) = reader.notification().await;
         assert_eq!(seq, 2);
-        assert!(unread(1)(count), "one read, one not: {count:?}");
+        assert!(unread(1)(&count), "one read, one not: {count:?}");
     }
 
     #[tokio::test]
@@ -709,7 +768,7 @@ mod tests {
         f.core.hub.resync_all();
         let (seq, count) = reader.notification().await;
         assert_eq!(seq, 1);
-        assert!(unread(1)(count), "{count:?}");
+        assert!(unread(1)(&count), "{count:?}");
     }
 
     async fn state_after(f: &Fixture, request: OpenStream) -> StreamState {

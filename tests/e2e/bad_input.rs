@@ -31,14 +31,18 @@ use crate::{simple, to_json, to_struct};
 /// tonic's default limit on a received message.
 const MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
-/// The ten RPCs of `notify.v1.NotificationService`.
+/// The fourteen RPCs of `notify.v1.NotificationService`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rpc {
     CreateNotification,
     CreateNotifications,
     GetNotification,
     ListOffline,
+    ListNotifications,
+    GetUnreadCounts,
     MarkNotifications,
+    MarkAllNotifications,
+    ArchiveNotifications,
     RecordDeliveries,
     StreamUserEvents,
     JoinRoom,
@@ -58,7 +62,11 @@ enum Req {
     Bulk(proto::CreateNotificationsRequest),
     Get(proto::GetNotificationRequest),
     List(proto::ListOfflineRequest),
+    Views(proto::ListNotificationsRequest),
+    Counts(proto::GetUnreadCountsRequest),
     Mark(proto::MarkNotificationsRequest),
+    MarkAll(proto::MarkAllNotificationsRequest),
+    Archive(proto::ArchiveNotificationsRequest),
     Deliveries(proto::RecordDeliveriesRequest),
     Stream(proto::StreamUserEventsRequest),
     Join(proto::RoomRequest),
@@ -74,7 +82,11 @@ impl Req {
             Req::Bulk(_) => Rpc::CreateNotifications,
             Req::Get(_) => Rpc::GetNotification,
             Req::List(_) => Rpc::ListOffline,
+            Req::Views(_) => Rpc::ListNotifications,
+            Req::Counts(_) => Rpc::GetUnreadCounts,
             Req::Mark(_) => Rpc::MarkNotifications,
+            Req::MarkAll(_) => Rpc::MarkAllNotifications,
+            Req::Archive(_) => Rpc::ArchiveNotifications,
             Req::Deliveries(_) => Rpc::RecordDeliveries,
             Req::Stream(_) => Rpc::StreamUserEvents,
             Req::Join(_) => Rpc::JoinRoom,
@@ -90,7 +102,11 @@ impl Req {
             Req::Bulk(m) => m.encode_to_vec(),
             Req::Get(m) => m.encode_to_vec(),
             Req::List(m) => m.encode_to_vec(),
+            Req::Views(m) => m.encode_to_vec(),
+            Req::Counts(m) => m.encode_to_vec(),
             Req::Mark(m) => m.encode_to_vec(),
+            Req::MarkAll(m) => m.encode_to_vec(),
+            Req::Archive(m) => m.encode_to_vec(),
             Req::Deliveries(m) => m.encode_to_vec(),
             Req::Stream(m) => m.encode_to_vec(),
             Req::Join(m) | Req::Leave(m) => m.encode_to_vec(),
@@ -204,6 +220,36 @@ fn list(edit: impl FnOnce(&mut proto::ListOfflineRequest)) -> Req {
     Req::List(request)
 }
 
+fn views(edit: impl FnOnce(&mut proto::ListNotificationsRequest)) -> Req {
+    let mut request = proto::ListNotificationsRequest {
+        vendor_id: Some(5),
+        view: proto::View::Archived as i32,
+        ..Default::default()
+    };
+    edit(&mut request);
+    Req::Views(request)
+}
+
+fn counts(edit: impl FnOnce(&mut proto::GetUnreadCountsRequest)) -> Req {
+    let mut request = proto::GetUnreadCountsRequest {
+        vendor_id: Some(5),
+        customer_id: None,
+    };
+    edit(&mut request);
+    Req::Counts(request)
+}
+
+/// Vendor 5 marking its whole inbox READ: would change what is stored.
+fn mark_all(edit: impl FnOnce(&mut proto::MarkAllNotificationsRequest)) -> Req {
+    let mut request = proto::MarkAllNotificationsRequest {
+        vendor_id: Some(5),
+        status: proto::Status::Read as i32,
+        ..Default::default()
+    };
+    edit(&mut request);
+    Req::MarkAll(request)
+}
+
 fn stream(edit: impl FnOnce(&mut proto::StreamUserEventsRequest)) -> Req {
     let mut request = proto::StreamUserEventsRequest {
         vendor_id: Some(5),
@@ -277,7 +323,148 @@ fn cases(ids: &Ids) -> Vec<Case> {
         Req::Mark(request)
     };
     let unread = ids.unread.clone();
+    // Vendor 5 archiving an unread one of its own: would change what is stored.
+    let archive = |edit: &dyn Fn(&mut proto::ArchiveNotificationsRequest)| {
+        let mut request = proto::ArchiveNotificationsRequest {
+            vendor_id: Some(5),
+            customer_id: None,
+            ids: vec![ids.unread.clone()],
+            archived: Some(true),
+        };
+        edit(&mut request);
+        Req::Archive(request)
+    };
     let mut t = Table::default();
+
+    t.category("inbox lifecycle");
+    for (name, category) in [
+        ("create: category with capitals", "Order"),
+        ("create: category with a space", "or der"),
+        ("create: category with a colon", "order:shipped"),
+        (
+            "create: category of 65 characters",
+            "a".repeat(65).leak() as &str,
+        ),
+        ("create: category not ASCII", "заказ"),
+    ] {
+        t.bad(
+            name,
+            create(|r| r.category = category.to_owned()),
+            "category",
+        );
+    }
+    t.bad(
+        "bulk: bad category",
+        bulk(|r| r.category = "Sale!".into()),
+        "category",
+    );
+    t.bad(
+        "views: no recipient",
+        views(|r| r.vendor_id = None),
+        "vendorId",
+    );
+    t.bad("views: unknown view", views(|r| r.view = 9), "view");
+    t.bad("views: negative view", views(|r| r.view = -1), "view");
+    t.bad(
+        "views: bad category",
+        views(|r| r.category = "A".into()),
+        "category",
+    );
+    t.bad("views: limit 0", views(|r| r.limit = Some(0)), "limit");
+    t.bad("views: page 0", views(|r| r.page = Some(0)), "page");
+    t.bad(
+        "views: beforeSeq 0",
+        views(|r| r.before_seq = Some(0)),
+        "beforeSeq",
+    );
+    t.bad(
+        "counts: no recipient",
+        counts(|r| r.vendor_id = None),
+        "vendorId",
+    );
+    t.bad(
+        "counts: two recipients",
+        counts(|r| r.customer_id = Some(12)),
+        "vendorId",
+    );
+    t.bad(
+        "counts: negative customer",
+        counts(|r| {
+            r.vendor_id = None;
+            r.customer_id = Some(-1)
+        }),
+        "customerId",
+    );
+    t.bad(
+        "mark all: no recipient",
+        mark_all(|r| r.vendor_id = None),
+        "vendorId",
+    );
+    t.bad(
+        "mark all: status unset",
+        mark_all(|r| r.status = 0),
+        "status",
+    );
+    t.bad(
+        "mark all: status SENT",
+        mark_all(|r| r.status = proto::Status::Sent as i32),
+        "status",
+    );
+    t.bad(
+        "mark all: status out of range",
+        mark_all(|r| r.status = 99),
+        "status",
+    );
+    t.bad(
+        "mark all: upToSeq 0",
+        mark_all(|r| r.up_to_seq = Some(0)),
+        "upToSeq",
+    );
+    t.bad(
+        "mark all: negative upToSeq",
+        mark_all(|r| r.up_to_seq = Some(i64::MIN)),
+        "upToSeq",
+    );
+    t.bad(
+        "mark all: bad category",
+        mark_all(|r| r.category = "ORDER".into()),
+        "category",
+    );
+    t.bad("archive: no ids", archive(&|r| r.ids.clear()), "ids");
+    t.bad(
+        "archive: a bad id",
+        archive(&|r| r.ids = vec!["xyz".into()]),
+        "ids[0]",
+    );
+    t.bad(
+        "archive: 1,001 ids",
+        archive(&|r| {
+            r.ids = (0..1001)
+                .map(|n| format!("68553796000745d462{n:06x}"))
+                .collect()
+        }),
+        "ids",
+    );
+    t.bad(
+        "archive: no recipient",
+        archive(&|r| r.vendor_id = None),
+        "vendorId",
+    );
+    t.accept(
+        "archive: another user's id, nothing changes",
+        archive(&|r| r.ids = vec![ids.other_user.clone()]),
+    );
+    t.accept(
+        "mark all: a category the user has none of",
+        mark_all(|r| r.category = "nothing-here".into()),
+    );
+    t.accept(
+        "mark all: up to a seq before every unread one",
+        mark_all(|r| {
+            r.vendor_id = Some(6);
+            r.up_to_seq = Some(1)
+        }),
+    );
 
     t.category("recipient ids");
     t.bad("no recipient", create(|r| r.vendor_id = None), "vendorId");
@@ -1255,7 +1442,11 @@ fn cases(ids: &Ids) -> Vec<Case> {
         Rpc::CreateNotifications,
         Rpc::GetNotification,
         Rpc::ListOffline,
+        Rpc::ListNotifications,
+        Rpc::GetUnreadCounts,
         Rpc::MarkNotifications,
+        Rpc::MarkAllNotifications,
+        Rpc::ArchiveNotifications,
         Rpc::RecordDeliveries,
         Rpc::StreamUserEvents,
         Rpc::JoinRoom,
@@ -1267,7 +1458,11 @@ fn cases(ids: &Ids) -> Vec<Case> {
             Rpc::CreateNotifications => ("bulk: empty message", "recipients"),
             Rpc::GetNotification => ("get: empty message", "id"),
             Rpc::ListOffline => ("list: empty message", "vendorId"),
+            Rpc::ListNotifications => ("views: empty message", "vendorId"),
+            Rpc::GetUnreadCounts => ("counts: empty message", "vendorId"),
             Rpc::MarkNotifications => ("mark: empty message", "vendorId"),
+            Rpc::MarkAllNotifications => ("mark all: empty message", "vendorId"),
+            Rpc::ArchiveNotifications => ("archive: empty message", "vendorId"),
             Rpc::RecordDeliveries => ("receipts: empty message", "receipts"),
             Rpc::StreamUserEvents => ("stream: empty message", "vendorId"),
             Rpc::JoinRoom => ("join: empty message", "room"),
@@ -1607,6 +1802,19 @@ async fn snapshot(client: &mut Client, known: &[String]) -> BTreeMap<String, Str
                     format!("{user}: unread count"),
                     pagination.total_records.to_string(),
                 );
+                let counts = client
+                    .get_unread_counts(proto::GetUnreadCountsRequest {
+                        vendor_id,
+                        customer_id,
+                    })
+                    .await
+                    .expect("unread counts")
+                    .into_inner();
+                let by_category: BTreeMap<_, _> = counts.by_category.into_iter().collect();
+                out.insert(
+                    format!("{user}: counts"),
+                    format!("{} {by_category:?} at {}", counts.count, counts.version),
+                );
             }
             if !pagination.has_next {
                 break;
@@ -1719,7 +1927,7 @@ fn the_table_has_at_least_100_refused_cases_and_covers_every_rpc() {
     let names: BTreeSet<_> = cases.iter().map(|c| c.name).collect();
     assert_eq!(names.len(), cases.len(), "case names must be unique");
     let rpcs: BTreeSet<_> = cases.iter().map(|c| c.request.rpc()).collect();
-    assert_eq!(rpcs.len(), 10, "every RPC has cases");
+    assert_eq!(rpcs.len(), 14, "every RPC has cases");
 }
 
 #[test]

@@ -126,3 +126,96 @@ async fn grpcurl_lists_creates_lists_offline_and_streams_after_seq() {
     assert_eq!(seqs, ["2", "3"], "{events:?}");
     assert_eq!(events[1]["notification"]["id"], live.id.as_str());
 }
+
+/// The inbox lifecycle's RPCs as grpcurl sends and prints them: the JSON of
+/// the contract, 64-bit counts as strings, default values left out.
+#[tokio::test]
+async fn grpcurl_drives_categories_archive_views_and_mark_all() {
+    let core = CoreProcess::start();
+    let placed = call(
+        &core,
+        "CreateNotification",
+        r#"{"vendorId":7,"type":"order:placed","content":{"orderId":1}}"#,
+    )
+    .await;
+    assert_eq!(placed["category"], "order", "the type's prefix");
+    let upload = call(
+        &core,
+        "CreateNotification",
+        r#"{"vendorId":7,"type":"upload","category":"product","content":{"id":63}}"#,
+    )
+    .await;
+    assert_eq!(upload["category"], "product");
+    call(
+        &core,
+        "CreateNotification",
+        r#"{"vendorId":7,"type":"order:shipped","content":{"orderId":1}}"#,
+    )
+    .await;
+
+    let counts = call(&core, "GetUnreadCounts", r#"{"vendorId":7}"#).await;
+    assert_eq!(counts["count"], "3");
+    assert_eq!(
+        counts["byCategory"],
+        serde_json::json!({"order": "2", "product": "1"})
+    );
+
+    let archived = call(
+        &core,
+        "ArchiveNotifications",
+        &format!(
+            r#"{{"vendorId":7,"ids":[{}],"archived":true}}"#,
+            upload["id"]
+        ),
+    )
+    .await;
+    assert_eq!(archived["updated"], 1);
+    let shelf = call(
+        &core,
+        "ListNotifications",
+        r#"{"vendorId":7,"view":"ARCHIVED","page":1,"limit":20}"#,
+    )
+    .await;
+    assert_eq!(shelf["items"].as_array().unwrap().len(), 1);
+    assert_eq!(shelf["items"][0]["id"], upload["id"]);
+    assert!(shelf["items"][0]["archivedAt"].is_string());
+    assert_eq!(shelf["pagination"]["totalRecords"], "1");
+    let orders = call(
+        &core,
+        "ListNotifications",
+        r#"{"vendorId":7,"view":"ALL","category":"order"}"#,
+    )
+    .await;
+    assert_eq!(orders["pagination"]["totalRecords"], "2");
+
+    let marked = call(
+        &core,
+        "MarkAllNotifications",
+        &format!(
+            r#"{{"vendorId":7,"status":"READ","category":"order","upToSeq":"{}"}}"#,
+            placed["seq"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        marked["updated"], 1,
+        "up to the seq given, not the later one"
+    );
+    let counts = call(&core, "GetUnreadCounts", r#"{"vendorId":7}"#).await;
+    assert_eq!(counts["count"], "1");
+    assert_eq!(counts["byCategory"], serde_json::json!({"order": "1"}));
+    let offline = call(&core, "ListOffline", r#"{"vendorId":7}"#).await;
+    assert_eq!(
+        offline["pagination"]["totalRecords"], "1",
+        "ListOffline is the INBOX view"
+    );
+    let rest = call(
+        &core,
+        "MarkAllNotifications",
+        r#"{"vendorId":7,"status":"READ"}"#,
+    )
+    .await;
+    assert_eq!(rest["updated"], 1);
+    let counts = call(&core, "GetUnreadCounts", r#"{"vendorId":7}"#).await;
+    assert!(counts.get("count").is_none(), "0 is left out: {counts}");
+}

@@ -51,7 +51,9 @@ for (const transports of [["websocket"], ["polling"]]) {
       assert.equal(item.priority, 1);
       assert.deepEqual(item.content, CONTENT);
       const [unread] = events(socket, "unreadCount");
-      assert.deepEqual(unread, { statusCode: 200, error: false, message: null, data: { count: 1 } });
+      assert.deepEqual(unread, {
+        statusCode: 200, error: false, message: null, data: { count: 1, byCategory: { product: 1 } },
+      });
       assert.ok(socket.received.findIndex((r) => r.event === "offlineNotifications")
         < socket.received.findIndex((r) => r.event === "unreadCount"));
 

@@ -180,6 +180,85 @@ test("two tabs of one user agree without a reload: a read in one shows in the ot
   }
 });
 
+test("category tabs with their counts, archive and archive all read, in two tabs", async () => {
+  const made = [
+    ["order:placed", "Order #2001 was placed"],
+    ["order:packed", "Order #2001 was packed"],
+    ["product:approved", "Your product MAC-13 was approved"],
+    ["payment:received", "Payment of 63.00 received"],
+    ["order:shipped", "Order #2001 has shipped"],
+  ];
+  const tabCount = (page, category) => page.locator(`#tabs .tab[data-category="${category}"] .count`).textContent();
+  for (const [vendor, width, height, name] of [[34, 1280, 900, "desk"], [35, 390, 844, "phone"]]) {
+    for (const [type, message] of made) {
+      await core.create({ vendorId: vendor, type, content: toStruct({ message }) });
+    }
+    const context = await browser.newContext({ viewport: { width, height } });
+    try {
+      const [first, second] = [await context.newPage(), await context.newPage()];
+      for (const page of [first, second]) {
+        await page.goto(`${bridge.url}/#token=${token({ vendor })}`);
+        await eventually(async () => (await page.locator("#list > li").count()) === 5, "5 items");
+        await eventually(async () => (await tabCount(page, "order")) === "3", "the order tab's count");
+      }
+      assert.equal(await tabCount(first, "payment"), "1");
+      assert.equal(await tabCount(first, ""), "5", "All counts every category");
+
+      // A category tab lists only its own.
+      await first.locator('#tabs .tab[data-category="order"]').click();
+      await eventually(async () => (await first.locator("#list > li").count()) === 3, "the order tab's 3 items");
+      assert.deepEqual(
+        await first.locator("#list > li .message").allTextContents(),
+        ["Order #2001 has shipped", "Order #2001 was packed", "Order #2001 was placed"],
+      );
+      if (name === "desk") {
+        await first.screenshot({ path: join(shots, "inbox-category-desk.png"), fullPage: true });
+      }
+
+      // Archive in one tab: it leaves both, and the counts follow.
+      const shipped = first.locator("#list > li").first();
+      const id = await shipped.getAttribute("data-id");
+      await shipped.locator(".archive").click();
+      await eventually(async () => (await first.locator(`#list > li[data-id="${id}"]`).count()) === 0, "archived: gone here");
+      await eventually(async () => (await second.locator(`#list > li[data-id="${id}"]`).count()) === 0, "and from the other tab");
+      for (const page of [first, second]) {
+        await eventually(async () => (await tabCount(page, "order")) === "2", "the order count after the archive");
+        await eventually(async () => (await badgeOf(page)) === "4", "the badge after the archive");
+      }
+
+      // Read one, then archive all read.
+      await first.locator("#list > li .mark").first().click();
+      await eventually(async () => (await tabCount(second, "order")) === "1", "the read counted in the other tab");
+      await first.locator("#archive-read").click();
+      await eventually(async () => (await first.locator("#list > li").count()) === 1, "the read one archived");
+
+      // The archive shelf lists both; one goes back to the inbox.
+      await first.locator('.view[data-view="ARCHIVED"]').click();
+      await eventually(async () => (await first.locator("#list > li").count()) === 2, "2 archived");
+      assert.equal(await first.locator("#list > li .archive").first().textContent(), "Move to inbox");
+      await first.screenshot({ path: join(shots, `inbox-archive-${name}.png`), fullPage: true });
+      await first.locator("#list > li .archive").first().click();
+      await eventually(async () => (await first.locator("#list > li").count()) === 1, "one back in the inbox");
+      for (const page of [first, second]) {
+        await eventually(async () => (await tabCount(page, "order")) === "2", "counted again when brought back");
+      }
+      await second.screenshot({ path: join(shots, `inbox-tabs-${name}.png`), fullPage: true });
+
+      // Mark all read covers the tab shown (the second is on All).
+      await first.locator('.view[data-view="INBOX"]').click();
+      await eventually(async () => (await first.locator("#list > li").count()) === 2, "the order inbox again");
+      await first.locator("#mark-all").click();
+      for (const page of [first, second]) {
+        await eventually(async () => (await page.locator('#tabs .tab[data-category="order"]').count()) === (page === first ? 1 : 0),
+          "no order tab left where it is not shown");
+        await eventually(async () => (await badgeOf(page)) === "2", "product and payment stay unread");
+      }
+    } finally {
+      await context.close();
+    }
+  }
+});
+
 test("sign in by pasting a token; a bad token is refused with the reason", async () => {
   const context = await browser.newContext();
   const page = await context.newPage();

@@ -23,16 +23,22 @@ def client_for(stack, role, user_id, transports=("websocket",)):
     return client, received
 
 
-def next_event(received, name, timeout=10):
+def next_event(received, name, timeout=10, where=lambda data: True):
+    """The next `name` event that `where` accepts; the events before it are dropped."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             event, data = received.get(timeout=max(0.01, deadline - time.monotonic()))
         except queue.Empty:
             break
-        if event == name:
+        if event == name and where(data):
             return data
     pytest.fail(f"no {name} within {timeout} s")
+
+
+def is_read(update):
+    """A status change to READ (a delivery receipt of the first page may come first)."""
+    return update["data"].get("status") == "READ"
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
@@ -52,7 +58,7 @@ def test_offline_live_and_mark_as_read(stack, transport):
         assert item["content"] == {"message": "Product has been uploaded successfully", "data": {"id": 63}}
         assert isinstance(item["content"]["data"]["id"], int)
         assert offline["data"]["pagination"]["totalRecords"] == 1
-        assert next_event(received, "unreadCount")["data"] == {"count": 1}
+        assert next_event(received, "unreadCount")["data"] == {"count": 1, "byCategory": {"product": 1}}
 
         live = stack.grpc("CreateNotification", {
             "vendorId": 5, "type": "order:paid", "content": {"orderId": 881}})
@@ -60,12 +66,12 @@ def test_offline_live_and_mark_as_read(stack, transport):
         assert notification["id"] == live["id"]
         assert notification["status"] == "SENT" and notification["channel"] == "PUSH"
         assert re.match(ISO_MS, notification["createdAt"])
-        assert next_event(received, "unreadCount")["data"] == {"count": 2}
+        assert next_event(received, "unreadCount")["data"] == {"count": 2, "byCategory": {"order": 1, "product": 1}}
 
         answer = client.call("markAsRead", {"ids": [first["id"], live["id"]]},
                              namespace="/notification", timeout=10)
         assert answer == {"error": False, "statusCode": 200, "message": None, "data": {"updated": 2}}
-        assert next_event(received, "unreadCount")["data"] == {"count": 0}
+        assert next_event(received, "unreadCount")["data"] == {"count": 0, "byCategory": {}}
 
         page = client.call("offlineNotifications", {"page": 1, "limit": 20},
                            namespace="/notification", timeout=10)
@@ -82,17 +88,17 @@ def test_a_read_in_one_tab_reaches_the_other(stack):
     polling, polling_received = client_for(stack, "vendor", 6, transports=("polling",))
     try:
         for received in (ws_received, polling_received):
-            assert next_event(received, "unreadCount")["data"] == {"count": 1}
+            assert next_event(received, "unreadCount")["data"] == {"count": 1, "byCategory": {"order": 1}}
         answer = polling.call("markAsRead", {"ids": [created["id"]]},
                               namespace="/notification", timeout=10)
         assert answer["data"] == {"updated": 1}
         for received in (ws_received, polling_received):
-            update = next_event(received, "notificationUpdated")
+            update = next_event(received, "notificationUpdated", where=is_read)
             assert update["statusCode"] == 200 and update["error"] is False
             assert update["data"]["ids"] == [created["id"]]
             assert update["data"]["status"] == "READ"
             assert re.match(ISO_MS, update["data"]["updatedAt"])
-            assert next_event(received, "unreadCount")["data"] == {"count": 0}
+            assert next_event(received, "unreadCount")["data"] == {"count": 0, "byCategory": {}}
     finally:
         websocket.disconnect()
         polling.disconnect()
@@ -123,3 +129,42 @@ def test_refused_without_a_valid_token(stack):
     envelope = json.loads(error["message"])
     assert envelope["error"] is True and envelope["statusCode"] == 401
     assert "invalid token" in envelope["message"]
+
+
+def test_archive_and_mark_all_reach_both_tabs_with_counts_by_category(stack):
+    ids = [stack.grpc("CreateNotification", {
+        "vendorId": 8, "type": kind, "content": {"n": n}})["id"]
+        for n, kind in enumerate(["order:placed", "order:packed", "product:upload"])]
+    websocket, ws_received = client_for(stack, "vendor", 8, transports=("websocket",))
+    polling, polling_received = client_for(stack, "vendor", 8, transports=("polling",))
+    tabs = (ws_received, polling_received)
+    try:
+        for received in tabs:
+            assert next_event(received, "unreadCount")["data"] == {
+                "count": 3, "byCategory": {"order": 2, "product": 1}}
+        answer = websocket.call("archive", {"ids": [ids[2]]}, namespace="/notification", timeout=10)
+        assert answer["data"] == {"updated": 1}
+        for received in tabs:
+            update = next_event(received, "notificationUpdated",
+                                where=lambda u: "archived" in u["data"])
+            assert update["data"]["ids"] == [ids[2]] and update["data"]["archived"] is True
+            assert "status" not in update["data"]
+            assert next_event(received, "unreadCount")["data"] == {
+                "count": 2, "byCategory": {"order": 2}}
+        shelf = polling.call("offlineNotifications", {"view": "ARCHIVED"},
+                             namespace="/notification", timeout=10)
+        assert [n["id"] for n in shelf["data"]["items"]] == [ids[2]]
+        answer = polling.call("markAllAsRead", {"category": "order"},
+                              namespace="/notification", timeout=10)
+        assert answer["data"] == {"updated": 2}
+        for received in tabs:
+            update = next_event(received, "notificationUpdated", where=is_read)
+            assert sorted(update["data"]["ids"]) == sorted(ids[:2])
+            assert update["data"]["status"] == "READ"
+            assert next_event(received, "unreadCount")["data"] == {"count": 0, "byCategory": {}}
+        bad = websocket.call("markAllAsRead", {"upToSeq": -1}, namespace="/notification", timeout=10)
+        assert bad["error"] is True and bad["statusCode"] == 400 and "upToSeq" in bad["message"]
+        assert next_event(ws_received, "appError")["statusCode"] == 400
+    finally:
+        websocket.disconnect()
+        polling.disconnect()

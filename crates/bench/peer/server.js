@@ -110,9 +110,10 @@ function fromValue(value) {
 
 /** A notification as browsers see it, in the seed's field order. */
 function notificationJson(n) {
-  const { id, vendorId = null, customerId = null, type, channel, status, priority, createdAt, updatedAt, seq } = n;
+  const { id, vendorId = null, customerId = null, type, channel, status, priority, createdAt, updatedAt, seq, category } = n;
   const content = fromStruct(n.content);
-  return { id, vendorId, customerId, type, channel, content, status, priority, createdAt, updatedAt, seq };
+  const archivedAt = n.archivedAt || null;
+  return { id, vendorId, customerId, type, channel, content, status, priority, createdAt, updatedAt, seq, category, archivedAt };
 }
 
 /** One page of the user's unread inbox as the envelope, and its ids. */
@@ -201,10 +202,12 @@ class Feed {
     for (const socket of this.sockets) socket.emit(event, data);
   }
 
-  unreadChanged(count) {
-    if (this.lastUnread === count) return;
-    this.lastUnread = count;
-    this.emit("unreadCount", ok({ count }));
+  unreadChanged(count, byCategory = {}) {
+    const data = { count, byCategory: sortedKeys(byCategory) };
+    const said = JSON.stringify(data);
+    if (this.lastUnread === said) return;
+    this.lastUnread = said;
+    this.emit("unreadCount", ok(data));
   }
 
   /** Follows the stream; after a failure, reconnects with backoff and resumes after the last seq. */
@@ -241,13 +244,14 @@ class Feed {
     );
     this.call = call;
     await new Promise((resolve, reject) => {
-      call.on("metadata", () => {
+      call.on("metadata", async () => {
         this.setConnected(true);
         if (this.outage) {
           // Back after an outage: tell the sockets the count as it is now.
           this.outage = false;
           this.lastUnread = null;
-          this.unreadChanged(head.pagination.totalRecords);
+          const counts = await callCore("GetUnreadCounts", recipient(this.user)).catch(() => null);
+          if (counts) this.unreadChanged(counts.count, counts.byCategory);
         }
       });
       call.on("data", (event) => this.passOn(event));
@@ -269,8 +273,13 @@ class Feed {
         });
       }
     } else if (event.event === "notificationUpdated") {
-      const { ids, status, updatedAt } = event.notificationUpdated;
-      this.emit("notificationUpdated", ok({ ids, status, updatedAt }));
+      // Only the fields that changed.
+      const { ids, status, updatedAt, archived } = event.notificationUpdated;
+      const data = { ids };
+      if (status && status !== "STATUS_UNSPECIFIED") data.status = status;
+      if (archived !== undefined && archived !== null) data.archived = archived;
+      data.updatedAt = updatedAt;
+      this.emit("notificationUpdated", ok(data));
     } else if (event.event === "userOffline") {
       const { vendorId = null, customerId = null, lastSeenAt } = event.userOffline;
       const data = { vendorId, customerId, lastSeenAt };
@@ -280,8 +289,13 @@ class Feed {
       const data = { vendorId, customerId };
       this.emit("userIsOnline", { error: false, message: "User is online", data, statusCode: 200 });
     }
-    if (event.unreadCount !== undefined) this.unreadChanged(event.unreadCount);
+    if (event.unreadCount !== undefined) this.unreadChanged(event.unreadCount, event.unreadByCategory);
   }
+}
+
+/** The same object with its keys in order, as the bridge sends them. */
+function sortedKeys(object) {
+  return Object.fromEntries(Object.entries(object ?? {}).sort(([a], [b]) => a.localeCompare(b)));
 }
 
 function attach(user, socket) {
@@ -392,19 +406,55 @@ async function onOfflineNotifications(user, payload) {
   return (await offlinePage(user, page, limit)).envelope;
 }
 
-async function onMarkAsRead(user, payload) {
-  const { ids } = object(payload);
+/** The `ids` field: an array of strings (the core checks the ids themselves). */
+function idsOf(fields) {
+  const { ids } = fields;
   if (ids === undefined) throw new ClientError("ids: required");
   if (!Array.isArray(ids)) throw new ClientError(`ids: must be an array of ids, got ${JSON.stringify(ids)}`);
   ids.forEach((id, index) => {
     if (typeof id !== "string") throw new ClientError(`ids[${index}]: must be a string, got ${JSON.stringify(id)}`);
   });
+  return ids;
+}
+
+async function onMarkAsRead(user, payload) {
   // The core checks the ids themselves (1..1000, 24 hex characters).
+  const ids = idsOf(object(payload));
   const { updated } = await callCore("MarkNotifications", { ...recipient(user), ids, status: "READ" });
   return ok({ updated });
 }
 
-const HANDLERS = { offlineNotifications: onOfflineNotifications, markAsRead: onMarkAsRead };
+async function onMarkAllAsRead(user, payload) {
+  const { category, upToSeq } = object(payload);
+  if (category !== undefined && category !== null && typeof category !== "string") {
+    throw new ClientError(`category: must be a string, got ${JSON.stringify(category)}`);
+  }
+  if (upToSeq !== undefined && upToSeq !== null && !Number.isInteger(upToSeq)) {
+    throw new ClientError(`upToSeq: must be an integer, got ${JSON.stringify(upToSeq)}`);
+  }
+  // The core checks the category and the seq's range, naming the field.
+  const request = { ...recipient(user), status: "READ", category: category ?? "" };
+  if (upToSeq !== undefined && upToSeq !== null) request.upToSeq = upToSeq;
+  const { updated } = await callCore("MarkAllNotifications", request);
+  return ok({ updated });
+}
+
+async function onArchive(user, payload) {
+  const fields = object(payload);
+  const archived = fields.archived ?? true;
+  if (typeof archived !== "boolean") {
+    throw new ClientError(`archived: must be true or false, got ${JSON.stringify(archived)}`);
+  }
+  const { updated } = await callCore("ArchiveNotifications", { ...recipient(user), ids: idsOf(fields), archived });
+  return ok({ updated });
+}
+
+const HANDLERS = {
+  offlineNotifications: onOfflineNotifications,
+  markAsRead: onMarkAsRead,
+  markAllAsRead: onMarkAllAsRead,
+  archive: onArchive,
+};
 
 async function onConnection(socket) {
   const { user } = socket.data;
@@ -414,7 +464,7 @@ async function onConnection(socket) {
     answer(socket, ack, () => {
       if (!Object.hasOwn(HANDLERS, event)) {
         const shown = JSON.stringify(String(event).slice(0, 64));
-        throw new ClientError(`unknown event ${shown}: use offlineNotifications or markAsRead`);
+        throw new ClientError(`unknown event ${shown}: use offlineNotifications, markAsRead, markAllAsRead or archive`);
       }
       return HANDLERS[event](user, args[0]);
     });
@@ -439,7 +489,8 @@ async function onConnection(socket) {
     socket.timeout(ACK_TIMEOUT_MS).emit("offlineNotifications", envelope, (timedOut) => {
       if (!timedOut && ids.length > 0) receipt(user, ids);
     });
-    socket.emit("unreadCount", ok({ count: envelope.data.pagination.totalRecords }));
+    const counts = await callCore("GetUnreadCounts", recipient(user));
+    socket.emit("unreadCount", ok({ count: counts.count, byCategory: sortedKeys(counts.byCategory) }));
   } catch (error) {
     socket.emit("appError", toAppError(error));
   }

@@ -6,14 +6,15 @@
 //! 2. **Reserve seqs**: the store reads (and locks, or upserts) each
 //!    recipient's counters: its own SQL.
 //! 3. **Number**: each fresh notification takes its recipient's next seq
-//!    and version, and the unread count after it ([`Plan::number`]).
+//!    and version, and the unread counts after it ([`Plan::number`]): the
+//!    insert trigger counts it as unread in its category, as this does.
 //! 4. **Insert**: the store writes the rows: its own SQL.
 //! 5. **Answer**: each input gets its notification, fresh or not
 //!    ([`Plan::answers`]).
 
 use std::collections::HashMap;
 
-use crate::model::{Created, NewNotification, Notification, Status, User, UserState};
+use crate::model::{ByCategory, Created, NewNotification, Notification, Status, User, UserState};
 use crate::object_id::new_object_id;
 
 /// Where one input's answer comes from.
@@ -39,6 +40,8 @@ pub(crate) struct Numbered {
     pub notification: Notification,
     /// Its recipient's unread count right after it.
     pub unread: i64,
+    /// The same by category.
+    pub by_category: ByCategory,
 }
 
 impl<'a> Plan<'a> {
@@ -100,12 +103,14 @@ impl<'a> Plan<'a> {
         counts
     }
 
-    /// Stage 3. `counters` holds each recipient's counters before this
-    /// commit and comes back as they are after it. Each notification is
-    /// one change of its recipient: it takes a version as it takes a seq.
+    /// Stage 3. `counters` and `by_category` hold each recipient's counters
+    /// before this commit and come back as they are after it. Each
+    /// notification is one change of its recipient: it takes a version as
+    /// it takes a seq.
     pub(crate) fn number(
         &self,
         counters: &mut HashMap<User, UserState>,
+        by_category: &mut HashMap<User, ByCategory>,
         now: i64,
     ) -> Vec<Numbered> {
         self.fresh
@@ -115,6 +120,8 @@ impl<'a> Plan<'a> {
                 state.last_seq += 1;
                 state.unread += 1;
                 state.version += 1;
+                let categories = by_category.entry(new.recipient).or_default();
+                *categories.entry(new.category.clone()).or_default() += 1;
                 Numbered {
                     notification: Notification {
                         id: new_object_id(),
@@ -128,8 +135,11 @@ impl<'a> Plan<'a> {
                         created_at: now,
                         updated_at: now,
                         version: state.version,
+                        category: new.category.clone(),
+                        archived_at: None,
                     },
                     unread: state.unread,
+                    by_category: categories.clone(),
                 }
             })
             .collect()
@@ -175,6 +185,7 @@ mod tests {
             content: "{}".to_owned(),
             priority: 0,
             idempotency_key: key.map(str::to_owned),
+            category: "order".to_owned(),
         }
     }
 
@@ -183,7 +194,7 @@ mod tests {
         let (a, b) = (User::vendor(1), User::customer(1));
         let mut stored = HashMap::new();
         let mut old = Plan::resolve(&[&[new(a, Some("k0"))]], &stored)
-            .number(&mut HashMap::new(), 0)
+            .number(&mut HashMap::new(), &mut HashMap::new(), 0)
             .remove(0)
             .notification;
         old.seq = 7;
@@ -201,7 +212,8 @@ mod tests {
                 version: 10,
             },
         )]);
-        let rows = plan.number(&mut counters, 5);
+        let mut by_category = HashMap::from([(a, ByCategory::from([("order".to_owned(), 3)]))]);
+        let rows = plan.number(&mut counters, &mut by_category, 5);
         let seqs: Vec<(User, i64, i64, i64)> = rows
             .iter()
             .map(|r| {
@@ -214,6 +226,8 @@ mod tests {
             vec![(a, 8, 11, 4), (b, 1, 1, 1), (b, 2, 2, 2), (a, 9, 12, 5)]
         );
         assert_eq!(counters[&a].last_seq, 9, "the counters come back advanced");
+        assert_eq!(rows[3].by_category["order"], 5, "by category as in all");
+        assert_eq!(by_category[&b]["order"], 2);
         let answers = plan.answers(&rows);
         let fresh: Vec<Vec<(i64, bool)>> = answers
             .iter()

@@ -30,9 +30,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use model::{
-    Change, ChangePosition, ChangedPage, Channel, Created, MarkOutcome, NewNotification,
-    Notification, OfflinePage, PageStart, Role, RoomMember, Status, User, UserState, format_millis,
-    now_millis,
+    ByCategory, Change, ChangePosition, ChangedPage, Channel, Created, ListQuery, MarkOutcome,
+    NewNotification, Notification, OfflinePage, PageStart, Role, RoomMember, Status, UnreadCounts,
+    Update, User, UserState, View, default_category, format_millis, is_category, now_millis,
 };
 pub use object_id::{new_object_id, parse_object_id};
 pub use peers::PeerView;
@@ -95,13 +95,17 @@ pub trait Store: Send + Sync + 'static {
     /// One notification by canonical id.
     async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError>;
 
-    /// A page of the user's notifications not yet READ, newest first.
-    async fn list_unread(
+    /// A page of the user's notifications in `query`'s view, newest first.
+    async fn list(
         &self,
         user: User,
+        query: &ListQuery,
         start: PageStart,
         limit: u32,
     ) -> Result<OfflinePage, StoreError>;
+
+    /// The user's unread counts, in all and by category, from one snapshot.
+    async fn unread_counts(&self, user: User) -> Result<UnreadCounts, StoreError>;
 
     /// Up to `limit` of the user's notifications with seq > `after`, in seq order.
     async fn after_seq(
@@ -138,6 +142,27 @@ pub trait Store: Send + Sync + 'static {
         user: User,
         ids: Vec<String>,
         status: Status,
+    ) -> Result<MarkOutcome, StoreError>;
+
+    /// Archives (or, with `archived` false, brings back) the user's own
+    /// notifications among `ids`; ones already so, or expired or replaced,
+    /// are left alone.
+    async fn archive(
+        &self,
+        user: User,
+        ids: Vec<String>,
+        archived: bool,
+    ) -> Result<MarkOutcome, StoreError>;
+
+    /// Moves every notification of the user's unread inbox (of `category`,
+    /// up to seq `up_to_seq`, when given) forward to `status`, in one
+    /// transaction and one version.
+    async fn mark_all(
+        &self,
+        user: User,
+        status: Status,
+        category: Option<String>,
+        up_to_seq: Option<i64>,
     ) -> Result<MarkOutcome, StoreError>;
 
     /// Adds the user to the room (no-op if already there).

@@ -1,5 +1,6 @@
 //! The domain: users, notifications and the values stored with them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -200,6 +201,11 @@ pub struct Notification {
     /// The recipient's change version at this notification's last change
     /// (its creation, or its last status change).
     pub version: i64,
+    /// The inbox tab it belongs to, e.g. `order` (see [`default_category`]).
+    pub category: String,
+    /// When it was archived (ms since the epoch); archived ones leave the
+    /// inbox and its counts, whatever their status.
+    pub archived_at: Option<i64>,
 }
 
 /// A notification to be created.
@@ -217,6 +223,94 @@ pub struct NewNotification {
     pub priority: i32,
     /// The same key for the same recipient returns the first notification.
     pub idempotency_key: Option<String>,
+    /// The inbox tab: 1-64 of `[a-z0-9_-]` (the caller's, or
+    /// [`default_category`] of the kind).
+    pub category: String,
+}
+
+/// The category a notification of `kind` gets when its creator names
+/// none: `kind` up to its first `:` (`order:shipped` is `order`) when that
+/// is a category, otherwise `general`. The migrations give stored rows the
+/// same.
+pub fn default_category(kind: &str) -> String {
+    let prefix = kind.split(':').next().unwrap_or_default();
+    if is_category(prefix) {
+        prefix.to_owned()
+    } else {
+        "general".to_owned()
+    }
+}
+
+/// Whether `name` is a category: 1-64 of `[a-z0-9_-]`.
+pub fn is_category(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A user's unread notifications per category; categories with none are
+/// left out.
+pub type ByCategory = BTreeMap<String, i64>;
+
+/// Which of a user's notifications a list shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// Not READ and not archived: the unread inbox (ListOffline).
+    #[default]
+    Inbox,
+    /// Archived, whatever their status.
+    Archived,
+    /// Every one still listed (not expired, not replaced).
+    All,
+}
+
+/// What a list shows: a view, of one category or of all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Which view.
+    pub view: View,
+    /// Only this category, if set.
+    pub category: Option<String>,
+}
+
+impl ListQuery {
+    /// The unread inbox of every category, as ListOffline lists it.
+    pub fn inbox() -> ListQuery {
+        ListQuery::default()
+    }
+}
+
+/// A user's unread counts, in all and by category, at one version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnreadCounts {
+    /// Every unread notification in the inbox.
+    pub unread: i64,
+    /// The same by category.
+    pub by_category: ByCategory,
+    /// The change version they are exact at.
+    pub version: i64,
+}
+
+/// What a change did to the notifications it names: the fields set are
+/// the ones that changed (a catch-up, which reads rows as they are now,
+/// sets every field).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Update {
+    /// The status they moved to.
+    pub status: Option<Status>,
+    /// Archived (true) or brought back (false).
+    pub archived: Option<bool>,
+}
+
+impl Update {
+    /// A status change alone.
+    pub fn status(status: Status) -> Update {
+        Update {
+            status: Some(status),
+            ..Update::default()
+        }
+    }
 }
 
 /// The result of one create.
@@ -244,17 +338,17 @@ pub fn page_offset(page: u32, limit: u32) -> i64 {
     i64::from(page.saturating_sub(1)) * i64::from(limit)
 }
 
-/// One page of a user's unread inbox, with the counters it was read at.
+/// One page of a list, with the counters it was read at.
 #[derive(Clone, Debug)]
 pub struct OfflinePage {
     /// Newest first.
     pub items: Vec<Notification>,
-    /// All unread notifications of the user, not only this page.
+    /// Every notification the list holds, not only this page.
     pub total: i64,
     /// The user's highest seq when the page was read.
     pub last_seq: i64,
-    /// The user's change version when the page was read: `total` is the
-    /// unread count at that version.
+    /// The user's change version when the page was read: `total` is
+    /// exact at that version.
     pub version: i64,
 }
 
@@ -300,15 +394,19 @@ pub struct ChangedPage {
     /// Counters as of the same read: when `items` is shorter than asked for,
     /// every change up to `state.version` is in the pages read so far.
     pub state: UserState,
+    /// The unread count by category, from the same read.
+    pub by_category: ByCategory,
 }
 
-/// What a status change did.
+/// What a change of existing notifications (a mark, an archive) did.
 #[derive(Clone, Debug, Default)]
 pub struct MarkOutcome {
-    /// Ids whose status actually changed.
+    /// Ids that actually changed.
     pub updated: Vec<String>,
     /// The user's unread count afterwards.
     pub unread: i64,
+    /// The same by category, when the change could move it (not receipts).
+    pub by_category: Option<ByCategory>,
     /// The user's change version afterwards.
     pub version: i64,
     /// When the change was made (ms since the epoch).
@@ -335,21 +433,26 @@ pub enum Change {
         notification: Notification,
         /// The recipient's unread count right after this insert.
         unread: i64,
+        /// The same by category.
+        by_category: ByCategory,
         /// The recipient's change version this insert took.
         version: i64,
     },
-    /// Status changes to some of a user's notifications.
+    /// Changes to some of a user's notifications (status, archive).
     Updated {
         /// Whose notifications.
         user: User,
         /// Which ones changed.
         ids: Vec<String>,
-        /// The new status.
-        status: Status,
+        /// What changed.
+        update: Update,
         /// When (ms since the epoch).
         updated_at: i64,
         /// The user's unread count afterwards.
         unread: i64,
+        /// The same by category; `None` when the change cannot move counts
+        /// (delivery receipts).
+        by_category: Option<ByCategory>,
         /// The user's change version this change took.
         version: i64,
     },

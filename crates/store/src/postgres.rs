@@ -28,10 +28,14 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use crate::create::{Numbered, Plan};
 use crate::model::{
-    Change, ChangePosition, ChangedPage, Created, MarkOutcome, NewNotification, Notification,
-    OfflinePage, PageStart, Role, RoomMember, Status, User, UserState, now_millis,
+    ByCategory, Change, ChangePosition, ChangedPage, Created, ListQuery, MarkOutcome,
+    NewNotification, Notification, OfflinePage, PageStart, Role, RoomMember, Status, UnreadCounts,
+    Update, User, UserState, now_millis,
 };
-use crate::reads::{ReadSql, Reads, columns, decode, decode_user, presence_entries};
+use crate::reads::{
+    INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user, presence_entries,
+    read_by_category, view_pages,
+};
 use crate::{ChangeSink, Store, StoreError};
 
 const CHANNEL: &str = "notify_changes";
@@ -51,20 +55,27 @@ const BY_IDS: &str = concat!(
     columns!(),
     " FROM notifications WHERE id = ANY($1)"
 );
-/// A page of the unread inbox: `notifications_unread`.
-const UNREAD_PAGE: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
-     ORDER BY seq DESC LIMIT $3 OFFSET $4"
+/// The views' pages: `notifications_shelf` (INBOX, ARCHIVED),
+/// `notifications_category_shelf` (the same of one category),
+/// `notifications_recipient_seq` (ALL) and `notifications_category` (ALL of
+/// one category).
+const PAGES: ViewSql = view_pages!(
+    "notifications",
+    "notifications",
+    "notifications",
+    "notifications"
 );
-/// The page after a seq (keyset): `notifications_unread`.
-const UNREAD_BEFORE: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM notifications WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
-     AND seq < $3 ORDER BY seq DESC LIMIT $4"
-);
+/// The views' totals: `inbox_counts_pkey`.
+const VIEW_TOTALS: &str = "SELECT COALESCE(SUM(unread), 0)::bigint, \
+     COALESCE(SUM(archived), 0)::bigint, COALESCE(SUM(listed), 0)::bigint FROM inbox_counts \
+     WHERE role = $1 AND user_id = $2 AND ($3::text IS NULL OR category = $3)";
+/// A user's unread count by category: `inbox_counts_pkey`.
+const BY_CATEGORY: &str = "SELECT category, unread FROM inbox_counts \
+     WHERE role = $1 AND user_id = $2 AND unread > 0";
+/// Several users' unread counts by category: `inbox_counts_pkey`.
+const USERS_BY_CATEGORY: &str = "SELECT role, user_id, category, unread FROM inbox_counts \
+     WHERE (role, user_id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
+     AND unread > 0";
 /// Replay after a seq: `notifications_recipient_seq`.
 const AFTER_SEQ: &str = concat!(
     "SELECT ",
@@ -95,13 +106,29 @@ const BY_KEYS: &str = concat!(
      WHERE (recipient_role, recipient_id, idempotency_key) IN \
      (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]))"
 );
-/// The owner and status of each named notification: `notifications_pkey`.
-const FIND_FOR_MARK: &str =
-    "SELECT id, recipient_role, recipient_id, status FROM notifications WHERE id = ANY($1)";
-/// Sets the status of rows already checked: `notifications_pkey`.
-const SET_STATUS: &str =
-    "UPDATE notifications SET status = $1, updated_at = $2, version = $3 WHERE id = ANY($4)";
-/// A user's counters, locked for a mark: `users_pkey`.
+/// The owner, status and shelf of each named notification: `notifications_pkey`.
+const FIND_FOR_MARK: &str = "SELECT id, recipient_role, recipient_id, status, shelf \
+     FROM notifications WHERE id = ANY($1)";
+/// Sets the status of rows already checked (READ ones leave the inbox
+/// shelf): `notifications_pkey`.
+const SET_STATUS: &str = "UPDATE notifications SET status = $1, updated_at = $2, version = $3, \
+     shelf = CASE WHEN $1::bigint = 4 AND shelf = 1 THEN 2 ELSE shelf END WHERE id = ANY($4)";
+/// Archives (`$1` the time) or brings back (`$1` null) rows already
+/// checked: `notifications_pkey`.
+const SET_ARCHIVED: &str = "UPDATE notifications SET archived_at = $1, updated_at = $2, \
+     version = $3, shelf = CASE WHEN shelf = 0 THEN 0 WHEN $1::bigint IS NOT NULL THEN 3 \
+     WHEN status = 4 THEN 2 ELSE 1 END WHERE id = ANY($4)";
+/// Mark-all over the unread inbox, up to a seq: `notifications_shelf`.
+const MARK_ALL: &str = "UPDATE notifications SET status = $1, updated_at = $2, version = $3, \
+     shelf = CASE WHEN $1::bigint = 4 THEN 2 ELSE shelf END \
+     WHERE recipient_role = $4 AND recipient_id = $5 AND shelf = $7 AND seq <= $6 \
+     AND status < $1 RETURNING id";
+/// The same of one category: `notifications_category_shelf`.
+const MARK_ALL_CATEGORY: &str = "UPDATE notifications SET status = $1, updated_at = $2, \
+     version = $3, shelf = CASE WHEN $1::bigint = 4 THEN 2 ELSE shelf END \
+     WHERE recipient_role = $4 AND recipient_id = $5 AND category = $8 AND shelf = $7 \
+     AND seq <= $6 AND status < $1 RETURNING id";
+/// A user's counters, locked for a change of their notifications: `users_pkey`.
 const LOCK_USER: &str = "SELECT unread, version FROM users WHERE role = $1 AND id = $2 FOR UPDATE";
 /// Several users' counters, locked in order: `users_pkey`.
 const LOCK_USERS: &str = "SELECT role, id, last_seq, unread, version FROM users \
@@ -148,8 +175,9 @@ const WENT_OFFLINE: &str = "UPDATE users SET last_seen_at = $1 WHERE role = $2 A
 const READS: ReadSql = ReadSql {
     begin_snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     get: GET,
-    unread_page: UNREAD_PAGE,
-    unread_before: UNREAD_BEFORE,
+    pages: PAGES,
+    view_totals: VIEW_TOTALS,
+    by_category: BY_CATEGORY,
     after_seq: AFTER_SEQ,
     id_at: ID_AT,
     changed_after: CHANGED_AFTER,
@@ -176,17 +204,24 @@ enum Notice {
         user: i64,
         id: String,
         unread: i64,
+        by_category: ByCategory,
         version: i64,
     },
-    /// Some of the user's notifications moved to `status`: `ids`, or when
-    /// there were too many to list, the user's rows still at `version`
-    /// (any changed again since come with that later change).
+    /// Some of the user's notifications changed (moved to `status`,
+    /// archived or brought back): `ids`, or when there were too many to
+    /// list, the user's rows still at `version` (any changed again since
+    /// come with that later change).
     Marked {
         role: i64,
         user: i64,
-        status: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        archived: Option<bool>,
         at: i64,
         unread: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by_category: Option<ByCategory>,
         version: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ids: Option<Vec<String>>,
@@ -277,6 +312,80 @@ impl PgStore {
             reads: Arc::new(Reads::new(pool.clone(), &READS)),
             pool,
             epoch: epoch.into(),
+        })
+    }
+}
+
+impl PgStore {
+    /// One change of a user's existing notifications: under the user's row
+    /// lock, the changed rows and the counter take the user's next version
+    /// together, and the notice goes out with the commit.
+    async fn change_rows(
+        &self,
+        user: User,
+        change: RowChange<'_>,
+    ) -> Result<MarkOutcome, StoreError> {
+        let now = now_millis();
+        let nothing = MarkOutcome {
+            updated: Vec::new(),
+            unread: 0,
+            by_category: None,
+            version: 0,
+            updated_at: now,
+        };
+        let mut tx = self.pool.begin().await?;
+        // Lock the user's row only if it exists: a user without one has no
+        // notifications to change, and a change must not create rows (any
+        // id a caller names would otherwise leave one behind).
+        let locked: Option<(i64, i64)> = sqlx::query_as(LOCK_USER)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((_, version)) = locked else {
+            tx.rollback().await?;
+            return Ok(nothing);
+        };
+        let version = version + 1;
+        // Under the user's lock: none of these rows can change meanwhile.
+        let updated = change.apply(&mut tx, user, version, now).await?;
+        if updated.is_empty() {
+            tx.rollback().await?;
+            return Ok(nothing);
+        }
+        let unread: i64 = sqlx::query_scalar(
+            "UPDATE users SET version = $1 WHERE role = $2 AND id = $3 RETURNING unread",
+        )
+        .bind(version)
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let by_category = if change.counts() {
+            Some(read_by_category::<Postgres>(&mut *tx, &READS, user).await?)
+        } else {
+            None
+        };
+        let update = change.update();
+        let notice = Notice::Marked {
+            role: user.role.code(),
+            user: user.id,
+            status: update.status.map(Status::code),
+            archived: update.archived,
+            at: now,
+            unread,
+            by_category: by_category.clone(),
+            version,
+            ids: (updated.len() <= IDS_PER_NOTICE).then(|| updated.clone()),
+        };
+        notify_all(&mut tx, vec![notice.payload()]).await?;
+        tx.commit().await?;
+        Ok(MarkOutcome {
+            updated,
+            unread,
+            by_category,
+            version,
+            updated_at: now,
         })
     }
 }
@@ -400,6 +509,7 @@ async fn publish_batch(
             Notice::Created {
                 id,
                 unread,
+                by_category,
                 version,
                 ..
             } => {
@@ -407,6 +517,7 @@ async fn publish_batch(
                     sink.publish(Change::Created {
                         notification,
                         unread,
+                        by_category,
                         version,
                     });
                 }
@@ -415,21 +526,27 @@ async fn publish_batch(
                 role,
                 user: id,
                 status,
+                archived,
                 at,
                 unread,
+                by_category,
                 version,
                 ids,
             } => {
-                let ids = ids.or_else(|| marked_ids.remove(&(role, id, version)));
-                let (Some(ids), Some(status)) = (ids, Status::from_code(status)) else {
+                let Some(ids) = ids.or_else(|| marked_ids.remove(&(role, id, version))) else {
                     continue;
+                };
+                let update = Update {
+                    status: status.and_then(Status::from_code),
+                    archived,
                 };
                 sink.publish(Change::Updated {
                     user,
                     ids,
-                    status,
+                    update,
                     updated_at: at,
                     unread,
+                    by_category,
                     version,
                 });
             }
@@ -517,7 +634,7 @@ async fn stored_keys(
         .await?;
     for row in &rows {
         let notification = decode(row)?;
-        let key: String = row.try_get(12)?;
+        let key: String = row.try_get(14)?;
         stored.insert((notification.recipient, key), notification);
     }
     Ok(stored)
@@ -537,10 +654,11 @@ async fn insert_rows(
     };
     sqlx::query(
         "INSERT INTO notifications (id, recipient_role, recipient_id, seq, type, channel, \
-         content, status, priority, created_at, updated_at, version, idempotency_key) \
+         content, status, priority, created_at, updated_at, version, idempotency_key, \
+         category) \
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
          $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::int[], $10::bigint[], \
-         $11::bigint[], $12::bigint[], $13::text[])",
+         $11::bigint[], $12::bigint[], $13::text[], $14::text[])",
     )
     .bind(text(|n| &n.id))
     .bind(column(|n| n.recipient.role.code()))
@@ -564,31 +682,163 @@ async fn insert_rows(
             .map(|n| n.idempotency_key.clone())
             .collect::<Vec<_>>(),
     )
+    .bind(text(|n| &n.category))
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// Writes the locked users' counters back.
+/// Writes the locked users' seqs and versions back (the unread count is
+/// the insert trigger's to move).
 async fn save_counters(
     tx: &mut Transaction<'_, Postgres>,
     counters: &HashMap<User, UserState>,
 ) -> Result<(), sqlx::Error> {
     let users: Vec<(&User, &UserState)> = counters.iter().collect();
     sqlx::query(
-        "UPDATE users SET last_seq = v.last_seq, unread = v.unread, version = v.version \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
-         AS v(role, id, last_seq, unread, version) \
+        "UPDATE users SET last_seq = v.last_seq, version = v.version \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+         AS v(role, id, last_seq, version) \
          WHERE users.role = v.role AND users.id = v.id",
     )
     .bind(users.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
     .bind(users.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
     .bind(users.iter().map(|(_, c)| c.last_seq).collect::<Vec<_>>())
-    .bind(users.iter().map(|(_, c)| c.unread).collect::<Vec<_>>())
     .bind(users.iter().map(|(_, c)| c.version).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Each (locked) user's unread count by category.
+async fn users_by_category(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &[User],
+) -> Result<HashMap<User, ByCategory>, sqlx::Error> {
+    let rows = sqlx::query(USERS_BY_CATEGORY)
+        .bind(users.iter().map(|u| u.role.code()).collect::<Vec<_>>())
+        .bind(users.iter().map(|u| u.id).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut by_user: HashMap<User, ByCategory> = HashMap::with_capacity(users.len());
+    for row in &rows {
+        by_user
+            .entry(decode_user(row)?)
+            .or_default()
+            .insert(row.try_get(2)?, row.try_get(3)?);
+    }
+    Ok(by_user)
+}
+
+/// A change of one user's existing notifications, under the user's row
+/// lock: which rows, how, and what the notice says.
+enum RowChange<'a> {
+    /// Named rows moved forward to a status.
+    Mark(&'a [String], Status),
+    /// Named rows archived or brought back.
+    Archive(&'a [String], bool),
+    /// The unread inbox (of a category, up to a seq) moved to a status.
+    MarkAll(Status, Option<&'a str>, Option<i64>),
+}
+
+impl RowChange<'_> {
+    fn update(&self) -> Update {
+        match self {
+            RowChange::Mark(_, status) | RowChange::MarkAll(status, ..) => Update::status(*status),
+            RowChange::Archive(_, archived) => Update {
+                archived: Some(*archived),
+                ..Update::default()
+            },
+        }
+    }
+
+    /// Whether the unread counts can move (receipts cannot).
+    fn counts(&self) -> bool {
+        !matches!(
+            self,
+            RowChange::Mark(_, Status::Delivered) | RowChange::MarkAll(Status::Delivered, ..)
+        )
+    }
+
+    /// Applies the change to the user's rows at `version`; answers the
+    /// ids it changed.
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        user: User,
+        version: i64,
+        now: i64,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        const GONE: i64 = 0;
+        const ARCHIVED: i64 = 3;
+        let owned = |role: i64, id: i64| (role, id) == (user.role.code(), user.id);
+        match *self {
+            RowChange::Mark(ids, status) => {
+                let found: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(FIND_FOR_MARK)
+                    .bind(ids)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let updated: Vec<String> = found
+                    .into_iter()
+                    .filter(|(_, role, id, current, _)| {
+                        owned(*role, *id) && *current < status.code()
+                    })
+                    .map(|(id, ..)| id)
+                    .collect();
+                if !updated.is_empty() {
+                    sqlx::query(SET_STATUS)
+                        .bind(status.code())
+                        .bind(now)
+                        .bind(version)
+                        .bind(&updated)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(updated)
+            }
+            RowChange::Archive(ids, archived) => {
+                let found: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(FIND_FOR_MARK)
+                    .bind(ids)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let updated: Vec<String> = found
+                    .into_iter()
+                    .filter(|(_, role, id, _, shelf)| {
+                        owned(*role, *id) && *shelf != GONE && (*shelf == ARCHIVED) != archived
+                    })
+                    .map(|(id, ..)| id)
+                    .collect();
+                if !updated.is_empty() {
+                    sqlx::query(SET_ARCHIVED)
+                        .bind(archived.then_some(now))
+                        .bind(now)
+                        .bind(version)
+                        .bind(&updated)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(updated)
+            }
+            RowChange::MarkAll(status, category, up_to_seq) => {
+                let query = sqlx::query_scalar(match category {
+                    Some(_) => MARK_ALL_CATEGORY,
+                    None => MARK_ALL,
+                })
+                .bind(status.code())
+                .bind(now)
+                .bind(version)
+                .bind(user.role.code())
+                .bind(user.id)
+                .bind(up_to_seq.unwrap_or(i64::MAX))
+                .bind(INBOX_SHELF);
+                let query = match category {
+                    Some(category) => query.bind(category),
+                    None => query,
+                };
+                query.fetch_all(&mut **tx).await
+            }
+        }
+    }
 }
 
 fn presence_payload(user: User, online: bool, at: i64) -> String {
@@ -639,7 +889,9 @@ impl Store for PgStore {
         let mut counters = lock_users(&mut tx, &recipients).await?;
         let stored = stored_keys(&mut tx, &batch).await?;
         let plan = Plan::resolve(&[&batch], &stored);
-        let rows = plan.number(&mut counters, now);
+        let users: Vec<User> = counters.keys().copied().collect();
+        let mut by_category = users_by_category(&mut tx, &users).await?;
+        let rows = plan.number(&mut counters, &mut by_category, now);
         if !rows.is_empty() {
             insert_rows(&mut tx, &rows, plan.fresh()).await?;
             save_counters(&mut tx, &counters).await?;
@@ -650,6 +902,7 @@ impl Store for PgStore {
                     user: n.recipient.id,
                     id: n.id.clone(),
                     unread: row.unread,
+                    by_category: row.by_category.clone(),
                     version: n.version,
                 }
                 .payload()
@@ -664,13 +917,18 @@ impl Store for PgStore {
         self.reads.get(id).await
     }
 
-    async fn list_unread(
+    async fn list(
         &self,
         user: User,
+        query: &ListQuery,
         start: PageStart,
         limit: u32,
     ) -> Result<OfflinePage, StoreError> {
-        self.reads.list_unread(user, start, limit).await
+        self.reads.list(user, query, start, limit).await
+    }
+
+    async fn unread_counts(&self, user: User) -> Result<UnreadCounts, StoreError> {
+        self.reads.unread_counts(user).await
     }
 
     async fn after_seq(
@@ -709,83 +967,28 @@ impl Store for PgStore {
         ids: Vec<String>,
         status: Status,
     ) -> Result<MarkOutcome, StoreError> {
-        let now = now_millis();
-        let mut tx = self.pool.begin().await?;
-        // Lock the user's row only if it exists: a user without one has no
-        // notifications to mark, and a mark must not create rows (any id
-        // a caller names would otherwise leave one behind).
-        let locked: Option<(i64, i64)> = sqlx::query_as(LOCK_USER)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let nothing = MarkOutcome {
-            updated: Vec::new(),
-            unread: 0,
-            version: 0,
-            updated_at: now,
-        };
-        let Some((before, version)) = locked else {
-            tx.rollback().await?;
-            return Ok(nothing);
-        };
-        // The rows and the counter take the user's next version together.
-        let version = version + 1;
-        // Under the user's lock: none of these rows can change meanwhile.
-        let found: Vec<(String, i64, i64, i64)> = sqlx::query_as(FIND_FOR_MARK)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-        let updated: Vec<String> = found
-            .into_iter()
-            .filter(|(_, role, id, current)| {
-                (*role, *id) == (user.role.code(), user.id) && *current < status.code()
-            })
-            .map(|(id, ..)| id)
-            .collect();
-        if updated.is_empty() {
-            tx.rollback().await?;
-            return Ok(nothing);
-        }
-        sqlx::query(SET_STATUS)
-            .bind(status.code())
-            .bind(now)
-            .bind(version)
-            .bind(&updated)
-            .execute(&mut *tx)
-            .await?;
-        let left = if status == Status::Read {
-            updated.len() as i64
-        } else {
-            0
-        };
-        sqlx::query(
-            "UPDATE users SET unread = unread - $1, version = $2 WHERE role = $3 AND id = $4",
-        )
-        .bind(left)
-        .bind(version)
-        .bind(user.role.code())
-        .bind(user.id)
-        .execute(&mut *tx)
-        .await?;
-        let unread = before - left;
-        let notice = Notice::Marked {
-            role: user.role.code(),
-            user: user.id,
-            status: status.code(),
-            at: now,
-            unread,
-            version,
-            ids: (updated.len() <= IDS_PER_NOTICE).then(|| updated.clone()),
-        };
-        notify_all(&mut tx, vec![notice.payload()]).await?;
-        tx.commit().await?;
-        Ok(MarkOutcome {
-            updated,
-            unread,
-            version,
-            updated_at: now,
-        })
+        self.change_rows(user, RowChange::Mark(&ids, status)).await
+    }
+
+    async fn archive(
+        &self,
+        user: User,
+        ids: Vec<String>,
+        archived: bool,
+    ) -> Result<MarkOutcome, StoreError> {
+        self.change_rows(user, RowChange::Archive(&ids, archived))
+            .await
+    }
+
+    async fn mark_all(
+        &self,
+        user: User,
+        status: Status,
+        category: Option<String>,
+        up_to_seq: Option<i64>,
+    ) -> Result<MarkOutcome, StoreError> {
+        let change = RowChange::MarkAll(status, category.as_deref(), up_to_seq);
+        self.change_rows(user, change).await
     }
 
     async fn join_room(&self, room: &str, user: User) -> Result<(), StoreError> {
@@ -945,8 +1148,52 @@ mod plans {
         ("BY_IDS", BY_IDS, &["notifications_pkey"]),
         ("FIND_FOR_MARK", FIND_FOR_MARK, &["notifications_pkey"]),
         ("SET_STATUS", SET_STATUS, &["notifications_pkey"]),
-        ("UNREAD_PAGE", UNREAD_PAGE, &["notifications_unread"]),
-        ("UNREAD_BEFORE", UNREAD_BEFORE, &["notifications_unread"]),
+        ("SET_ARCHIVED", SET_ARCHIVED, &["notifications_pkey"]),
+        ("MARK_ALL", MARK_ALL, &["notifications_shelf"]),
+        (
+            "MARK_ALL_CATEGORY",
+            MARK_ALL_CATEGORY,
+            &["notifications_category_shelf"],
+        ),
+        ("SHELF_PAGE", PAGES.shelf.offset, &["notifications_shelf"]),
+        ("SHELF_BEFORE", PAGES.shelf.before, &["notifications_shelf"]),
+        (
+            "CATEGORY_SHELF_PAGE",
+            PAGES.category_shelf.offset,
+            &["notifications_category_shelf"],
+        ),
+        (
+            "CATEGORY_SHELF_BEFORE",
+            PAGES.category_shelf.before,
+            &["notifications_category_shelf"],
+        ),
+        (
+            "LISTED_PAGE",
+            PAGES.listed.offset,
+            &["notifications_recipient_seq"],
+        ),
+        (
+            "LISTED_BEFORE",
+            PAGES.listed.before,
+            &["notifications_recipient_seq"],
+        ),
+        (
+            "CATEGORY_LISTED_PAGE",
+            PAGES.category_listed.offset,
+            &["notifications_category"],
+        ),
+        (
+            "CATEGORY_LISTED_BEFORE",
+            PAGES.category_listed.before,
+            &["notifications_category"],
+        ),
+        ("VIEW_TOTALS", VIEW_TOTALS, &["inbox_counts_pkey"]),
+        ("BY_CATEGORY", BY_CATEGORY, &["inbox_counts_pkey"]),
+        (
+            "USERS_BY_CATEGORY",
+            USERS_BY_CATEGORY,
+            &["inbox_counts_pkey"],
+        ),
         ("AFTER_SEQ", AFTER_SEQ, &["notifications_recipient_seq"]),
         ("ID_AT", ID_AT, &["notifications_recipient_seq"]),
         ("CHANGED_AFTER", CHANGED_AFTER, &["notifications_changes"]),
@@ -1035,16 +1282,20 @@ mod plans {
             id,
         });
         let recipients: Vec<User> = std::iter::repeat_n(big, 20_000).chain(others).collect();
-        for chunk in recipients.chunks(1000) {
+        // Several categories, as a shop's inbox has.
+        let categories = ["order", "product", "payment", "review"];
+        for (n, chunk) in recipients.chunks(1000).enumerate() {
+            let category = categories[n % categories.len()];
             let batch = chunk
                 .iter()
                 .map(|&recipient| NewNotification {
                     recipient,
-                    kind: "order:placed".into(),
+                    kind: format!("{category}:placed"),
                     channel: Channel::Push,
                     content: "{}".into(),
                     priority: 1,
                     idempotency_key: Some(new_object_id()),
+                    category: category.into(),
                 })
                 .collect();
             store.create(batch).await.unwrap();
@@ -1054,6 +1305,9 @@ mod plans {
         // the users table depends on its size, which no one user controls.
         for setup in [
             "INSERT INTO users (role, id) SELECT 2, g FROM generate_series(3000, 50000) g",
+            "INSERT INTO inbox_counts SELECT 2, g, 'order', 1, 0, 1 FROM generate_series(3000, 50000) g",
+            // Most of a long history is read: the inbox is a small part of it.
+            "UPDATE notifications SET status = 4, shelf = 2 WHERE recipient_role = 1 AND seq <= 15000",
             "INSERT INTO presence SELECT 'node-' || (g % 3), 2, g, 1, g FROM generate_series(1, 6000) g",
             "INSERT INTO room_members SELECT 'order:' || g, 2, g, 0 FROM generate_series(1, 6000) g",
             "ANALYZE",

@@ -7,18 +7,143 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use crate::StoreError;
 use crate::model::{
-    ChangePosition, ChangedPage, Channel, Notification, OfflinePage, PageStart, Role, RoomMember,
-    Status, User, UserState, page_offset,
+    ByCategory, ChangePosition, ChangedPage, Channel, ListQuery, Notification, OfflinePage,
+    PageStart, Role, RoomMember, Status, UnreadCounts, User, UserState, View, page_offset,
 };
 
 /// A notification's columns, in the order [`decode`] reads them.
 macro_rules! columns {
     () => {
         "id, recipient_role, recipient_id, seq, type, channel, content, status, \
-         priority, created_at, updated_at, version"
+         priority, created_at, updated_at, version, category, archived_at"
     };
 }
 pub(crate) use columns;
+
+/// The shelves of the views (see the inbox migration): unread in the
+/// inbox, and archived. ALL is every shelf above 0.
+pub(crate) const INBOX_SHELF: i64 = 1;
+pub(crate) const ARCHIVED_SHELF: i64 = 3;
+
+/// The page statements of the views, from the table expression each one
+/// reads (where SQLite names its index): `$1, $2` the user, then the
+/// category and the shelf where the statement has them, then `seq < before`
+/// and the limit (keyset) or the limit and the offset.
+macro_rules! view_pages {
+    ($shelf:literal, $category_shelf:literal, $listed:literal, $category_listed:literal) => {
+        $crate::reads::ViewSql {
+            shelf: $crate::reads::PageSql {
+                offset: concat!(
+                    "SELECT ",
+                    $crate::reads::columns!(),
+                    " FROM ",
+                    $shelf,
+                    " WHERE recipient_role = $1 AND recipient_id = $2 AND shelf = $3 \
+                     ORDER BY seq DESC LIMIT $4 OFFSET $5"
+                ),
+                before: concat!(
+                    "SELECT ",
+                    $crate::reads::columns!(),
+                    " FROM ",
+                    $shelf,
+                    " WHERE recipient_role = $1 AND recipient_id = $2 AND shelf = $3 \
+                     AND seq < $4 ORDER BY seq DESC LIMIT $5"
+                ),
+            },
+            category_shelf: $crate::reads::PageSql {
+                offset: concat!(
+                    "SELECT ",
+                    $crate::reads::columns!(),
+                    " FROM ",
+                    $category_shelf,
+                    " WHERE recipient_role = $1 AND recipient_id = $2 AND category = $3 \
+                     AND shelf = $4 ORDER BY seq DESC LIMIT $5 OFFSET $6"
+                ),
+                before: concat!(
+                    "SELECT ",
+                    $crate::reads::columns!(),
+                    " FROM ",
+                    $category_shelf,
+                    " WHERE recipient_role = $1 AND recipient_id = $2 AND category = $3 \
+                     AND shelf = $4 AND seq < $5 ORDER BY seq DESC LIMIT $6"
+                ),
+            },
+            listed: $crate::reads::PageSql {
+                offset: concat!(
+                    "SELECT ",
+                    $crate::reads::columns!(),
+                    " FROM ",
+                    $listed,
+                    " WHERE recipient_role = $1 AND recipient_id = $2 AND shelf > 0 \
+                     ORDER BY seq DESC LIMIT $3 OFFSET $4"
+                ),
+                before: concat!(
+                    "SELECT ",
+                    $crate::reads::columns!(),
+                    " FROM ",
+                    $listed,
+                    " WHERE recipient_role = $1 AND recipient_id = $2 AND shelf > 0 \
+                     AND seq < $3 ORDER BY seq DESC LIMIT $4"
+                ),
+            },
+            category_listed: $crate::reads::PageSql {
+                offset: concat!(
+                    "SELECT ",
+                    $crate::reads::columns!(),
+                    " FROM ",
+                    $category_listed,
+                    " WHERE recipient_role = $1 AND recipient_id = $2 AND category = $3 \
+                     AND shelf > 0 ORDER BY seq DESC LIMIT $4 OFFSET $5"
+                ),
+                before: concat!(
+                    "SELECT ",
+                    $crate::reads::columns!(),
+                    " FROM ",
+                    $category_listed,
+                    " WHERE recipient_role = $1 AND recipient_id = $2 AND category = $3 \
+                     AND shelf > 0 AND seq < $4 ORDER BY seq DESC LIMIT $5"
+                ),
+            },
+        }
+    };
+}
+pub(crate) use view_pages;
+
+/// One page shape, by offset or after a seq (keyset).
+pub(crate) struct PageSql {
+    pub offset: &'static str,
+    pub before: &'static str,
+}
+
+/// The pages of every view (see [`view_pages`]).
+pub(crate) struct ViewSql {
+    /// One shelf (INBOX, ARCHIVED) of every category.
+    pub shelf: PageSql,
+    /// One shelf of one category.
+    pub category_shelf: PageSql,
+    /// Every listed one (ALL).
+    pub listed: PageSql,
+    /// Every listed one of one category.
+    pub category_listed: PageSql,
+}
+
+impl ViewSql {
+    /// The statements of a query and the shelf it binds, if any.
+    pub(crate) fn of(&self, query: &ListQuery) -> (&PageSql, Option<i64>) {
+        let shelf = match query.view {
+            View::Inbox => Some(INBOX_SHELF),
+            View::Archived => Some(ARCHIVED_SHELF),
+            View::All => None,
+        };
+        let pages = match (&query.category, shelf) {
+            (None, Some(_)) => &self.shelf,
+            (Some(_), Some(_)) => &self.category_shelf,
+            (None, None) => &self.listed,
+            (Some(_), None) => &self.category_listed,
+        };
+        (pages, shelf)
+    }
+}
 
 /// One database's spelling of the read statements (parameters as `$n`).
 pub(crate) struct ReadSql {
@@ -26,10 +151,13 @@ pub(crate) struct ReadSql {
     pub begin_snapshot: &'static str,
     /// `$1` id.
     pub get: &'static str,
-    /// `$1, $2` user, `$3` limit, `$4` offset; newest first.
-    pub unread_page: &'static str,
-    /// `$1, $2` user, `$3` before seq, `$4` limit; newest first.
-    pub unread_before: &'static str,
+    /// The views' pages, newest first.
+    pub pages: ViewSql,
+    /// `$1, $2` user, `$3` category or null: how many are unread,
+    /// archived and listed (the views' totals).
+    pub view_totals: &'static str,
+    /// `$1, $2` user: each category with unread ones, and how many.
+    pub by_category: &'static str,
     /// `$1, $2` user, `$3` after seq, `$4` limit; in seq order.
     pub after_seq: &'static str,
     /// `$1, $2` user, `$3` seq: the id.
@@ -63,6 +191,7 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
     for<'r> i64: Decode<'r, DB>,
     for<'r> i32: Decode<'r, DB> + Type<DB>,
     for<'r> String: Decode<'r, DB> + Type<DB>,
@@ -82,42 +211,76 @@ where
         Ok(decode_all(&rows)?.pop())
     }
 
-    /// A page of the unread inbox with its count and last_seq, all from
-    /// one snapshot.
-    pub(crate) async fn list_unread(
+    /// A page of a view with its total and last_seq, all from one
+    /// snapshot. The unread inbox of every category takes its total from
+    /// the user's counters; the other lists from the per-category counts.
+    pub(crate) async fn list(
         &self,
         user: User,
+        query: &ListQuery,
         start: PageStart,
         limit: u32,
     ) -> Result<OfflinePage, StoreError> {
         let mut tx = self.pool.begin_with(self.sql.begin_snapshot).await?;
         let state = read_state(&mut *tx, self.sql, user).await?;
-        let rows = match start {
-            PageStart::Page(page) if page_offset(page, limit) >= state.unread => Vec::new(),
-            PageStart::Page(page) => {
-                sqlx::query(self.sql.unread_page)
-                    .bind(user.role.code())
-                    .bind(user.id)
-                    .bind(i64::from(limit))
-                    .bind(page_offset(page, limit))
-                    .fetch_all(&mut *tx)
-                    .await?
+        let total = if *query == ListQuery::inbox() {
+            state.unread
+        } else {
+            let (unread, archived, listed): (i64, i64, i64) = sqlx::query_as(self.sql.view_totals)
+                .bind(user.role.code())
+                .bind(user.id)
+                .bind(query.category.as_deref())
+                .fetch_one(&mut *tx)
+                .await?;
+            match query.view {
+                View::Inbox => unread,
+                View::Archived => archived,
+                View::All => listed,
             }
-            PageStart::BeforeSeq(before) => {
-                sqlx::query(self.sql.unread_before)
-                    .bind(user.role.code())
-                    .bind(user.id)
-                    .bind(before)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *tx)
-                    .await?
+        };
+        let (pages, shelf) = self.sql.pages.of(query);
+        let (sql, after) = match start {
+            PageStart::Page(_) => (pages.offset, None),
+            PageStart::BeforeSeq(before) => (pages.before, Some(before)),
+        };
+        let rows = match start {
+            PageStart::Page(page) if page_offset(page, limit) >= total => Vec::new(),
+            _ => {
+                let mut select = sqlx::query(sql).bind(user.role.code()).bind(user.id);
+                if let Some(category) = query.category.as_deref() {
+                    select = select.bind(category);
+                }
+                if let Some(shelf) = shelf {
+                    select = select.bind(shelf);
+                }
+                if let Some(before) = after {
+                    select = select.bind(before);
+                }
+                select = select.bind(i64::from(limit));
+                if let PageStart::Page(page) = start {
+                    select = select.bind(page_offset(page, limit));
+                }
+                select.fetch_all(&mut *tx).await?
             }
         };
         tx.commit().await?;
         Ok(OfflinePage {
             items: decode_all(&rows)?,
-            total: state.unread,
+            total,
             last_seq: state.last_seq,
+            version: state.version,
+        })
+    }
+
+    /// The unread counts, in all and by category, from one snapshot.
+    pub(crate) async fn unread_counts(&self, user: User) -> Result<UnreadCounts, StoreError> {
+        let mut tx = self.pool.begin_with(self.sql.begin_snapshot).await?;
+        let state = read_state(&mut *tx, self.sql, user).await?;
+        let by_category = read_by_category(&mut *tx, self.sql, user).await?;
+        tx.commit().await?;
+        Ok(UnreadCounts {
+            unread: state.unread,
+            by_category,
             version: state.version,
         })
     }
@@ -172,10 +335,12 @@ where
             .fetch_all(&mut *tx)
             .await?;
         let state = read_state(&mut *tx, self.sql, user).await?;
+        let by_category = read_by_category(&mut *tx, self.sql, user).await?;
         tx.commit().await?;
         Ok(ChangedPage {
             items: decode_all(&rows)?,
             state,
+            by_category,
         })
     }
 
@@ -258,6 +423,30 @@ where
         .unwrap_or_default())
 }
 
+/// The user's unread count by category, on a connection or in a
+/// transaction the caller holds.
+pub(crate) async fn read_by_category<'c, DB>(
+    connection: &'c mut DB::Connection,
+    sql: &ReadSql,
+    user: User,
+) -> Result<ByCategory, sqlx::Error>
+where
+    DB: Database,
+    &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let rows: Vec<(String, i64)> = sqlx::query_as(sql.by_category)
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_all(connection)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// How many nodes hold a presence entry for the user, in the caller's
 /// transaction (presence writes compare it before and after).
 pub(crate) async fn presence_entries<'c, DB>(
@@ -308,6 +497,8 @@ where
         created_at: row.try_get(9)?,
         updated_at: row.try_get(10)?,
         version: row.try_get(11)?,
+        category: row.try_get(12)?,
+        archived_at: row.try_get(13)?,
     })
 }
 

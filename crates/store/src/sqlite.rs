@@ -21,10 +21,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::create::{Numbered, Plan};
 use crate::model::{
-    Change, ChangePosition, ChangedPage, Created, MarkOutcome, NewNotification, Notification,
-    OfflinePage, PageStart, RoomMember, Status, User, UserState, now_millis,
+    ByCategory, Change, ChangePosition, ChangedPage, Created, ListQuery, MarkOutcome,
+    NewNotification, Notification, OfflinePage, PageStart, RoomMember, Status, UnreadCounts,
+    Update, User, UserState, now_millis,
 };
-use crate::reads::{ReadSql, Reads, columns, decode, decode_user, presence_entries};
+use crate::reads::{
+    INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user, presence_entries,
+    read_by_category, read_state, view_pages,
+};
 use crate::{ChangeSink, Store, StoreError};
 
 const COLUMNS: &str = columns!();
@@ -44,22 +48,28 @@ macro_rules! by_id {
 
 /// By id: the primary key.
 const GET: &str = concat!("SELECT ", columns!(), " FROM ", by_id!(), " WHERE id = $1");
-/// A page of the unread inbox: `notifications_unread`.
-const UNREAD_PAGE: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM notifications INDEXED BY notifications_unread \
-     WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 \
-     ORDER BY seq DESC LIMIT $3 OFFSET $4"
+/// The views' pages: `notifications_shelf` (INBOX, ARCHIVED),
+/// `notifications_category_shelf` (the same of one category),
+/// `notifications_recipient_seq` (ALL) and `notifications_category` (ALL of
+/// one category).
+const PAGES: ViewSql = view_pages!(
+    "notifications INDEXED BY notifications_shelf",
+    "notifications INDEXED BY notifications_category_shelf",
+    "notifications INDEXED BY notifications_recipient_seq",
+    "notifications INDEXED BY notifications_category"
 );
-/// The page after a seq (keyset): `notifications_unread`.
-const UNREAD_BEFORE: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM notifications INDEXED BY notifications_unread \
-     WHERE recipient_role = $1 AND recipient_id = $2 AND status < 4 AND seq < $3 \
-     ORDER BY seq DESC LIMIT $4"
-);
+/// The views' totals: the inbox_counts primary key.
+const VIEW_TOTALS: &str = "SELECT COALESCE(SUM(unread), 0), COALESCE(SUM(archived), 0), \
+     COALESCE(SUM(listed), 0) FROM inbox_counts \
+     WHERE role = $1 AND user_id = $2 AND ($3 IS NULL OR category = $3)";
+/// A user's unread count by category: the inbox_counts primary key.
+const BY_CATEGORY: &str = "SELECT category, unread FROM inbox_counts \
+     WHERE role = $1 AND user_id = $2 AND unread > 0";
+/// Several users' unread counts by category, by `[role, id]` pairs: the
+/// inbox_counts primary key.
+const USERS_BY_CATEGORY: &str = "SELECT role, user_id, category, unread FROM inbox_counts \
+     WHERE (role, user_id) IN (SELECT value ->> 0, value ->> 1 FROM json_each($1)) \
+     AND unread > 0";
 /// Replay after a seq: `notifications_recipient_seq`.
 const AFTER_SEQ: &str = concat!(
     "SELECT ",
@@ -148,8 +158,9 @@ pub enum Synchronous {
 const READS: ReadSql = ReadSql {
     begin_snapshot: "BEGIN",
     get: GET,
-    unread_page: UNREAD_PAGE,
-    unread_before: UNREAD_BEFORE,
+    pages: PAGES,
+    view_totals: VIEW_TOTALS,
+    by_category: BY_CATEGORY,
     after_seq: AFTER_SEQ,
     id_at: ID_AT,
     changed_after: CHANGED_AFTER,
@@ -201,6 +212,17 @@ enum WriteOp {
         user: User,
         ids: Vec<String>,
         status: Status,
+    },
+    Archive {
+        user: User,
+        ids: Vec<String>,
+        archived: bool,
+    },
+    MarkAll {
+        user: User,
+        status: Status,
+        category: Option<String>,
+        up_to_seq: Option<i64>,
     },
     Join {
         room: String,
@@ -373,16 +395,7 @@ async fn apply(
                     // READ moves the unread count: one op at a time.
                     index += 1;
                     let outcome = mark(&mut tx, *user, ids, *status, now).await?;
-                    if !outcome.updated.is_empty() {
-                        changes.push(Change::Updated {
-                            user: *user,
-                            ids: outcome.updated.clone(),
-                            status: *status,
-                            updated_at: now,
-                            unread: outcome.unread,
-                            version: outcome.version,
-                        });
-                    }
+                    changes.extend(updated(*user, &outcome, Update::status(*status)));
                     outcomes.push(Outcome::Marked(outcome));
                 } else {
                     // Consecutive receipts (DELIVERED) share one UPDATE and
@@ -403,6 +416,37 @@ async fn apply(
                     outcomes.extend(marked.outcomes.into_iter().map(Outcome::Marked));
                 }
                 continue;
+            }
+            WriteOp::Archive {
+                user,
+                ids,
+                archived,
+            } => {
+                let outcome = archive(&mut tx, *user, ids, *archived, now).await?;
+                let update = Update {
+                    archived: Some(*archived),
+                    ..Update::default()
+                };
+                changes.extend(updated(*user, &outcome, update));
+                outcomes.push(Outcome::Marked(outcome));
+            }
+            WriteOp::MarkAll {
+                user,
+                status,
+                category,
+                up_to_seq,
+            } => {
+                let outcome = mark_all(
+                    &mut tx,
+                    *user,
+                    *status,
+                    category.as_deref(),
+                    *up_to_seq,
+                    now,
+                )
+                .await?;
+                changes.extend(updated(*user, &outcome, Update::status(*status)));
+                outcomes.push(Outcome::Marked(outcome));
             }
             WriteOp::Join { room, user } => {
                 sqlx::query(JOIN_ROOM)
@@ -472,12 +516,16 @@ async fn create_run(
 ) -> Result<Vec<Vec<Created>>, sqlx::Error> {
     let stored = stored_keys(tx, run).await?;
     let plan = Plan::resolve(run, &stored);
-    let mut counters = reserve_seqs(tx, &plan.per_recipient()).await?;
-    let rows = plan.number(&mut counters, now);
+    let per_recipient = plan.per_recipient();
+    let mut counters = reserve_seqs(tx, &per_recipient).await?;
+    let users: Vec<User> = per_recipient.iter().map(|(user, _)| *user).collect();
+    let mut by_category = users_by_category(tx, &users).await?;
+    let rows = plan.number(&mut counters, &mut by_category, now);
     insert_rows(tx, &rows, plan.fresh()).await?;
     changes.extend(rows.iter().map(|row| Change::Created {
         notification: row.notification.clone(),
         unread: row.unread,
+        by_category: row.by_category.clone(),
         version: row.notification.version,
     }));
     Ok(plan.answers(&rows))
@@ -503,8 +551,31 @@ async fn stored_keys(
     Ok(stored)
 }
 
-/// Adds each recipient's count to its counters, one statement per 1,000
-/// recipients, and answers the counters as they were before.
+/// Each user's unread count by category, in one statement per 1,000 users.
+async fn users_by_category(
+    tx: &mut Transaction<'_, Sqlite>,
+    users: &[User],
+) -> Result<HashMap<User, ByCategory>, sqlx::Error> {
+    let mut by_user: HashMap<User, ByCategory> = HashMap::with_capacity(users.len());
+    for chunk in users.chunks(1000) {
+        let keys: Vec<(i64, i64)> = chunk.iter().map(|u| (u.role.code(), u.id)).collect();
+        let rows = sqlx::query(USERS_BY_CATEGORY)
+            .bind(json_array(&keys))
+            .fetch_all(&mut **tx)
+            .await?;
+        for row in &rows {
+            by_user
+                .entry(decode_user(row)?)
+                .or_default()
+                .insert(row.try_get(2)?, row.try_get(3)?);
+        }
+    }
+    Ok(by_user)
+}
+
+/// Adds each recipient's count to its seq and version, one statement per
+/// 1,000 recipients, and answers the counters as they were before (the
+/// unread count is the insert trigger's to move).
 async fn reserve_seqs(
     tx: &mut Transaction<'_, Sqlite>,
     per_recipient: &[(User, i64)],
@@ -512,18 +583,17 @@ async fn reserve_seqs(
     let mut before = HashMap::with_capacity(per_recipient.len());
     for chunk in per_recipient.chunks(1000) {
         let mut upsert =
-            QueryBuilder::<Sqlite>::new("INSERT INTO users (role, id, last_seq, unread, version) ");
+            QueryBuilder::<Sqlite>::new("INSERT INTO users (role, id, last_seq, version) ");
         upsert.push_values(chunk, |mut values, (user, count)| {
             values
                 .push_bind(user.role.code())
                 .push_bind(user.id)
                 .push_bind(*count)
-                .push_bind(*count)
                 .push_bind(*count);
         });
         upsert.push(
             " ON CONFLICT (role, id) DO UPDATE SET last_seq = last_seq + excluded.last_seq, \
-             unread = unread + excluded.unread, version = version + excluded.version \
+             version = version + excluded.version \
              RETURNING role, id, last_seq, unread, version",
         );
         // RETURNING's order is not promised: rows are matched by key.
@@ -536,7 +606,7 @@ async fn reserve_seqs(
                     user,
                     UserState {
                         last_seq: after.0 - count,
-                        unread: after.1 - count,
+                        unread: after.1,
                         version: after.2 - count,
                     },
                 );
@@ -546,7 +616,7 @@ async fn reserve_seqs(
     Ok(before)
 }
 
-/// Inserts the numbered rows, 1,000 per statement (13 parameters a row
+/// Inserts the numbered rows, 1,000 per statement (15 parameters a row
 /// stays well under SQLite's 32,766).
 async fn insert_rows(
     tx: &mut Transaction<'_, Sqlite>,
@@ -572,6 +642,8 @@ async fn insert_rows(
                 .push_bind(row.created_at)
                 .push_bind(row.updated_at)
                 .push_bind(row.version)
+                .push_bind(row.category.clone())
+                .push_bind(row.archived_at)
                 .push_bind(new.idempotency_key.clone());
         });
         insert.build().execute(&mut **tx).await?;
@@ -600,27 +672,56 @@ async fn find_by_key(
 // index, which scans their whole inbox inside the single writer.) The
 // owner and status checks are made on the rows found.
 
-/// The owner and status of each named notification that exists.
+/// The owner, status and shelf of each named notification that exists.
 const FIND_FOR_MARK: &str = concat!(
-    "SELECT id, recipient_role, recipient_id, status FROM ",
+    "SELECT id, recipient_role, recipient_id, status, shelf FROM ",
     by_id!(),
     " WHERE id IN (SELECT value FROM json_each($1))"
 );
 
-/// Sets the status of rows already checked; each takes its owner's next
-/// version (the counter itself moves once per mark, after).
+/// Sets the status of rows already checked (READ ones leave the inbox
+/// shelf); each takes its owner's next version (the counter itself moves
+/// once per mark, after).
 const SET_STATUS: &str = concat!(
     "UPDATE ",
     by_id!(),
     " SET status = $1, updated_at = $2, \
+     shelf = CASE WHEN $1 = 4 AND shelf = 1 THEN 2 ELSE shelf END, \
      version = (SELECT u.version + 1 FROM users u \
                 WHERE u.role = notifications.recipient_role AND u.id = notifications.recipient_id) \
      WHERE id IN (SELECT value FROM json_each($3))"
 );
 
-/// One user's counters after a mark: what was read leaves the unread count.
-const SETTLE_MARK: &str = "UPDATE users SET unread = unread - $1, version = version + 1 \
-     WHERE role = $2 AND id = $3 RETURNING unread, version";
+/// Archives (`$1` the time) or brings back (`$1` null) rows already
+/// checked, each taking its owner's next version as in [`SET_STATUS`].
+const SET_ARCHIVED: &str = concat!(
+    "UPDATE ",
+    by_id!(),
+    " SET archived_at = $1, updated_at = $2, \
+     shelf = CASE WHEN shelf = 0 THEN 0 WHEN $1 IS NOT NULL THEN 3 \
+                  WHEN status = 4 THEN 2 ELSE 1 END, \
+     version = (SELECT u.version + 1 FROM users u \
+                WHERE u.role = notifications.recipient_role AND u.id = notifications.recipient_id) \
+     WHERE id IN (SELECT value FROM json_each($3))"
+);
+
+/// Mark-all over the unread inbox: `notifications_shelf`, up to a seq.
+const MARK_ALL: &str = "UPDATE notifications INDEXED BY notifications_shelf \
+     SET status = $1, updated_at = $2, version = $3, \
+     shelf = CASE WHEN $1 = 4 THEN 2 ELSE shelf END \
+     WHERE recipient_role = $4 AND recipient_id = $5 AND shelf = $7 AND seq <= $6 \
+     AND status < $1 RETURNING id";
+/// The same of one category: `notifications_category_shelf`.
+const MARK_ALL_CATEGORY: &str = "UPDATE notifications INDEXED BY notifications_category_shelf \
+     SET status = $1, updated_at = $2, version = $3, \
+     shelf = CASE WHEN $1 = 4 THEN 2 ELSE shelf END \
+     WHERE recipient_role = $4 AND recipient_id = $5 AND category = $8 AND shelf = $7 \
+     AND seq <= $6 AND status < $1 RETURNING id";
+
+/// One user's counters after a change of their notifications: the next
+/// version, and the unread count the triggers left.
+const SETTLE_MARK: &str = "UPDATE users SET version = version + 1 \
+     WHERE role = $1 AND id = $2 RETURNING unread, version";
 
 /// Several users' versions after a run of receipts, by `[role, id]` pairs.
 const BUMP_VERSIONS: &str = "UPDATE users SET version = version + 1 \
@@ -633,11 +734,11 @@ fn json_array<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).expect("lists of ids and numbers serialize")
 }
 
-/// Each of `ids` that exists: its id, owner (role, id) and status.
+/// Each of `ids` that exists: its id, owner (role, id), status and shelf.
 async fn find_for_mark(
     tx: &mut Transaction<'_, Sqlite>,
     ids: &[&str],
-) -> Result<Vec<(String, i64, i64, i64)>, sqlx::Error> {
+) -> Result<Vec<(String, i64, i64, i64, i64)>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -693,19 +794,11 @@ async fn mark_run(
                 .or_insert(op);
         }
     }
-    let mut outcomes: Vec<MarkOutcome> = run
-        .iter()
-        .map(|_| MarkOutcome {
-            updated: Vec::new(),
-            unread: 0,
-            version: 0,
-            updated_at: now,
-        })
-        .collect();
+    let mut outcomes: Vec<MarkOutcome> = run.iter().map(|_| unchanged(now)).collect();
     let wanted: Vec<&str> = owner.keys().map(|(_, _, id)| *id).collect();
     let found = find_for_mark(tx, &wanted).await?;
     let mut claimed: Vec<&str> = Vec::new();
-    for (id, role, user_id, current) in &found {
+    for (id, role, user_id, current, _) in &found {
         if *current < status.code()
             && let Some(&op) = owner.get(&(*role, *user_id, id.as_str()))
         {
@@ -754,9 +847,10 @@ async fn mark_run(
             Change::Updated {
                 user,
                 ids: by_user.remove(&user).unwrap_or_default(),
-                status,
+                update: Update::status(status),
                 updated_at: now,
                 unread,
+                by_category: None,
                 version,
             }
         })
@@ -777,37 +871,130 @@ async fn mark(
     let updated: Vec<String> = find_for_mark(tx, &wanted)
         .await?
         .into_iter()
-        .filter(|(_, role, user_id, current)| {
+        .filter(|(_, role, user_id, current, _)| {
             (*role, *user_id) == (user.role.code(), user.id) && *current < status.code()
         })
         .map(|(id, ..)| id)
         .collect();
     if updated.is_empty() {
-        return Ok(MarkOutcome {
-            updated,
-            unread: 0,
-            version: 0,
-            updated_at: now,
-        });
+        return Ok(unchanged(now));
     }
     let claimed: Vec<&str> = updated.iter().map(String::as_str).collect();
     set_status(tx, &claimed, status, now).await?;
-    let left = if status == Status::Read {
-        updated.len() as i64
-    } else {
-        0
+    settle(tx, user, updated, now).await
+}
+
+/// One user's archive (or unarchive) of their own notifications among
+/// `ids`: those not already so, and not gone (expired or replaced).
+async fn archive(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: User,
+    ids: &[String],
+    archived: bool,
+    now: i64,
+) -> Result<MarkOutcome, sqlx::Error> {
+    const GONE: i64 = 0;
+    const ARCHIVED: i64 = 3;
+    let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let updated: Vec<String> = find_for_mark(tx, &wanted)
+        .await?
+        .into_iter()
+        .filter(|(_, role, user_id, _, shelf)| {
+            (*role, *user_id) == (user.role.code(), user.id)
+                && *shelf != GONE
+                && (*shelf == ARCHIVED) != archived
+        })
+        .map(|(id, ..)| id)
+        .collect();
+    if updated.is_empty() {
+        return Ok(unchanged(now));
+    }
+    sqlx::query(SET_ARCHIVED)
+        .bind(archived.then_some(now))
+        .bind(now)
+        .bind(json_array(&updated))
+        .execute(&mut **tx)
+        .await?;
+    settle(tx, user, updated, now).await
+}
+
+/// Every notification of the user's unread inbox (of a category, up to a
+/// seq) moved forward to `status`, all in the user's next version.
+async fn mark_all(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: User,
+    status: Status,
+    category: Option<&str>,
+    up_to_seq: Option<i64>,
+    now: i64,
+) -> Result<MarkOutcome, sqlx::Error> {
+    let version = read_state::<Sqlite>(&mut **tx, &READS, user).await?.version + 1;
+    let query = sqlx::query_scalar(match category {
+        Some(_) => MARK_ALL_CATEGORY,
+        None => MARK_ALL,
+    })
+    .bind(status.code())
+    .bind(now)
+    .bind(version)
+    .bind(user.role.code())
+    .bind(user.id)
+    .bind(up_to_seq.unwrap_or(i64::MAX))
+    .bind(INBOX_SHELF);
+    let query = match category {
+        Some(category) => query.bind(category),
+        None => query,
     };
+    let updated: Vec<String> = query.fetch_all(&mut **tx).await?;
+    if updated.is_empty() {
+        return Ok(unchanged(now));
+    }
+    settle(tx, user, updated, now).await
+}
+
+/// What a change that changed nothing answers.
+fn unchanged(now: i64) -> MarkOutcome {
+    MarkOutcome {
+        updated: Vec::new(),
+        unread: 0,
+        by_category: None,
+        version: 0,
+        updated_at: now,
+    }
+}
+
+/// The user's counters after their rows `updated` changed: the next
+/// version, and the counts the triggers left.
+async fn settle(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: User,
+    updated: Vec<String>,
+    now: i64,
+) -> Result<MarkOutcome, sqlx::Error> {
     let (unread, version): (i64, i64) = sqlx::query_as(SETTLE_MARK)
-        .bind(left)
         .bind(user.role.code())
         .bind(user.id)
         .fetch_one(&mut **tx)
         .await?;
+    let by_category = read_by_category::<Sqlite>(&mut **tx, &READS, user).await?;
     Ok(MarkOutcome {
         updated,
         unread,
+        by_category: Some(by_category),
         version,
         updated_at: now,
+    })
+}
+
+/// The change a mark or an archive publishes, if it changed anything.
+fn updated(user: User, outcome: &MarkOutcome, update: Update) -> Option<Change> {
+    (!outcome.updated.is_empty()).then(|| Change::Updated {
+        user,
+        ids: outcome.updated.clone(),
+        update,
+        updated_at: outcome.updated_at,
+        unread: outcome.unread,
+        by_category: outcome.by_category.clone(),
+        version: outcome.version,
     })
 }
 
@@ -919,13 +1106,18 @@ impl Store for SqliteStore {
         self.reads.get(id).await
     }
 
-    async fn list_unread(
+    async fn list(
         &self,
         user: User,
+        query: &ListQuery,
         start: PageStart,
         limit: u32,
     ) -> Result<OfflinePage, StoreError> {
-        self.reads.list_unread(user, start, limit).await
+        self.reads.list(user, query, start, limit).await
+    }
+
+    async fn unread_counts(&self, user: User) -> Result<UnreadCounts, StoreError> {
+        self.reads.unread_counts(user).await
     }
 
     async fn after_seq(
@@ -965,6 +1157,44 @@ impl Store for SqliteStore {
         status: Status,
     ) -> Result<MarkOutcome, StoreError> {
         match self.write(WriteOp::Mark { user, ids, status }).await? {
+            Outcome::Marked(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn archive(
+        &self,
+        user: User,
+        ids: Vec<String>,
+        archived: bool,
+    ) -> Result<MarkOutcome, StoreError> {
+        match self
+            .write(WriteOp::Archive {
+                user,
+                ids,
+                archived,
+            })
+            .await?
+        {
+            Outcome::Marked(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn mark_all(
+        &self,
+        user: User,
+        status: Status,
+        category: Option<String>,
+        up_to_seq: Option<i64>,
+    ) -> Result<MarkOutcome, StoreError> {
+        let op = WriteOp::MarkAll {
+            user,
+            status,
+            category,
+            up_to_seq,
+        };
+        match self.write(op).await? {
             Outcome::Marked(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
@@ -1071,18 +1301,97 @@ mod plans {
         ("SETTLE_MARK", SETTLE_MARK, &[USERS]),
         ("BUMP_VERSIONS", BUMP_VERSIONS, &[USERS]),
         (
-            "UNREAD_PAGE",
-            UNREAD_PAGE,
+            "SET_ARCHIVED",
+            SET_ARCHIVED,
             &[
-                "SEARCH notifications USING INDEX notifications_unread (recipient_role=? AND recipient_id=?)",
+                "SEARCH notifications USING COVERING INDEX sqlite_autoindex_notifications_1 (id=?)",
+                "SEARCH u USING PRIMARY KEY (role=? AND id=?)",
             ],
         ),
         (
-            "UNREAD_BEFORE",
-            UNREAD_BEFORE,
+            "MARK_ALL",
+            MARK_ALL,
             &[
-                "SEARCH notifications USING INDEX notifications_unread (recipient_role=? AND recipient_id=? AND seq<?)",
+                "SEARCH notifications USING INDEX notifications_shelf (recipient_role=? AND recipient_id=? AND shelf=? AND seq<?)",
             ],
+        ),
+        (
+            "MARK_ALL_CATEGORY",
+            MARK_ALL_CATEGORY,
+            &[
+                "SEARCH notifications USING INDEX notifications_category_shelf (recipient_role=? AND recipient_id=? AND category=? AND shelf=? AND seq<?)",
+            ],
+        ),
+        (
+            "SHELF_PAGE",
+            PAGES.shelf.offset,
+            &[
+                "SEARCH notifications USING INDEX notifications_shelf (recipient_role=? AND recipient_id=? AND shelf=?)",
+            ],
+        ),
+        (
+            "SHELF_BEFORE",
+            PAGES.shelf.before,
+            &[
+                "SEARCH notifications USING INDEX notifications_shelf (recipient_role=? AND recipient_id=? AND shelf=? AND seq<?)",
+            ],
+        ),
+        (
+            "CATEGORY_SHELF_PAGE",
+            PAGES.category_shelf.offset,
+            &[
+                "SEARCH notifications USING INDEX notifications_category_shelf (recipient_role=? AND recipient_id=? AND category=? AND shelf=?)",
+            ],
+        ),
+        (
+            "CATEGORY_SHELF_BEFORE",
+            PAGES.category_shelf.before,
+            &[
+                "SEARCH notifications USING INDEX notifications_category_shelf (recipient_role=? AND recipient_id=? AND category=? AND shelf=? AND seq<?)",
+            ],
+        ),
+        (
+            "LISTED_PAGE",
+            PAGES.listed.offset,
+            &[
+                "SEARCH notifications USING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=?)",
+            ],
+        ),
+        (
+            "LISTED_BEFORE",
+            PAGES.listed.before,
+            &[
+                "SEARCH notifications USING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=? AND seq<?)",
+            ],
+        ),
+        (
+            "CATEGORY_LISTED_PAGE",
+            PAGES.category_listed.offset,
+            &[
+                "SEARCH notifications USING INDEX notifications_category (recipient_role=? AND recipient_id=? AND category=?)",
+            ],
+        ),
+        (
+            "CATEGORY_LISTED_BEFORE",
+            PAGES.category_listed.before,
+            &[
+                "SEARCH notifications USING INDEX notifications_category (recipient_role=? AND recipient_id=? AND category=? AND seq<?)",
+            ],
+        ),
+        (
+            "VIEW_TOTALS",
+            VIEW_TOTALS,
+            &["SEARCH inbox_counts USING PRIMARY KEY (role=? AND user_id=?)"],
+        ),
+        (
+            "BY_CATEGORY",
+            BY_CATEGORY,
+            &["SEARCH inbox_counts USING PRIMARY KEY (role=? AND user_id=?)"],
+        ),
+        (
+            "USERS_BY_CATEGORY",
+            USERS_BY_CATEGORY,
+            &["SEARCH inbox_counts USING PRIMARY KEY (role=? AND user_id=?)"],
         ),
         (
             "AFTER_SEQ",
@@ -1202,6 +1511,7 @@ mod plans {
                     content: "{}".into(),
                     priority: 1,
                     idempotency_key: Some(new_object_id() + &n.to_string()),
+                    category: "order".into(),
                 })
                 .collect();
             store.create(batch).await.unwrap();

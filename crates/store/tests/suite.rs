@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify_store::{
-    Change, ChangePosition, ChangeSink, Channel, NewNotification, PageStart, PgOptions, PgStore,
-    SqliteOptions, SqliteStore, Status, Store, StoreError, User, new_object_id,
+    ByCategory, Change, ChangePosition, ChangeSink, Channel, ListQuery, NewNotification, PageStart,
+    PgOptions, PgStore, SqliteOptions, SqliteStore, Status, Store, StoreError, User, View,
+    new_object_id,
 };
 use sqlx::Connection;
 
@@ -117,6 +118,7 @@ fn new(user: User, n: i64) -> NewNotification {
         content: format!(r#"{{"n":{n},"price":"22","ok":true}}"#),
         priority: 1,
         idempotency_key: None,
+        category: "order".into(),
     }
 }
 
@@ -155,6 +157,9 @@ suite!(
     changes_take_versions_and_read_back_in_order,
     the_epoch_is_made_once_per_database,
     a_mark_of_many_ids_is_published_whole,
+    counts_by_category_stay_exact_under_every_change,
+    archived_ones_leave_the_inbox_and_come_back,
+    mark_all_is_one_change_up_to_a_seq_and_of_a_category,
 );
 
 async fn seqs_are_gapless_under_concurrency(b: Backend) {
@@ -333,7 +338,7 @@ async fn marking_moves_forward_and_keeps_the_unread_count(b: Backend) {
     );
     let page = b
         .store
-        .list_unread(user, PageStart::Page(1), 20)
+        .list(user, &ListQuery::inbox(), PageStart::Page(1), 20)
         .await
         .unwrap();
     assert_eq!(page.total, 2);
@@ -341,7 +346,7 @@ async fn marking_moves_forward_and_keeps_the_unread_count(b: Backend) {
     let updates = b
         .changes
         .wait_for(3, |c| match c {
-            Change::Updated { status, unread, .. } => Some((*status, *unread)),
+            Change::Updated { update, unread, .. } => Some((update.status.unwrap(), *unread)),
             _ => None,
         })
         .await;
@@ -430,7 +435,7 @@ async fn pages_are_newest_first_with_one_snapshot(b: Backend) {
         .unwrap();
     let first = b
         .store
-        .list_unread(user, PageStart::Page(1), 20)
+        .list(user, &ListQuery::inbox(), PageStart::Page(1), 20)
         .await
         .unwrap();
     assert_eq!((first.total, first.last_seq), (45, 45));
@@ -440,7 +445,7 @@ async fn pages_are_newest_first_with_one_snapshot(b: Backend) {
     );
     let third = b
         .store
-        .list_unread(user, PageStart::Page(3), 20)
+        .list(user, &ListQuery::inbox(), PageStart::Page(3), 20)
         .await
         .unwrap();
     assert_eq!(
@@ -449,7 +454,7 @@ async fn pages_are_newest_first_with_one_snapshot(b: Backend) {
     );
     assert!(
         b.store
-            .list_unread(user, PageStart::Page(4), 20)
+            .list(user, &ListQuery::inbox(), PageStart::Page(4), 20)
             .await
             .unwrap()
             .items
@@ -457,7 +462,7 @@ async fn pages_are_newest_first_with_one_snapshot(b: Backend) {
     );
     let nobody = b
         .store
-        .list_unread(User::vendor(3), PageStart::Page(1), 20)
+        .list(User::vendor(3), &ListQuery::inbox(), PageStart::Page(1), 20)
         .await
         .unwrap();
     assert_eq!(
@@ -490,13 +495,13 @@ async fn keyset_pages_continue_where_the_last_page_ended(b: Backend) {
     for page in 1..=3 {
         let by_offset = b
             .store
-            .list_unread(user, PageStart::Page(page), 20)
+            .list(user, &ListQuery::inbox(), PageStart::Page(page), 20)
             .await
             .unwrap();
         if let Some(before) = last {
             let by_keyset = b
                 .store
-                .list_unread(user, PageStart::BeforeSeq(before), 20)
+                .list(user, &ListQuery::inbox(), PageStart::BeforeSeq(before), 20)
                 .await
                 .unwrap();
             assert_eq!(seqs(&by_keyset), seqs(&by_offset), "page {page}");
@@ -512,7 +517,7 @@ async fn keyset_pages_continue_where_the_last_page_ended(b: Backend) {
         .unwrap();
     let after = b
         .store
-        .list_unread(user, PageStart::BeforeSeq(26), 20)
+        .list(user, &ListQuery::inbox(), PageStart::BeforeSeq(26), 20)
         .await
         .unwrap();
     assert_eq!(
@@ -522,7 +527,7 @@ async fn keyset_pages_continue_where_the_last_page_ended(b: Backend) {
     assert_eq!(after.total, 44);
     assert!(
         b.store
-            .list_unread(user, PageStart::BeforeSeq(1), 20)
+            .list(user, &ListQuery::inbox(), PageStart::BeforeSeq(1), 20)
             .await
             .unwrap()
             .items
@@ -716,7 +721,7 @@ async fn changes_take_versions_and_read_back_in_order(b: Backend) {
     assert_eq!(b.store.id_at(user, 6).await.unwrap(), None);
     let page = b
         .store
-        .list_unread(user, PageStart::Page(1), 20)
+        .list(user, &ListQuery::inbox(), PageStart::Page(1), 20)
         .await
         .unwrap();
     assert_eq!((page.total, page.version), (4, 7));
@@ -796,4 +801,310 @@ async fn a_mark_of_many_ids_is_published_whole(b: Backend) {
         })
         .await;
     assert_eq!(published, vec![(600, read.version)]);
+}
+
+fn in_category(user: User, n: i64, category: &str) -> NewNotification {
+    NewNotification {
+        kind: format!("{category}:event"),
+        category: category.to_owned(),
+        ..new(user, n)
+    }
+}
+
+fn by_category(counts: &[(&str, i64)]) -> ByCategory {
+    counts.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+}
+
+/// Every id of a list, page by page.
+async fn listed(b: &Backend, user: User, view: View, category: Option<&str>) -> Vec<String> {
+    let query = ListQuery {
+        view,
+        category: category.map(str::to_owned),
+    };
+    let mut ids = Vec::new();
+    for page in 1.. {
+        let page = b
+            .store
+            .list(user, &query, PageStart::Page(page), 100)
+            .await
+            .unwrap();
+        let more = page.items.len() == 100;
+        ids.extend(page.items.into_iter().map(|n| n.id));
+        if !more {
+            break;
+        }
+    }
+    ids
+}
+
+/// The counts the store keeps equal the lists it holds, category by
+/// category and in all, for every view: recounted here the slow way.
+async fn assert_counts_match_lists(b: &Backend, user: User, categories: &[&str]) {
+    let counts = b.store.unread_counts(user).await.unwrap();
+    let mut recounted = ByCategory::new();
+    for category in categories {
+        let inbox = listed(b, user, View::Inbox, Some(category)).await.len() as i64;
+        if inbox > 0 {
+            recounted.insert(category.to_string(), inbox);
+        }
+        for view in [View::Inbox, View::Archived, View::All] {
+            let query = ListQuery {
+                view,
+                category: Some(category.to_string()),
+            };
+            let page = b
+                .store
+                .list(user, &query, PageStart::Page(1), 1)
+                .await
+                .unwrap();
+            let ids = listed(b, user, view, Some(category)).await;
+            assert_eq!(page.total, ids.len() as i64, "{view:?} of {category}");
+        }
+    }
+    assert_eq!(counts.by_category, recounted);
+    let inbox = listed(b, user, View::Inbox, None).await;
+    assert_eq!(counts.unread, inbox.len() as i64);
+    assert_eq!(counts.unread, recounted.values().sum::<i64>());
+}
+
+/// Creates, reads, receipts, archives and mark-alls each leave the counts
+/// by category equal to what the lists hold, and every change that moves
+/// them carries them.
+async fn counts_by_category_stay_exact_under_every_change(b: Backend) {
+    let user = User::vendor(31);
+    let categories = ["order", "product", "payment"];
+    let mut batch = Vec::new();
+    for (n, category) in ["order", "order", "order", "product", "product", "payment"]
+        .iter()
+        .enumerate()
+    {
+        batch.push(in_category(user, n as i64, category));
+    }
+    let ids: Vec<String> = b
+        .store
+        .create(batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.notification.id)
+        .collect();
+    let counts = b.store.unread_counts(user).await.unwrap();
+    assert_eq!(counts.unread, 6);
+    assert_eq!(
+        counts.by_category,
+        by_category(&[("order", 3), ("product", 2), ("payment", 1)])
+    );
+    assert_counts_match_lists(&b, user, &categories).await;
+    let created = b
+        .changes
+        .wait_for(6, |c| match c {
+            Change::Created { by_category, .. } => Some(by_category.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(created[2], by_category(&[("order", 3)]));
+    assert_eq!(
+        created[5], counts.by_category,
+        "each create carries its counts"
+    );
+
+    let read = b
+        .store
+        .mark(user, vec![ids[0].clone()], Status::Read)
+        .await
+        .unwrap();
+    assert_eq!(read.unread, 5);
+    assert_eq!(
+        read.by_category,
+        Some(by_category(&[("order", 2), ("product", 2), ("payment", 1)]))
+    );
+    assert_counts_match_lists(&b, user, &categories).await;
+    let delivered = b
+        .store
+        .mark(user, vec![ids[1].clone()], Status::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(delivered.unread, 5, "a receipt moves no count");
+    b.store
+        .archive(user, vec![ids[3].clone(), ids[0].clone()], true)
+        .await
+        .unwrap();
+    assert_counts_match_lists(&b, user, &categories).await;
+    let all_orders = b
+        .store
+        .mark_all(user, Status::Read, Some("order".into()), None)
+        .await
+        .unwrap();
+    assert_eq!(all_orders.updated.len(), 2);
+    assert_eq!(
+        all_orders.by_category,
+        Some(by_category(&[("product", 1), ("payment", 1)])),
+        "categories with none left are left out"
+    );
+    assert_counts_match_lists(&b, user, &categories).await;
+    b.store
+        .archive(user, vec![ids[3].clone()], false)
+        .await
+        .unwrap();
+    assert_counts_match_lists(&b, user, &categories).await;
+    let everything = b
+        .store
+        .mark_all(user, Status::Read, None, None)
+        .await
+        .unwrap();
+    assert_eq!((everything.updated.len(), everything.unread), (3, 0));
+    assert_counts_match_lists(&b, user, &categories).await;
+    let counts = b.store.unread_counts(user).await.unwrap();
+    assert_eq!((counts.unread, counts.by_category.len()), (0, 0));
+    assert_eq!(counts.version, everything.version);
+}
+
+/// Archive takes one out of the inbox and its count whatever its status,
+/// into the ARCHIVED view; ALL lists both; unarchive brings it back as it
+/// was. Someone else's ids, and ones already so, change nothing.
+async fn archived_ones_leave_the_inbox_and_come_back(b: Backend) {
+    let user = User::customer(32);
+    let ids: Vec<String> = b
+        .store
+        .create((0..4).map(|n| in_category(user, n, "order")).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.notification.id)
+        .collect();
+    b.store
+        .mark(user, vec![ids[1].clone()], Status::Read)
+        .await
+        .unwrap();
+    let archived = b
+        .store
+        .archive(user, vec![ids[0].clone(), ids[1].clone()], true)
+        .await
+        .unwrap();
+    assert_eq!((archived.updated.len(), archived.unread), (2, 2));
+    let again = b
+        .store
+        .archive(user, vec![ids[0].clone()], true)
+        .await
+        .unwrap();
+    assert!(again.updated.is_empty(), "already archived");
+    let stranger = b
+        .store
+        .archive(User::vendor(32), ids.clone(), true)
+        .await
+        .unwrap();
+    assert!(stranger.updated.is_empty(), "not theirs");
+    let newest_first = |mut v: Vec<String>| {
+        v.reverse();
+        v
+    };
+    assert_eq!(
+        listed(&b, user, View::Inbox, None).await,
+        newest_first(ids[2..].to_vec())
+    );
+    assert_eq!(
+        listed(&b, user, View::Archived, None).await,
+        newest_first(ids[..2].to_vec())
+    );
+    assert_eq!(
+        listed(&b, user, View::All, None).await,
+        newest_first(ids.clone())
+    );
+    let stored = b.store.get(&ids[0]).await.unwrap().unwrap();
+    assert!(stored.archived_at.is_some());
+    assert_eq!(stored.category, "order");
+    let update = b
+        .changes
+        .wait_for(1, |c| match c {
+            Change::Updated { update, ids, .. } if update.archived == Some(true) => {
+                Some((update.status, ids.len()))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(update, vec![(None, 2)], "an archive says what changed");
+
+    let back = b
+        .store
+        .archive(user, ids[..2].to_vec(), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        back.unread, 3,
+        "the unread one counts again, the read one not"
+    );
+    assert_eq!(
+        listed(&b, user, View::Inbox, None).await,
+        newest_first([&ids[..1], &ids[2..]].concat())
+    );
+    assert!(listed(&b, user, View::Archived, None).await.is_empty());
+    assert!(
+        b.store
+            .get(&ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .archived_at
+            .is_none()
+    );
+    assert_counts_match_lists(&b, user, &["order"]).await;
+}
+
+/// Mark-all covers the unread inbox up to the seq the user saw (and of a
+/// category when named) in one change of one version, however many.
+async fn mark_all_is_one_change_up_to_a_seq_and_of_a_category(b: Backend) {
+    let user = User::vendor(33);
+    let mut batch: Vec<NewNotification> =
+        (0..1200).map(|n| in_category(user, n, "order")).collect();
+    batch.extend((0..10).map(|n| in_category(user, n, "product")));
+    let created = b.store.create(batch).await.unwrap();
+    let product_seq = created[1205].notification.seq;
+    b.store
+        .archive(user, vec![created[0].notification.id.clone()], true)
+        .await
+        .unwrap();
+    let before = b.store.unread_counts(user).await.unwrap();
+    let up_to = b
+        .store
+        .mark_all(user, Status::Read, None, Some(product_seq))
+        .await
+        .unwrap();
+    assert_eq!(
+        up_to.updated.len(),
+        1206 - 1,
+        "up to that seq, the archived one left alone"
+    );
+    assert_eq!(up_to.version, before.version + 1, "one version");
+    assert_eq!(up_to.by_category, Some(by_category(&[("product", 4)])));
+    let published = b
+        .changes
+        .wait_for(1, |c| match c {
+            Change::Updated { ids, version, .. } if *version == up_to.version => Some(ids.len()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(published, vec![1205], "one change with every id");
+    let none_left = b
+        .store
+        .mark_all(user, Status::Read, Some("order".into()), None)
+        .await
+        .unwrap();
+    assert!(none_left.updated.is_empty());
+    let rest = b
+        .store
+        .mark_all(user, Status::Read, Some("product".into()), None)
+        .await
+        .unwrap();
+    assert_eq!((rest.updated.len(), rest.unread), (4, 0));
+    assert_eq!(
+        b.store
+            .get(&created[0].notification.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Sent,
+        "archived ones are not in the inbox mark-all covers"
+    );
+    assert_counts_match_lists(&b, user, &["order", "product"]).await;
 }

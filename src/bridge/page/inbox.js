@@ -12,7 +12,15 @@ const view = {
   totalPages: 0,
   loaded: false, // the first page has come
   socket: null,
+  category: null, // the category tab shown; null: every category
+  shelf: "INBOX", // INBOX (unread) or ARCHIVED
+  byCategory: {}, // unread per category, as the last unreadCount said
+  unread: 0,
+  newestSeq: 0, // the highest seq this page has seen: "mark all" stops there
 };
+
+// The connect-time page is the unread inbox of every category.
+const showingDefault = () => view.shelf === "INBOX" && view.category === null;
 
 // ---- signing in -----------------------------------------------------------
 
@@ -33,6 +41,7 @@ function showSignIn(reason) {
   $("inbox").hidden = true;
   $("sign-out").hidden = true;
   $("mark-all").hidden = true;
+  $("archive-read").hidden = true;
   if (reason) setState("refused", `Refused: ${reason}`);
   else setState("signed-out", "Signed out");
   $("token").focus();
@@ -73,6 +82,7 @@ function start(token) {
   $("inbox").hidden = false;
   $("sign-out").hidden = false;
   $("mark-all").hidden = false;
+  $("archive-read").hidden = false;
   view.loaded = false;
   render();
   setState("connecting", "Connecting…");
@@ -113,17 +123,22 @@ function start(token) {
     }
   });
 
-  // Page 1 right after connect; the ack is our delivery receipt.
+  // Page 1 right after connect; the ack is our delivery receipt. A tab
+  // showing another category or the archive reads its own page instead.
   socket.on("offlineNotifications", (envelope, ack) => {
     ack?.({ received: true });
-    if (view.page === 1) showPage(envelope);
+    if (view.page !== 1) return;
+    if (showingDefault()) showPage(envelope);
+    else loadPage(1);
   });
 
   socket.on("notification", (notification, ack) => {
     ack?.({ received: true });
     setState("live", "Live");
+    view.newestSeq = Math.max(view.newestSeq, notification.seq ?? 0);
     announce(`New notification: ${headline(notification)}`);
-    if (view.page !== 1 || view.items.some((n) => n.id === notification.id)) return;
+    const shown = view.shelf === "INBOX" && (view.category === null || view.category === notification.category);
+    if (!shown || view.page !== 1 || view.items.some((n) => n.id === notification.id)) return;
     view.items.unshift(notification);
     if (view.items.length > PAGE_SIZE) view.items.pop();
     render(notification.id);
@@ -131,11 +146,13 @@ function start(token) {
 
   // A change made in another tab, by a backend or by a receipt: this page
   // shows it too, without a reload.
-  socket.on("notificationUpdated", ({ data }) => applyUpdate(data.ids, data.status));
+  socket.on("notificationUpdated", ({ data }) => applyUpdate(data));
 
   socket.on("unreadCount", ({ data }) => {
     setState("live", "Live");
+    view.byCategory = data.byCategory ?? {};
     setBadge(data.count);
+    renderTabs();
   });
 
   socket.on("userIsOffline", ({ data }) => showPeer(data, "went offline", data.lastSeenAt));
@@ -154,9 +171,19 @@ function start(token) {
   });
 }
 
+// The page of the tab and shelf shown.
+function pageRequest(page) {
+  const request = { page, limit: PAGE_SIZE, view: view.shelf };
+  if (view.category !== null) request.category = view.category;
+  return request;
+}
+
 async function loadPage(page) {
-  const answer = await view.socket.timeout(10_000).emitWithAck("offlineNotifications", { page, limit: PAGE_SIZE });
+  const asked = pageRequest(page);
+  const answer = await view.socket.timeout(10_000).emitWithAck("offlineNotifications", asked);
   if (answer.error) return showError(answer.message, answer.statusCode);
+  // Another tab or shelf was chosen while this page was on its way.
+  if (asked.view !== view.shelf || (asked.category ?? null) !== view.category) return;
   view.page = page;
   showPage(answer);
 }
@@ -167,8 +194,21 @@ function showPage(envelope) {
   view.page = pagination.currentPage;
   view.totalPages = pagination.totalPages;
   view.loaded = true;
-  setBadge(pagination.totalRecords);
+  for (const n of items) view.newestSeq = Math.max(view.newestSeq, n.seq ?? 0);
+  if (showingDefault()) setBadge(pagination.totalRecords);
   render();
+}
+
+// Chooses a category tab (null: every category) or a shelf, from page 1.
+function choose({ category = view.category, shelf = view.shelf }) {
+  view.category = category;
+  view.shelf = shelf;
+  view.page = 1;
+  view.loaded = false;
+  view.items = [];
+  render();
+  renderTabs();
+  loadPage(1);
 }
 
 async function markRead(ids) {
@@ -180,21 +220,44 @@ async function markRead(ids) {
   return answer.data.updated;
 }
 
-// Everything unread, in batches: take the first page of 100, mark it, repeat.
+// Everything unread of the tab shown, in one request, up to the newest this
+// page has seen: one that arrives meanwhile stays unread.
 async function markAllRead() {
   $("mark-all").disabled = true;
-  for (let round = 0; round < 100; round++) {
-    const answer = await view.socket.timeout(10_000).emitWithAck("offlineNotifications", { page: 1, limit: 100 });
-    if (answer.error) return showError(answer.message, answer.statusCode);
-    const ids = answer.data.items.map((n) => n.id);
-    if (ids.length === 0) break;
-    await markRead(ids);
-  }
-  announce("All notifications marked as read");
+  const request = {};
+  if (view.category !== null) request.category = view.category;
+  if (view.newestSeq > 0) request.upToSeq = view.newestSeq;
+  const answer = await view.socket.timeout(10_000).emitWithAck("markAllAsRead", request);
+  if (answer.error) return showError(answer.message, answer.statusCode);
+  announce(`${answer.data.updated} notifications marked as read`);
   await loadPage(1);
 }
 
+async function archive(ids, archived) {
+  const answer = await view.socket.timeout(10_000).emitWithAck("archive", { ids, archived });
+  if (answer.error) {
+    showError(answer.message, answer.statusCode);
+    return null;
+  }
+  return answer.data.updated;
+}
+
+// The read ones shown leave the inbox for the archive.
+async function archiveAllRead() {
+  const ids = view.items.filter((n) => n.status === "READ").map((n) => n.id);
+  if (ids.length === 0) return;
+  $("archive-read").disabled = true;
+  if ((await archive(ids, true)) !== null) {
+    drop(ids);
+    announce(`${ids.length} read notifications archived`);
+  }
+}
+
 $("mark-all").addEventListener("click", () => markAllRead());
+$("archive-read").addEventListener("click", () => archiveAllRead());
+for (const button of document.querySelectorAll(".view")) {
+  button.addEventListener("click", () => choose({ shelf: button.dataset.view }));
+}
 $("prev").addEventListener("click", () => loadPage(Math.max(1, view.page - 1)));
 $("next").addEventListener("click", () => loadPage(view.page + 1));
 
@@ -214,6 +277,8 @@ function render(freshId) {
   list.replaceChildren(...view.items.map((n) => renderItem(n, n.id === freshId)));
   $("loading").hidden = view.loaded;
   $("empty").hidden = !view.loaded || view.items.length > 0;
+  $("empty").textContent = view.shelf === "ARCHIVED" ? "Nothing archived." : "You're all caught up.";
+  $("archive-read").disabled = view.shelf !== "INBOX" || !view.items.some((n) => n.status === "READ");
   // One page or none: nothing to page through.
   $("pager").hidden = view.totalPages <= 1 && view.page <= 1;
   $("page-label").textContent = view.totalPages > 1 ? `Page ${view.page} of ${view.totalPages}` : `Page ${view.page}`;
@@ -221,15 +286,61 @@ function render(freshId) {
   $("next").disabled = view.page >= view.totalPages;
 }
 
-// Shows the new status of the listed notifications among `ids`.
-function applyUpdate(ids, status) {
-  const changed = new Set(ids);
+// The category tabs: every category with unread ones, with its count,
+// and the one shown even when it has none left.
+function renderTabs() {
+  const categories = Object.keys(view.byCategory);
+  if (view.category !== null && !categories.includes(view.category)) categories.push(view.category);
+  categories.sort();
+  const tab = (category, label, count) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "tab";
+    button.dataset.category = category ?? "";
+    button.setAttribute("aria-current", String(view.category === category));
+    const name = document.createElement("span");
+    name.className = category === null ? "" : "category";
+    name.textContent = label;
+    const badge = document.createElement("span");
+    badge.className = "count";
+    badge.textContent = String(count);
+    badge.setAttribute("aria-label", `${count} unread`);
+    button.append(name, badge);
+    button.addEventListener("click", () => choose({ category }));
+    return button;
+  };
+  $("tabs").replaceChildren(
+    tab(null, "All", view.unread),
+    ...categories.map((c) => tab(c, c, view.byCategory[c] ?? 0)),
+  );
+  for (const button of document.querySelectorAll(".view")) {
+    button.setAttribute("aria-pressed", String(button.dataset.view === view.shelf));
+  }
+}
+
+// Shows a change of the listed notifications: a new status in place; an
+// archived one leaves the inbox, one brought back leaves the archive.
+function applyUpdate(data) {
+  const leaving = (data.archived === true && view.shelf === "INBOX")
+    || (data.archived === false && view.shelf === "ARCHIVED");
+  if (leaving) return drop(data.ids);
+  if (!data.status) return;
+  const changed = new Set(data.ids);
   for (const notification of view.items) {
     if (!changed.has(notification.id) || notification.status === "READ") continue;
-    notification.status = status;
+    notification.status = data.status;
     const item = $("list").querySelector(`li[data-id="${notification.id}"]`);
-    if (item) showStatus(item, status);
+    if (item) showStatus(item, data.status);
   }
+  $("archive-read").disabled = view.shelf !== "INBOX" || !view.items.some((n) => n.status === "READ");
+}
+
+// Takes the notifications among `ids` off the page shown.
+function drop(ids) {
+  const gone = new Set(ids);
+  if (!view.items.some((n) => gone.has(n.id))) return;
+  view.items = view.items.filter((n) => !gone.has(n.id));
+  render();
 }
 
 function showStatus(item, status) {
@@ -237,6 +348,7 @@ function showStatus(item, status) {
   if (status === "READ") {
     item.classList.add("read");
     item.querySelector(".mark")?.remove();
+    $("archive-read").disabled = view.shelf !== "INBOX";
   }
 }
 
@@ -261,6 +373,15 @@ function renderItem(notification, fresh) {
       notification.status = "READ";
       showStatus(item, "READ");
     }
+  });
+  const shelve = item.querySelector(".archive");
+  const archived = view.shelf === "ARCHIVED";
+  shelve.textContent = archived ? "Move to inbox" : "Archive";
+  shelve.setAttribute("aria-label", `${archived ? "Move to inbox" : "Archive"} "${headline(notification)}"`);
+  shelve.addEventListener("click", async () => {
+    shelve.disabled = true;
+    if ((await archive([notification.id], !archived)) !== null) drop([notification.id]);
+    else shelve.disabled = false;
   });
   if (notification.status === "READ") showStatus(item, "READ");
   if (fresh) {
@@ -288,6 +409,7 @@ setInterval(() => {
 }, 30_000);
 
 function setBadge(count) {
+  view.unread = count;
   const badge = $("badge");
   badge.hidden = count === 0;
   badge.textContent = String(count);
