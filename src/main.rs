@@ -89,6 +89,10 @@ struct StoreArgs {
     /// with UNAVAILABLE.
     #[arg(long, env = "NOTIFY_DB_ACQUIRE_TIMEOUT", default_value_t = PgOptions::DEFAULT.acquire_timeout.into())]
     db_acquire_timeout: humantime::Duration,
+    /// READ, archived, replaced and expired notifications older than this
+    /// are deleted in the background; unread ones never are.
+    #[arg(long, env = "NOTIFY_RETENTION", default_value_t = notify::core::sweeps::DEFAULT_RETENTION.into())]
+    retention: humantime::Duration,
 }
 
 #[derive(clap::Args)]
@@ -345,6 +349,7 @@ fn core_config(store: StoreArgs, api_token: Option<String>) -> notify::core::Cor
         api_token,
         synchronous: store.sqlite_synchronous.into(),
         presence_ttl: store.presence_ttl.into(),
+        retention: store.retention.into(),
         postgres: notify_store::PgOptions {
             max_connections: store.db_max_connections,
             acquire_timeout: store.db_acquire_timeout.into(),

@@ -42,6 +42,8 @@ pub struct NotificationJson {
     pub category: String,
     /// When it was archived, or null.
     pub archived_at: Option<String>,
+    /// When it expires, or null.
+    pub expires_at: Option<String>,
 }
 
 impl From<&proto::Notification> for NotificationJson {
@@ -69,6 +71,7 @@ impl From<&proto::Notification> for NotificationJson {
             seq: n.seq,
             category: n.category.clone(),
             archived_at: (!n.archived_at.is_empty()).then(|| n.archived_at.clone()),
+            expires_at: (!n.expires_at.is_empty()).then(|| n.expires_at.clone()),
         }
     }
 }
@@ -439,6 +442,9 @@ pub struct NotificationsUpdatedJson {
     /// Archived (true) or brought back (false), when that changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archived: Option<bool>,
+    /// They expired: gone from every list and count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired: Option<bool>,
     /// When, ISO 8601 UTC with milliseconds.
     #[serde(rename = "updatedAt")]
     pub updated_at: String,
@@ -450,6 +456,7 @@ impl From<proto::NotificationsUpdated> for NotificationsUpdatedJson {
             ids: update.ids,
             status: Status::from_code(i64::from(update.status)).map(Status::name),
             archived: update.archived,
+            expired: update.expired,
             updated_at: update.updated_at,
         }
     }
@@ -529,6 +536,7 @@ mod tests {
             seq: 1,
             category: "product".into(),
             archived_at: String::new(),
+            expires_at: String::new(),
         };
         let json = serde_json::to_value(NotificationJson::from(&n)).unwrap();
         assert_eq!(
@@ -538,7 +546,7 @@ mod tests {
                 "type": "product:upload", "channel": "PUSH", "content": {"id": 63},
                 "status": "SENT", "priority": 1, "createdAt": "2025-06-20T10:27:34.307Z",
                 "updatedAt": "2025-06-20T10:27:34.307Z", "seq": 1,
-                "category": "product", "archivedAt": null
+                "category": "product", "archivedAt": null, "expiresAt": null
             })
         );
     }

@@ -111,6 +111,7 @@ pub fn notification(n: &Notification) -> proto::Notification {
         seq: n.seq,
         category: n.category.clone(),
         archived_at: n.archived_at.map(format_millis).unwrap_or_default(),
+        expires_at: n.expires_at.map(format_millis).unwrap_or_default(),
     }
 }
 

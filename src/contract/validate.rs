@@ -353,6 +353,36 @@ pub fn category(text: &str) -> Result<Option<String>, FieldError> {
     Ok(Some(text.to_owned()))
 }
 
+/// The longest an `expiresAt` may lie ahead.
+pub const MAX_EXPIRY_AHEAD_MS: i64 = 366 * 24 * 3600 * 1000;
+
+/// `expiresAt`: ISO 8601 UTC (RFC 3339, `Z` or `+00:00`), after `now` and
+/// at most a year ahead; empty means never. Answers ms since the epoch.
+pub fn expires_at(text: &str, now: i64) -> Result<Option<i64>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bad = |reason: String| FieldError::new("expiresAt", reason);
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            bad(format!(
+                "must be ISO 8601 UTC like 2026-06-20T10:27:34.307Z, got {text:?}"
+            ))
+        })?;
+    if !at.offset().is_utc() {
+        return Err(bad(format!("must be in UTC (Z), got {text:?}")));
+    }
+    let ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| bad("is out of range".into()))?;
+    if ms <= now {
+        return Err(bad(format!("must be in the future, got {text}")));
+    }
+    if ms - now > MAX_EXPIRY_AHEAD_MS {
+        return Err(bad(format!("must be at most a year ahead, got {text}")));
+    }
+    Ok(Some(ms))
+}
+
 /// A list's view; unset means INBOX.
 pub fn view(value: i32) -> Result<View, FieldError> {
     use crate::contract::proto::View as Wire;
@@ -440,6 +470,29 @@ mod tests {
             assert_eq!(category(bad).unwrap_err().field, "category", "{bad:?}");
         }
         assert!(category(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn expiry_is_utc_in_the_future_within_a_year() {
+        let now = 1_750_415_254_307;
+        assert_eq!(expires_at("", now), Ok(None));
+        assert_eq!(
+            expires_at("2025-06-20T10:27:35.307Z", now),
+            Ok(Some(now + 1000))
+        );
+        for bad in [
+            "2025-06-20T10:27:34.307Z",
+            "2025-06-20T12:27:35+02:00",
+            "tomorrow",
+            "2027-06-20T10:27:35Z",
+            "2025-06-20 10:27:35",
+        ] {
+            assert_eq!(
+                expires_at(bad, now).unwrap_err().field,
+                "expiresAt",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -99,26 +99,34 @@ pub struct Membership {
     pub user: User,
 }
 
-/// The fields every create shares, checked in the contract's order.
-fn new_notification(
-    recipient: User,
-    kind: &str,
+/// The fields every create shares, as the request spells them.
+struct CreateFields<'a> {
+    kind: &'a str,
     channel: i32,
-    content: Option<&prost_types::Struct>,
+    content: Option<&'a prost_types::Struct>,
     priority: i32,
-    idempotency_key: &str,
-    category: &str,
-) -> Result<NewNotification, FieldError> {
-    let kind = validate::kind(kind)?;
-    Ok(NewNotification {
-        recipient,
-        channel: validate::channel(channel)?,
-        content: validate::content(content)?,
-        priority: validate::priority(priority)?,
-        idempotency_key: validate::idempotency_key(idempotency_key)?,
-        category: validate::category(category)?.unwrap_or_else(|| default_category(&kind)),
-        kind,
-    })
+    idempotency_key: &'a str,
+    category: &'a str,
+    expires_at: &'a str,
+}
+
+impl CreateFields<'_> {
+    /// Checked in the contract's order, for `recipient`.
+    fn check(&self, recipient: User) -> Result<NewNotification, FieldError> {
+        let kind = validate::kind(self.kind)?;
+        Ok(NewNotification {
+            recipient,
+            channel: validate::channel(self.channel)?,
+            content: validate::content(self.content)?,
+            priority: validate::priority(self.priority)?,
+            idempotency_key: validate::idempotency_key(self.idempotency_key)?,
+            category: validate::category(self.category)?.unwrap_or_else(|| default_category(&kind)),
+            expires_at: validate::expires_at(self.expires_at, notify_store::now_millis())?,
+            collapse_key: None,
+            actions: Vec::new(),
+            kind,
+        })
+    }
 }
 
 impl TryFrom<&proto::CreateNotificationRequest> for Create {
@@ -126,17 +134,17 @@ impl TryFrom<&proto::CreateNotificationRequest> for Create {
 
     fn try_from(request: &proto::CreateNotificationRequest) -> Result<Create, FieldError> {
         let recipient = validate::recipient(request.vendor_id, request.customer_id)?;
-        let notification = new_notification(
-            recipient,
-            &request.r#type,
-            request.channel,
-            request.content.as_ref(),
-            request.priority,
-            &request.idempotency_key,
-            &request.category,
-        )?;
+        let fields = CreateFields {
+            kind: &request.r#type,
+            channel: request.channel,
+            content: request.content.as_ref(),
+            priority: request.priority,
+            idempotency_key: &request.idempotency_key,
+            category: &request.category,
+            expires_at: &request.expires_at,
+        };
         Ok(Create {
-            notifications: vec![notification],
+            notifications: vec![fields.check(recipient)?],
         })
     }
 }
@@ -152,16 +160,17 @@ impl TryFrom<&proto::CreateNotificationsRequest> for Create {
                 .iter()
                 .map(|r| (r.vendor_id, r.customer_id)),
         )?;
+        let fields = CreateFields {
+            kind: &request.r#type,
+            channel: request.channel,
+            content: request.content.as_ref(),
+            priority: request.priority,
+            idempotency_key: &request.idempotency_key,
+            category: &request.category,
+            expires_at: &request.expires_at,
+        };
         // The recipient is filled in per entry below.
-        let template = new_notification(
-            User::vendor(1),
-            &request.r#type,
-            request.channel,
-            request.content.as_ref(),
-            request.priority,
-            &request.idempotency_key,
-            &request.category,
-        )?;
+        let template = fields.check(User::vendor(1))?;
         Ok(Create {
             notifications: recipients
                 .into_iter()
@@ -231,6 +240,14 @@ impl TryFrom<&proto::ArchiveNotificationsRequest> for Archive {
             ids: validate::ids(&request.ids)?,
             archived: request.archived.unwrap_or(true),
         })
+    }
+}
+
+impl TryFrom<&proto::EraseUserRequest> for User {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::EraseUserRequest) -> Result<User, FieldError> {
+        validate::recipient(request.vendor_id, request.customer_id)
     }
 }
 

@@ -10,6 +10,7 @@
 //! - `stream`: one user's event stream, catch-up then live, as domain events.
 //! - `hub`: in-process fan-out of committed changes to open streams.
 //! - `presence`: who is online here, and telling room peers.
+//! - `sweeps`: expiry and retention in the background.
 
 pub mod command;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod notifications;
 pub mod presence;
 pub mod service;
 pub mod stream;
+pub mod sweeps;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +60,9 @@ pub struct CoreConfig {
     pub presence_ttl: Duration,
     /// Pool settings when the database is PostgreSQL.
     pub postgres: PgOptions,
+    /// READ, archived, replaced and expired notifications older than this
+    /// are deleted.
+    pub retention: Duration,
 }
 
 /// The shortest `--presence-ttl`: entries are refreshed three times per TTL,
@@ -72,6 +77,12 @@ impl CoreConfig {
                 "--presence-ttl must be at least {}, got {}",
                 humantime::format_duration(MIN_PRESENCE_TTL),
                 humantime::format_duration(self.presence_ttl)
+            );
+        }
+        if self.retention < Duration::from_secs(1) {
+            bail!(
+                "--retention must be at least 1s, got {}",
+                humantime::format_duration(self.retention)
             );
         }
         Ok(())
@@ -130,6 +141,7 @@ pub async fn run(
         config.presence_ttl,
         token.clone(),
     );
+    sweeps::start(store.clone(), config.retention, token.clone());
     let core = Arc::new(Notifications::new(store, hub, presence, token.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();

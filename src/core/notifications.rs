@@ -130,6 +130,14 @@ impl Notifications {
             .await?)
     }
 
+    /// Deletes everything stored of the user (a data-protection erasure);
+    /// answers how many notifications went.
+    pub async fn erase_user(&self, user: User) -> Result<u64, CoreError> {
+        let deleted = self.store.erase_user(user).await?;
+        tracing::info!(%user, deleted, "user erased");
+        Ok(deleted)
+    }
+
     /// Marks each user's delivered ids DELIVERED; answers how many moved.
     /// The users' marks run side by side, so the store's group commit folds
     /// them into one transaction.

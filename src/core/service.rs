@@ -176,6 +176,18 @@ impl NotificationService for Api {
         }))
     }
 
+    async fn erase_user(
+        &self,
+        request: Request<proto::EraseUserRequest>,
+    ) -> Reply<proto::EraseUserResponse> {
+        let _timer = Timer::start("EraseUser");
+        let user: notify_store::User = command(request.get_ref())?;
+        let deleted = self.core.erase_user(user).await.map_err(status)?;
+        Ok(Response::new(proto::EraseUserResponse {
+            deleted: deleted as i64,
+        }))
+    }
+
     async fn archive_notifications(
         &self,
         request: Request<proto::ArchiveNotificationsRequest>,
@@ -280,6 +292,7 @@ fn user_event(item: StreamEvent) -> proto::UserEvent {
             status: update.status.map_or(0, |s| s.code() as i32),
             updated_at: notify_store::format_millis(updated_at),
             archived: update.archived,
+            expired: update.expired,
         }),
         Event::PeerOnline(user) => Proto::UserOnline(convert::presence_change(user, None)),
         Event::PeerOffline { user, last_seen_at } => {

@@ -303,6 +303,11 @@ impl<'a> Stream<'a> {
                 }
                 self.last_seq = notification.seq;
                 self.last_id = Some(notification.id.clone());
+                // An expired one is never delivered (its seq is passed all
+                // the same).
+                if notification.expired(notify_store::now_millis()) {
+                    continue;
+                }
                 self.hold(Event::Notification(Arc::new(notification)))
                     .await?;
             }
@@ -383,8 +388,21 @@ impl<'a> Stream<'a> {
                     by_category,
                     version,
                 };
-                self.send_event(Event::Notification(notification), Some(count))
-                    .await
+                // Past its expiry before it got here: never delivered, but
+                // the count (which still has it until the sweep) goes on.
+                let event = if notification.expired(notify_store::now_millis()) {
+                    Event::Updated {
+                        ids: vec![notification.id.clone()],
+                        update: Update {
+                            expired: Some(true),
+                            ..Update::default()
+                        },
+                        updated_at: notification.updated_at,
+                    }
+                } else {
+                    Event::Notification(notification)
+                };
+                self.send_event(event, Some(count)).await
             }
             HubEvent::Updated {
                 ids,
@@ -501,6 +519,10 @@ impl<'a> Stream<'a> {
         let now = Update {
             status: Some(notification.status),
             archived: Some(notification.archived_at.is_some()),
+            expired: notification
+                .expired(notify_store::now_millis())
+                .then_some(true),
+            ..Update::default()
         };
         if let Some(StreamEvent {
             event:
@@ -631,6 +653,9 @@ mod tests {
                 priority: 0,
                 idempotency_key: None,
                 category: "order".to_owned(),
+                expires_at: None,
+                collapse_key: None,
+                actions: Vec::new(),
             };
             let created = self.core.store.create(vec![new]).await.unwrap();
             Arc::new(created.into_iter().next().unwrap().notification)

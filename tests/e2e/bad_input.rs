@@ -31,7 +31,7 @@ use crate::{simple, to_json, to_struct};
 /// tonic's default limit on a received message.
 const MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
-/// The fourteen RPCs of `notify.v1.NotificationService`.
+/// The fifteen RPCs of `notify.v1.NotificationService`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rpc {
     CreateNotification,
@@ -43,6 +43,7 @@ enum Rpc {
     MarkNotifications,
     MarkAllNotifications,
     ArchiveNotifications,
+    EraseUser,
     RecordDeliveries,
     StreamUserEvents,
     JoinRoom,
@@ -67,6 +68,7 @@ enum Req {
     Mark(proto::MarkNotificationsRequest),
     MarkAll(proto::MarkAllNotificationsRequest),
     Archive(proto::ArchiveNotificationsRequest),
+    Erase(proto::EraseUserRequest),
     Deliveries(proto::RecordDeliveriesRequest),
     Stream(proto::StreamUserEventsRequest),
     Join(proto::RoomRequest),
@@ -87,6 +89,7 @@ impl Req {
             Req::Mark(_) => Rpc::MarkNotifications,
             Req::MarkAll(_) => Rpc::MarkAllNotifications,
             Req::Archive(_) => Rpc::ArchiveNotifications,
+            Req::Erase(_) => Rpc::EraseUser,
             Req::Deliveries(_) => Rpc::RecordDeliveries,
             Req::Stream(_) => Rpc::StreamUserEvents,
             Req::Join(_) => Rpc::JoinRoom,
@@ -107,6 +110,7 @@ impl Req {
             Req::Mark(m) => m.encode_to_vec(),
             Req::MarkAll(m) => m.encode_to_vec(),
             Req::Archive(m) => m.encode_to_vec(),
+            Req::Erase(m) => m.encode_to_vec(),
             Req::Deliveries(m) => m.encode_to_vec(),
             Req::Stream(m) => m.encode_to_vec(),
             Req::Join(m) | Req::Leave(m) => m.encode_to_vec(),
@@ -353,6 +357,42 @@ fn cases(ids: &Ids) -> Vec<Case> {
             "category",
         );
     }
+    for (name, expires_at) in [
+        ("create: expiresAt not a time", "tomorrow"),
+        ("create: expiresAt in the past", "2020-01-01T00:00:00.000Z"),
+        ("create: expiresAt two years ahead", "2099-01-01T00:00:00Z"),
+        ("create: expiresAt not in UTC", "2030-01-01T00:00:00+02:00"),
+        ("create: expiresAt without a zone", "2030-01-01T00:00:00"),
+    ] {
+        t.bad(
+            name,
+            create(|r| r.expires_at = expires_at.to_owned()),
+            "expiresAt",
+        );
+    }
+    t.bad(
+        "bulk: expiresAt in the past",
+        bulk(|r| r.expires_at = "2001-01-01T00:00:00Z".into()),
+        "expiresAt",
+    );
+    let erase = |vendor_id, customer_id| {
+        Req::Erase(proto::EraseUserRequest {
+            vendor_id,
+            customer_id,
+        })
+    };
+    t.bad("erase: no recipient", erase(None, None), "vendorId");
+    t.bad(
+        "erase: two recipients",
+        erase(Some(5), Some(12)),
+        "vendorId",
+    );
+    t.bad("erase: zero vendor", erase(Some(0), None), "vendorId");
+    t.bad(
+        "erase: negative customer",
+        erase(None, Some(-12)),
+        "customerId",
+    );
     t.bad(
         "bulk: bad category",
         bulk(|r| r.category = "Sale!".into()),
@@ -1447,6 +1487,7 @@ fn cases(ids: &Ids) -> Vec<Case> {
         Rpc::MarkNotifications,
         Rpc::MarkAllNotifications,
         Rpc::ArchiveNotifications,
+        Rpc::EraseUser,
         Rpc::RecordDeliveries,
         Rpc::StreamUserEvents,
         Rpc::JoinRoom,
@@ -1463,6 +1504,7 @@ fn cases(ids: &Ids) -> Vec<Case> {
             Rpc::MarkNotifications => ("mark: empty message", "vendorId"),
             Rpc::MarkAllNotifications => ("mark all: empty message", "vendorId"),
             Rpc::ArchiveNotifications => ("archive: empty message", "vendorId"),
+            Rpc::EraseUser => ("erase: empty message", "vendorId"),
             Rpc::RecordDeliveries => ("receipts: empty message", "receipts"),
             Rpc::StreamUserEvents => ("stream: empty message", "vendorId"),
             Rpc::JoinRoom => ("join: empty message", "room"),
@@ -1498,10 +1540,10 @@ fn cases(ids: &Ids) -> Vec<Case> {
         "type",
     );
     t.bad("field number 0", then(create(|_| {}), int(0, 1)), "request");
-    t.bad("wire type 7", then(create(|_| {}), key(9, 7)), "request");
+    t.bad("wire type 7", then(create(|_| {}), key(99, 7)), "request");
     t.bad(
         "a lone end-group tag",
-        then(create(|_| {}), key(9, 4)),
+        then(create(|_| {}), key(99, 4)),
         "request",
     );
     t.bad(
@@ -1927,7 +1969,7 @@ fn the_table_has_at_least_100_refused_cases_and_covers_every_rpc() {
     let names: BTreeSet<_> = cases.iter().map(|c| c.name).collect();
     assert_eq!(names.len(), cases.len(), "case names must be unique");
     let rpcs: BTreeSet<_> = cases.iter().map(|c| c.request.rpc()).collect();
-    assert_eq!(rpcs.len(), 14, "every RPC has cases");
+    assert_eq!(rpcs.len(), 15, "every RPC has cases");
 }
 
 #[test]

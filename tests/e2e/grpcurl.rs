@@ -218,4 +218,16 @@ async fn grpcurl_drives_categories_archive_views_and_mark_all() {
     assert_eq!(rest["updated"], 1);
     let counts = call(&core, "GetUnreadCounts", r#"{"vendorId":7}"#).await;
     assert!(counts.get("count").is_none(), "0 is left out: {counts}");
+
+    let erased = call(&core, "EraseUser", r#"{"vendorId":7}"#).await;
+    assert_eq!(erased["deleted"], "3");
+    let all = call(&core, "ListNotifications", r#"{"vendorId":7,"view":"ALL"}"#).await;
+    assert!(all.get("items").is_none(), "{all}");
+    let after = call(
+        &core,
+        "CreateNotification",
+        r#"{"vendorId":7,"type":"sale:flash","content":{}}"#,
+    )
+    .await;
+    assert_eq!(after["seq"], "4", "the seq goes on after an erasure");
 }

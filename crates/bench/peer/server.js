@@ -113,7 +113,11 @@ function notificationJson(n) {
   const { id, vendorId = null, customerId = null, type, channel, status, priority, createdAt, updatedAt, seq, category } = n;
   const content = fromStruct(n.content);
   const archivedAt = n.archivedAt || null;
-  return { id, vendorId, customerId, type, channel, content, status, priority, createdAt, updatedAt, seq, category, archivedAt };
+  const expiresAt = n.expiresAt || null;
+  return {
+    id, vendorId, customerId, type, channel, content, status, priority, createdAt, updatedAt, seq,
+    category, archivedAt, expiresAt,
+  };
 }
 
 /** One page of the user's unread inbox as the envelope, and its ids. */
@@ -278,6 +282,8 @@ class Feed {
       const data = { ids };
       if (status && status !== "STATUS_UNSPECIFIED") data.status = status;
       if (archived !== undefined && archived !== null) data.archived = archived;
+      const { expired } = event.notificationUpdated;
+      if (expired !== undefined && expired !== null) data.expired = expired;
       data.updatedAt = updatedAt;
       this.emit("notificationUpdated", ok(data));
     } else if (event.event === "userOffline") {

@@ -20,7 +20,7 @@ use crate::object_id::new_object_id;
 /// Where one input's answer comes from.
 enum Slot {
     /// Stored before this commit.
-    Existing(Notification),
+    Existing(Box<Notification>),
     /// The n-th fresh row.
     Fresh(usize),
     /// The same key as the n-th fresh row, earlier in this commit.
@@ -63,7 +63,7 @@ impl<'a> Plan<'a> {
                             Slot::SameAs(index)
                         } else if let Some(existing) = stored.get(&(new.recipient, key.to_owned()))
                         {
-                            Slot::Existing(existing.clone())
+                            Slot::Existing(Box::new(existing.clone()))
                         } else {
                             seen.insert((new.recipient, key), fresh.len());
                             fresh.push(new);
@@ -137,6 +137,12 @@ impl<'a> Plan<'a> {
                         version: state.version,
                         category: new.category.clone(),
                         archived_at: None,
+                        expires_at: new.expires_at,
+                        collapse_key: new.collapse_key.clone(),
+                        replaces: None,
+                        replaced_by: None,
+                        actions: new.actions.clone(),
+                        action_taken: None,
                     },
                     unread: state.unread,
                     by_category: categories.clone(),
@@ -154,7 +160,7 @@ impl<'a> Plan<'a> {
                     .into_iter()
                     .map(|slot| match slot {
                         Slot::Existing(notification) => Created {
-                            notification,
+                            notification: *notification,
                             fresh: false,
                         },
                         Slot::Fresh(index) => Created {
@@ -186,6 +192,9 @@ mod tests {
             priority: 0,
             idempotency_key: key.map(str::to_owned),
             category: "order".to_owned(),
+            expires_at: None,
+            collapse_key: None,
+            actions: Vec::new(),
         }
     }
 

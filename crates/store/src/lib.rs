@@ -30,9 +30,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use model::{
-    ByCategory, Change, ChangePosition, ChangedPage, Channel, Created, ListQuery, MarkOutcome,
-    NewNotification, Notification, OfflinePage, PageStart, Role, RoomMember, Status, UnreadCounts,
-    Update, User, UserState, View, default_category, format_millis, is_category, now_millis,
+    Action, ActionTaken, ByCategory, Change, ChangePosition, ChangedPage, Channel, Created,
+    ListQuery, MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, Role,
+    RoomMember, Status, UnreadCounts, Update, User, UserState, View, default_category,
+    format_millis, is_category, now_millis,
 };
 pub use object_id::{new_object_id, parse_object_id};
 pub use peers::PeerView;
@@ -164,6 +165,22 @@ pub trait Store: Send + Sync + 'static {
         category: Option<String>,
         up_to_seq: Option<i64>,
     ) -> Result<MarkOutcome, StoreError>;
+
+    /// Expires up to `limit` notifications whose `expires_at` has passed
+    /// (by the due-time index, oldest due first): each leaves every list
+    /// and count, as one change of its user. Answers how many expired.
+    async fn expire_due(&self, limit: u32) -> Result<usize, StoreError>;
+
+    /// Deletes up to `limit` notifications created before `before` (ms
+    /// since the epoch) that are not unread in an inbox: READ, archived,
+    /// replaced or expired. Answers how many were deleted.
+    async fn delete_old(&self, before: i64, limit: u32) -> Result<usize, StoreError>;
+
+    /// Deletes every notification, room membership and presence entry of
+    /// the user (a data-protection erasure). The user's counters stay, so
+    /// later notifications continue the seq and never reuse one. Answers
+    /// how many notifications were deleted.
+    async fn erase_user(&self, user: User) -> Result<u64, StoreError>;
 
     /// Adds the user to the room (no-op if already there).
     async fn join_room(&self, room: &str, user: User) -> Result<(), StoreError>;

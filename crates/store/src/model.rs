@@ -130,7 +130,10 @@ impl Channel {
 
 /// Delivery state. It only moves forward, so a late DELIVERED receipt never
 /// turns a READ notification back into an unread one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     /// Accepted but not yet handed out (reserved for scheduled sends).
     Pending,
@@ -206,6 +209,47 @@ pub struct Notification {
     /// When it was archived (ms since the epoch); archived ones leave the
     /// inbox and its counts, whatever their status.
     pub archived_at: Option<i64>,
+    /// When it expires (ms since the epoch): from then on it is listed
+    /// nowhere, counted nowhere and never delivered.
+    pub expires_at: Option<i64>,
+    /// A newer notification with this key replaces this one while unread.
+    pub collapse_key: Option<String>,
+    /// The id of the unread one this one replaced.
+    pub replaces: Option<String>,
+    /// The id of the one that replaced this one.
+    pub replaced_by: Option<String>,
+    /// Up to three buttons.
+    pub actions: Vec<Action>,
+    /// The action taken, once one was.
+    pub action_taken: Option<ActionTaken>,
+}
+
+impl Notification {
+    /// Whether it has expired by `now` (ms since the epoch).
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// A button of a notification: `{"id":"accept","label":"Accept order","url":"…"}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Action {
+    /// 1-32 characters, unique within the notification.
+    pub id: String,
+    /// 1-64 characters.
+    pub label: String,
+    /// An absolute `https:` or `http:` URL to open, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Which action was taken, and when.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActionTaken {
+    /// The action's id.
+    pub id: String,
+    /// When (ms since the epoch).
+    pub at: i64,
 }
 
 /// A notification to be created.
@@ -226,6 +270,12 @@ pub struct NewNotification {
     /// The inbox tab: 1-64 of `[a-z0-9_-]` (the caller's, or
     /// [`default_category`] of the kind).
     pub category: String,
+    /// When it expires (ms since the epoch), if ever.
+    pub expires_at: Option<i64>,
+    /// Replaces the recipient's unread notification with this key.
+    pub collapse_key: Option<String>,
+    /// Up to three buttons.
+    pub actions: Vec<Action>,
 }
 
 /// The category a notification of `kind` gets when its creator names
@@ -295,12 +345,23 @@ pub struct UnreadCounts {
 /// What a change did to the notifications it names: the fields set are
 /// the ones that changed (a catch-up, which reads rows as they are now,
 /// sets every field).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Update {
     /// The status they moved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
     /// Archived (true) or brought back (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived: Option<bool>,
+    /// Expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<bool>,
+    /// Replaced by this notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+    /// This action was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_taken: Option<ActionTaken>,
 }
 
 impl Update {

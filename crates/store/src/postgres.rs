@@ -128,6 +128,22 @@ const MARK_ALL_CATEGORY: &str = "UPDATE notifications SET status = $1, updated_a
      version = $3, shelf = CASE WHEN $1::bigint = 4 THEN 2 ELSE shelf END \
      WHERE recipient_role = $4 AND recipient_id = $5 AND category = $8 AND shelf = $7 \
      AND seq <= $6 AND status < $1 RETURNING id";
+/// Due notifications not yet gone, oldest due first: `notifications_expiry`.
+const DUE: &str = "SELECT recipient_role, recipient_id, id FROM notifications \
+     WHERE expires_at <= $1 AND shelf > 0 ORDER BY expires_at LIMIT $2";
+/// Takes the named rows off every shelf, unless another core's sweep did
+/// (they were due when found, and time only moves on): `notifications_pkey`.
+const EXPIRE: &str = "UPDATE notifications SET shelf = 0, updated_at = $1, version = $2 \
+     WHERE id = ANY($3) AND shelf > 0 RETURNING id";
+/// Old notifications that are not unread: `notifications_retention`.
+const OLD: &str = "SELECT recipient_role, recipient_id, id FROM notifications \
+     WHERE shelf <> 1 AND created_at < $1 ORDER BY created_at LIMIT $2";
+/// Deletes the named rows if still old and not unread: `notifications_pkey`.
+const DELETE_OLD: &str =
+    "DELETE FROM notifications WHERE id = ANY($1) AND shelf <> 1 AND created_at < $2";
+/// Every notification of a user: `notifications_recipient_seq`.
+const ERASE_NOTIFICATIONS: &str =
+    "DELETE FROM notifications WHERE recipient_role = $1 AND recipient_id = $2";
 /// A user's counters, locked for a change of their notifications: `users_pkey`.
 const LOCK_USER: &str = "SELECT unread, version FROM users WHERE role = $1 AND id = $2 FOR UPDATE";
 /// Several users' counters, locked in order: `users_pkey`.
@@ -214,10 +230,7 @@ enum Notice {
     Marked {
         role: i64,
         user: i64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        status: Option<i64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        archived: Option<bool>,
+        update: Update,
         at: i64,
         unread: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -366,12 +379,10 @@ impl PgStore {
         } else {
             None
         };
-        let update = change.update();
         let notice = Notice::Marked {
             role: user.role.code(),
             user: user.id,
-            status: update.status.map(Status::code),
-            archived: update.archived,
+            update: change.update(),
             at: now,
             unread,
             by_category: by_category.clone(),
@@ -525,8 +536,7 @@ async fn publish_batch(
             Notice::Marked {
                 role,
                 user: id,
-                status,
-                archived,
+                update,
                 at,
                 unread,
                 by_category,
@@ -535,10 +545,6 @@ async fn publish_batch(
             } => {
                 let Some(ids) = ids.or_else(|| marked_ids.remove(&(role, id, version))) else {
                     continue;
-                };
-                let update = Update {
-                    status: status.and_then(Status::from_code),
-                    archived,
                 };
                 sink.publish(Change::Updated {
                     user,
@@ -634,7 +640,7 @@ async fn stored_keys(
         .await?;
     for row in &rows {
         let notification = decode(row)?;
-        let key: String = row.try_get(14)?;
+        let key: String = row.try_get(21)?;
         stored.insert((notification.recipient, key), notification);
     }
     Ok(stored)
@@ -655,10 +661,11 @@ async fn insert_rows(
     sqlx::query(
         "INSERT INTO notifications (id, recipient_role, recipient_id, seq, type, channel, \
          content, status, priority, created_at, updated_at, version, idempotency_key, \
-         category) \
+         category, expires_at, collapse_key, replaces, actions) \
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
          $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::int[], $10::bigint[], \
-         $11::bigint[], $12::bigint[], $13::text[], $14::text[])",
+         $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[], \
+         $17::text[], $18::text[])",
     )
     .bind(text(|n| &n.id))
     .bind(column(|n| n.recipient.role.code()))
@@ -683,6 +690,26 @@ async fn insert_rows(
             .collect::<Vec<_>>(),
     )
     .bind(text(|n| &n.category))
+    .bind(
+        rows.iter()
+            .map(|r| r.notification.expires_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.notification.collapse_key.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.notification.replaces.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| crate::sqlite::actions_json(&r.notification.actions))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -708,6 +735,18 @@ async fn save_counters(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Rows of (role, user id, notification id), grouped by user.
+fn by_user(rows: &[sqlx::postgres::PgRow]) -> Result<HashMap<User, Vec<String>>, sqlx::Error> {
+    let mut grouped: HashMap<User, Vec<String>> = HashMap::new();
+    for row in rows {
+        grouped
+            .entry(decode_user(row)?)
+            .or_default()
+            .push(row.try_get(2)?);
+    }
+    Ok(grouped)
 }
 
 /// Each (locked) user's unread count by category.
@@ -739,6 +778,8 @@ enum RowChange<'a> {
     Archive(&'a [String], bool),
     /// The unread inbox (of a category, up to a seq) moved to a status.
     MarkAll(Status, Option<&'a str>, Option<i64>),
+    /// Named rows, due by now, taken off every shelf.
+    Expire(&'a [String]),
 }
 
 impl RowChange<'_> {
@@ -747,6 +788,10 @@ impl RowChange<'_> {
             RowChange::Mark(_, status) | RowChange::MarkAll(status, ..) => Update::status(*status),
             RowChange::Archive(_, archived) => Update {
                 archived: Some(*archived),
+                ..Update::default()
+            },
+            RowChange::Expire(_) => Update {
+                expired: Some(true),
                 ..Update::default()
             },
         }
@@ -836,6 +881,14 @@ impl RowChange<'_> {
                     None => query,
                 };
                 query.fetch_all(&mut **tx).await
+            }
+            RowChange::Expire(ids) => {
+                sqlx::query_scalar(EXPIRE)
+                    .bind(now)
+                    .bind(version)
+                    .bind(ids)
+                    .fetch_all(&mut **tx)
+                    .await
             }
         }
     }
@@ -989,6 +1042,76 @@ impl Store for PgStore {
     ) -> Result<MarkOutcome, StoreError> {
         let change = RowChange::MarkAll(status, category.as_deref(), up_to_seq);
         self.change_rows(user, change).await
+    }
+
+    /// Per user, under the user's lock (several cores may sweep at once:
+    /// the rows are checked again there, so each expires once).
+    async fn expire_due(&self, limit: u32) -> Result<usize, StoreError> {
+        let due = sqlx::query(DUE)
+            .bind(now_millis())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let found = due.len();
+        for (user, ids) in by_user(&due)? {
+            self.change_rows(user, RowChange::Expire(&ids)).await?;
+        }
+        Ok(found)
+    }
+
+    /// Under the owners' locks, taken in order like a create's, so a sweep
+    /// and a create never wait for each other in a circle.
+    async fn delete_old(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
+        let old = sqlx::query(OLD)
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let owners: Vec<User> = by_user(&old)?.into_keys().collect();
+        let ids: Vec<String> = old
+            .iter()
+            .map(|row| row.try_get(2))
+            .collect::<Result<_, _>>()?;
+        let mut tx = self.pool.begin().await?;
+        lock_users(&mut tx, &owners).await?;
+        let deleted = sqlx::query(DELETE_OLD)
+            .bind(&ids)
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted as usize)
+    }
+
+    async fn erase_user(&self, user: User) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_users(&mut tx, &[user]).await?;
+        let deleted = sqlx::query(ERASE_NOTIFICATIONS)
+            .bind(user.role.code())
+            .bind(user.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for sql in [
+            "DELETE FROM inbox_counts WHERE role = $1 AND user_id = $2",
+            "DELETE FROM room_members WHERE role = $1 AND user_id = $2",
+            "DELETE FROM presence WHERE role = $1 AND user_id = $2",
+            // A change of the user's notifications: streams that hear of a
+            // later one read back what is left.
+            "UPDATE users SET version = version + 1 WHERE role = $1 AND id = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(user.role.code())
+                .bind(user.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn join_room(&self, room: &str, user: User) -> Result<(), StoreError> {
@@ -1188,6 +1311,15 @@ mod plans {
             &["notifications_category"],
         ),
         ("VIEW_TOTALS", VIEW_TOTALS, &["inbox_counts_pkey"]),
+        ("DUE", DUE, &["notifications_expiry"]),
+        ("EXPIRE", EXPIRE, &["notifications_pkey"]),
+        ("OLD", OLD, &["notifications_retention"]),
+        ("DELETE_OLD", DELETE_OLD, &["notifications_pkey"]),
+        (
+            "ERASE_NOTIFICATIONS",
+            ERASE_NOTIFICATIONS,
+            &["notifications_recipient_seq|notifications_shelf|notifications_changes"],
+        ),
         ("BY_CATEGORY", BY_CATEGORY, &["inbox_counts_pkey"]),
         (
             "USERS_BY_CATEGORY",
@@ -1296,6 +1428,9 @@ mod plans {
                     priority: 1,
                     idempotency_key: Some(new_object_id()),
                     category: category.into(),
+                    expires_at: None,
+                    collapse_key: None,
+                    actions: Vec::new(),
                 })
                 .collect();
             store.create(batch).await.unwrap();

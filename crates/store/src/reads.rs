@@ -7,15 +7,17 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use crate::StoreError;
 use crate::model::{
-    ByCategory, ChangePosition, ChangedPage, Channel, ListQuery, Notification, OfflinePage,
-    PageStart, Role, RoomMember, Status, UnreadCounts, User, UserState, View, page_offset,
+    ActionTaken, ByCategory, ChangePosition, ChangedPage, Channel, ListQuery, Notification,
+    OfflinePage, PageStart, Role, RoomMember, Status, UnreadCounts, User, UserState, View,
+    now_millis, page_offset,
 };
 
 /// A notification's columns, in the order [`decode`] reads them.
 macro_rules! columns {
     () => {
         "id, recipient_role, recipient_id, seq, type, channel, content, status, \
-         priority, created_at, updated_at, version, category, archived_at"
+         priority, created_at, updated_at, version, category, archived_at, expires_at, \
+         collapse_key, replaces, replaced_by, actions, action_id, action_at"
     };
 }
 pub(crate) use columns;
@@ -264,8 +266,13 @@ where
             }
         };
         tx.commit().await?;
+        // One past its expiry that the sweep has not reached yet (it runs
+        // a few times a second) is listed nowhere already.
+        let now = now_millis();
+        let mut items = decode_all(&rows)?;
+        items.retain(|n| !n.expired(now));
         Ok(OfflinePage {
-            items: decode_all(&rows)?,
+            items,
             total,
             last_seq: state.last_seq,
             version: state.version,
@@ -499,6 +506,19 @@ where
         version: row.try_get(11)?,
         category: row.try_get(12)?,
         archived_at: row.try_get(13)?,
+        expires_at: row.try_get(14)?,
+        collapse_key: row.try_get(15)?,
+        replaces: row.try_get(16)?,
+        replaced_by: row.try_get(17)?,
+        actions: match row.try_get::<Option<String>, _>(18)? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| sqlx::Error::Decode(format!("stored actions: {e}").into()))?,
+            None => Vec::new(),
+        },
+        action_taken: match (row.try_get::<Option<String>, _>(19)?, row.try_get(20)?) {
+            (Some(id), Some(at)) => Some(ActionTaken { id, at }),
+            _ => None,
+        },
     })
 }
 

@@ -242,12 +242,23 @@ enum WriteOp {
         ttl_ms: i64,
     },
     ExpirePresence,
+    ExpireDue {
+        limit: u32,
+    },
+    DeleteOld {
+        before: i64,
+        limit: u32,
+    },
+    Erase {
+        user: User,
+    },
 }
 
 enum Outcome {
     Created(Vec<Created>),
     Marked(MarkOutcome),
     Refreshed(Vec<User>),
+    Counted(u64),
     Done,
 }
 
@@ -499,6 +510,22 @@ async fn apply(
                 expire_presence(&mut tx, now, &mut changes).await?;
                 outcomes.push(Outcome::Done);
             }
+            WriteOp::ExpireDue { limit } => {
+                let expired = expire_due(&mut tx, *limit, now, &mut changes).await?;
+                outcomes.push(Outcome::Counted(expired));
+            }
+            WriteOp::DeleteOld { before, limit } => {
+                let deleted = sqlx::query(DELETE_OLD)
+                    .bind(before)
+                    .bind(i64::from(*limit))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                outcomes.push(Outcome::Counted(deleted));
+            }
+            WriteOp::Erase { user } => {
+                outcomes.push(Outcome::Counted(erase(&mut tx, *user).await?));
+            }
         }
         index += 1;
     }
@@ -616,8 +643,8 @@ async fn reserve_seqs(
     Ok(before)
 }
 
-/// Inserts the numbered rows, 1,000 per statement (15 parameters a row
-/// stays well under SQLite's 32,766).
+/// Inserts the numbered rows, 1,000 per statement (22 parameters a row
+/// stays under SQLite's 32,766).
 async fn insert_rows(
     tx: &mut Transaction<'_, Sqlite>,
     rows: &[Numbered],
@@ -644,6 +671,13 @@ async fn insert_rows(
                 .push_bind(row.version)
                 .push_bind(row.category.clone())
                 .push_bind(row.archived_at)
+                .push_bind(row.expires_at)
+                .push_bind(row.collapse_key.clone())
+                .push_bind(row.replaces.clone())
+                .push_bind(row.replaced_by.clone())
+                .push_bind(actions_json(&row.actions))
+                .push_bind(None::<String>)
+                .push_bind(None::<i64>)
                 .push_bind(new.idempotency_key.clone());
         });
         insert.build().execute(&mut **tx).await?;
@@ -718,6 +752,31 @@ const MARK_ALL_CATEGORY: &str = "UPDATE notifications INDEXED BY notifications_c
      WHERE recipient_role = $4 AND recipient_id = $5 AND category = $8 AND shelf = $7 \
      AND seq <= $6 AND status < $1 RETURNING id";
 
+/// Due notifications not yet gone, oldest due first: `notifications_expiry`.
+const DUE: &str = "SELECT id, recipient_role, recipient_id FROM notifications \
+     INDEXED BY notifications_expiry WHERE expires_at <= $1 AND shelf > 0 \
+     ORDER BY expires_at LIMIT $2";
+
+/// Takes rows already checked off every shelf (expired), each at its
+/// owner's next version as in [`SET_STATUS`].
+const SET_GONE: &str = concat!(
+    "UPDATE ",
+    by_id!(),
+    " SET shelf = 0, updated_at = $1, \
+     version = (SELECT u.version + 1 FROM users u \
+                WHERE u.role = notifications.recipient_role AND u.id = notifications.recipient_id) \
+     WHERE id IN (SELECT value FROM json_each($2))"
+);
+
+/// Old notifications that are not unread: `notifications_retention`.
+const DELETE_OLD: &str = "DELETE FROM notifications WHERE id IN \
+     (SELECT id FROM notifications INDEXED BY notifications_retention \
+      WHERE shelf <> 1 AND created_at < $1 ORDER BY created_at LIMIT $2)";
+
+/// Every notification of a user: `notifications_recipient_seq`.
+const ERASE_NOTIFICATIONS: &str = "DELETE FROM notifications \
+     INDEXED BY notifications_recipient_seq WHERE recipient_role = $1 AND recipient_id = $2";
+
 /// One user's counters after a change of their notifications: the next
 /// version, and the unread count the triggers left.
 const SETTLE_MARK: &str = "UPDATE users SET version = version + 1 \
@@ -727,6 +786,12 @@ const SETTLE_MARK: &str = "UPDATE users SET version = version + 1 \
 const BUMP_VERSIONS: &str = "UPDATE users SET version = version + 1 \
      WHERE (role, id) IN (SELECT value ->> 0, value ->> 1 FROM json_each($1)) \
      RETURNING role, id, unread, version";
+
+/// The actions as stored: a JSON array, or null for none.
+pub(crate) fn actions_json(actions: &[crate::model::Action]) -> Option<String> {
+    (!actions.is_empty())
+        .then(|| serde_json::to_string(actions).expect("actions are plain strings"))
+}
 
 /// A list as one JSON array parameter: one statement text whatever its
 /// length (one cached plan, no limit on bound parameters).
@@ -951,6 +1016,70 @@ async fn mark_all(
     settle(tx, user, updated, now).await
 }
 
+/// Expires up to `limit` due notifications: per user, one change at the
+/// user's next version.
+async fn expire_due(
+    tx: &mut Transaction<'_, Sqlite>,
+    limit: u32,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> Result<u64, sqlx::Error> {
+    let due: Vec<(String, i64, i64)> = sqlx::query_as(DUE)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut by_user: HashMap<User, Vec<String>> = HashMap::new();
+    for (id, role, user_id) in &due {
+        let role = crate::model::Role::from_code(*role)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role}").into()))?;
+        by_user
+            .entry(User { role, id: *user_id })
+            .or_default()
+            .push(id.clone());
+    }
+    let update = Update {
+        expired: Some(true),
+        ..Update::default()
+    };
+    for (user, ids) in by_user {
+        sqlx::query(SET_GONE)
+            .bind(now)
+            .bind(json_array(&ids))
+            .execute(&mut **tx)
+            .await?;
+        let outcome = settle(tx, user, ids, now).await?;
+        changes.extend(updated(user, &outcome, update.clone()));
+    }
+    Ok(due.len() as u64)
+}
+
+/// Deletes the user's notifications (the triggers take them out of the
+/// counts), rooms and presence entries; the counters stay, so seqs go on.
+async fn erase(tx: &mut Transaction<'_, Sqlite>, user: User) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(ERASE_NOTIFICATIONS)
+        .bind(user.role.code())
+        .bind(user.id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    for sql in [
+        "DELETE FROM inbox_counts WHERE role = $1 AND user_id = $2",
+        "DELETE FROM room_members INDEXED BY room_members_user WHERE role = $1 AND user_id = $2",
+        "DELETE FROM presence INDEXED BY presence_user WHERE role = $1 AND user_id = $2",
+        // A change of the user's notifications: streams that hear of a
+        // later one read back what is left.
+        "UPDATE users SET version = version + 1 WHERE role = $1 AND id = $2",
+    ] {
+        sqlx::query(sql)
+            .bind(user.role.code())
+            .bind(user.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(deleted)
+}
+
 /// What a change that changed nothing answers.
 fn unchanged(now: i64) -> MarkOutcome {
     MarkOutcome {
@@ -1088,6 +1217,7 @@ fn unexpected(outcome: Outcome) -> StoreError {
         Outcome::Created(_) => "created",
         Outcome::Marked(_) => "marked",
         Outcome::Refreshed(_) => "refreshed",
+        Outcome::Counted(_) => "counted",
         Outcome::Done => "done",
     };
     StoreError::Corrupt(format!("writer answered `{what}` to another request"))
@@ -1196,6 +1326,27 @@ impl Store for SqliteStore {
         };
         match self.write(op).await? {
             Outcome::Marked(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn expire_due(&self, limit: u32) -> Result<usize, StoreError> {
+        match self.write(WriteOp::ExpireDue { limit }).await? {
+            Outcome::Counted(n) => Ok(n as usize),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_old(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
+        match self.write(WriteOp::DeleteOld { before, limit }).await? {
+            Outcome::Counted(n) => Ok(n as usize),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn erase_user(&self, user: User) -> Result<u64, StoreError> {
+        match self.write(WriteOp::Erase { user }).await? {
+            Outcome::Counted(n) => Ok(n),
             other => Err(unexpected(other)),
         }
     }
@@ -1379,6 +1530,34 @@ mod plans {
             ],
         ),
         (
+            "DUE",
+            DUE,
+            &["SEARCH notifications USING INDEX notifications_expiry (expires_at<?)"],
+        ),
+        (
+            "SET_GONE",
+            SET_GONE,
+            &[
+                "SEARCH notifications USING COVERING INDEX sqlite_autoindex_notifications_1 (id=?)",
+                "SEARCH u USING PRIMARY KEY (role=? AND id=?)",
+            ],
+        ),
+        (
+            "DELETE_OLD",
+            DELETE_OLD,
+            &[
+                "SEARCH notifications USING COVERING INDEX sqlite_autoindex_notifications_1 (id=?)",
+                "SEARCH notifications USING INDEX notifications_retention (created_at<?)",
+            ],
+        ),
+        (
+            "ERASE_NOTIFICATIONS",
+            ERASE_NOTIFICATIONS,
+            &[
+                "SEARCH notifications USING COVERING INDEX notifications_recipient_seq (recipient_role=? AND recipient_id=?)",
+            ],
+        ),
+        (
             "VIEW_TOTALS",
             VIEW_TOTALS,
             &["SEARCH inbox_counts USING PRIMARY KEY (role=? AND user_id=?)"],
@@ -1512,6 +1691,9 @@ mod plans {
                     priority: 1,
                     idempotency_key: Some(new_object_id() + &n.to_string()),
                     category: "order".into(),
+                    expires_at: None,
+                    collapse_key: None,
+                    actions: Vec::new(),
                 })
                 .collect();
             store.create(batch).await.unwrap();

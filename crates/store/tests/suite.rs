@@ -119,6 +119,9 @@ fn new(user: User, n: i64) -> NewNotification {
         priority: 1,
         idempotency_key: None,
         category: "order".into(),
+        expires_at: None,
+        collapse_key: None,
+        actions: Vec::new(),
     }
 }
 
@@ -160,6 +163,9 @@ suite!(
     counts_by_category_stay_exact_under_every_change,
     archived_ones_leave_the_inbox_and_come_back,
     mark_all_is_one_change_up_to_a_seq_and_of_a_category,
+    expired_ones_leave_every_list_and_count_once,
+    retention_deletes_only_what_is_not_unread,
+    erasure_deletes_everything_and_seqs_go_on,
 );
 
 async fn seqs_are_gapless_under_concurrency(b: Backend) {
@@ -1107,4 +1113,158 @@ async fn mark_all_is_one_change_up_to_a_seq_and_of_a_category(b: Backend) {
         "archived ones are not in the inbox mark-all covers"
     );
     assert_counts_match_lists(&b, user, &["order", "product"]).await;
+}
+
+/// Past its `expiresAt` a notification leaves every list and count, in one
+/// change of its user that says `expired`; a read racing the expiry keeps
+/// the counts exact; a second sweep finds nothing.
+async fn expired_ones_leave_every_list_and_count_once(b: Backend) {
+    let user = User::customer(34);
+    let soon = notify_store::now_millis() + 300;
+    let mut batch: Vec<NewNotification> = (0..3)
+        .map(|n| NewNotification {
+            expires_at: Some(soon),
+            ..in_category(user, n, "sale")
+        })
+        .collect();
+    batch.push(in_category(user, 3, "order"));
+    let created = b.store.create(batch).await.unwrap();
+    let ids: Vec<String> = created.iter().map(|c| c.notification.id.clone()).collect();
+    assert_eq!(created[0].notification.expires_at, Some(soon));
+    // One read, one archived before they expire.
+    b.store
+        .mark(user, vec![ids[0].clone()], Status::Read)
+        .await
+        .unwrap();
+    b.store
+        .archive(user, vec![ids[1].clone()], true)
+        .await
+        .unwrap();
+    assert_eq!(b.store.expire_due(100).await.unwrap(), 0, "none due yet");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.store.expire_due(100).await.unwrap(), 3);
+    assert_eq!(b.store.expire_due(100).await.unwrap(), 0, "once");
+    let counts = b.store.unread_counts(user).await.unwrap();
+    assert_eq!(
+        (counts.unread, counts.by_category),
+        (1, by_category(&[("order", 1)]))
+    );
+    for view in [View::Inbox, View::Archived, View::All] {
+        let listed = listed(&b, user, view, None).await;
+        assert!(
+            listed.iter().all(|id| !ids[..3].contains(id)),
+            "{view:?} lists no expired one"
+        );
+    }
+    assert_counts_match_lists(&b, user, &["sale", "order"]).await;
+    let expired = b
+        .changes
+        .wait_for(1, |c| match c {
+            Change::Updated {
+                update,
+                ids,
+                unread,
+                ..
+            } if update.expired == Some(true) => Some((ids.len(), *unread)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(expired, vec![(3, 1)], "one change for the user");
+    // A read of an expired one changes its status and no count.
+    let late = b
+        .store
+        .mark(user, vec![ids[2].clone()], Status::Read)
+        .await
+        .unwrap();
+    assert_eq!(late.unread, 1);
+    assert_counts_match_lists(&b, user, &["sale", "order"]).await;
+}
+
+/// Retention deletes old READ, archived and expired notifications, never an
+/// unread one, and the counts of the views follow.
+async fn retention_deletes_only_what_is_not_unread(b: Backend) {
+    let user = User::vendor(35);
+    let ids: Vec<String> = b
+        .store
+        .create((0..4).map(|n| in_category(user, n, "order")).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.notification.id)
+        .collect();
+    b.store
+        .mark(user, vec![ids[0].clone()], Status::Read)
+        .await
+        .unwrap();
+    b.store
+        .archive(user, vec![ids[1].clone(), ids[2].clone()], true)
+        .await
+        .unwrap();
+    let future = notify_store::now_millis() + 60_000;
+    assert_eq!(
+        b.store.delete_old(0, 100).await.unwrap(),
+        0,
+        "none that old"
+    );
+    assert_eq!(b.store.delete_old(future, 100).await.unwrap(), 3);
+    assert!(b.store.get(&ids[0]).await.unwrap().is_none());
+    assert!(
+        b.store.get(&ids[3]).await.unwrap().is_some(),
+        "unread stays"
+    );
+    assert_eq!(b.store.delete_old(future, 100).await.unwrap(), 0);
+    let query = ListQuery {
+        view: View::All,
+        category: None,
+    };
+    let all = b
+        .store
+        .list(user, &query, PageStart::Page(1), 20)
+        .await
+        .unwrap();
+    assert_eq!((all.total, all.items.len()), (1, 1));
+    assert_counts_match_lists(&b, user, &["order"]).await;
+}
+
+/// Erasure deletes every notification, room membership and presence entry
+/// of the user; later notifications continue the seq.
+async fn erasure_deletes_everything_and_seqs_go_on(b: Backend) {
+    let user = User::customer(36);
+    let other = User::customer(37);
+    let created = b
+        .store
+        .create((0..5).map(|n| new(user, n)).collect())
+        .await
+        .unwrap();
+    b.store.create(vec![new(other, 0)]).await.unwrap();
+    b.store.join_room("order:36", user).await.unwrap();
+    b.store.join_room("order:36", other).await.unwrap();
+    b.store
+        .set_presence("node", vec![(user, 1)], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(b.store.erase_user(user).await.unwrap(), 5);
+    assert!(
+        b.store
+            .get(&created[0].notification.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let counts = b.store.unread_counts(user).await.unwrap();
+    assert_eq!((counts.unread, counts.by_category.len()), (0, 0));
+    let members = b.store.room_members("order:36").await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.user).collect::<Vec<_>>(),
+        vec![other]
+    );
+    assert!(b.store.online_peers(other).await.unwrap().is_empty());
+    let again = b.store.create(vec![new(user, 9)]).await.unwrap();
+    assert_eq!(again[0].notification.seq, 6, "a seq is never reused");
+    assert_eq!(
+        b.store.unread_counts(other).await.unwrap().unread,
+        1,
+        "others untouched"
+    );
+    assert_counts_match_lists(&b, user, &["order"]).await;
 }

@@ -319,9 +319,11 @@ function renderTabs() {
 }
 
 // Shows a change of the listed notifications: a new status in place; an
-// archived one leaves the inbox, one brought back leaves the archive.
+// expired one leaves, an archived one leaves the inbox, one brought back
+// leaves the archive.
 function applyUpdate(data) {
-  const leaving = (data.archived === true && view.shelf === "INBOX")
+  const leaving = data.expired === true
+    || (data.archived === true && view.shelf === "INBOX")
     || (data.archived === false && view.shelf === "ARCHIVED");
   if (leaving) return drop(data.ids);
   if (!data.status) return;

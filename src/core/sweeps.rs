@@ -1,0 +1,77 @@
+//! The core's background sweeps: expiry (a few times a second, so an open
+//! inbox hears of an expired notification well within 2 s of its
+//! `expiresAt`) and retention (old READ, archived, replaced and expired
+//! notifications deleted). Both read by their own index, due or old rows
+//! first, in bounded batches, so neither scans anybody's history nor holds
+//! the writer long. With several cores each sweeps; the store makes a row
+//! expire once whichever core gets it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify_store::{Store, now_millis};
+use tokio_util::sync::CancellationToken;
+
+/// How often the expiry sweep looks for due notifications.
+pub const EXPIRY_PERIOD: Duration = Duration::from_millis(250);
+/// Rows one sweep statement takes; a full batch is followed at once by the next.
+pub const BATCH: u32 = 1000;
+/// The default `--retention`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Starts both sweeps; they end with `shutdown`.
+pub fn start(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
+    let expiry = store.clone();
+    tokio::spawn(every(EXPIRY_PERIOD, shutdown.clone(), move || {
+        let store = expiry.clone();
+        async move { drain("expiry", || store.expire_due(BATCH)).await }
+    }));
+    // Checked a few times per retention period, at most once a minute.
+    let period = (retention / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+    tokio::spawn(every(period, shutdown, move || {
+        let store = store.clone();
+        async move {
+            let before = now_millis() - retention.as_millis() as i64;
+            drain("retention", || store.delete_old(before, BATCH)).await
+        }
+    }));
+}
+
+/// Runs `sweep` every `period` until `shutdown`.
+async fn every<F, Fut>(period: Duration, shutdown: CancellationToken, sweep: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => sweep().await,
+        }
+    }
+}
+
+/// Repeats one batch while batches come back full; a failure waits for the
+/// next tick.
+async fn drain<F, Fut>(what: &'static str, batch: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, notify_store::StoreError>>,
+{
+    loop {
+        match batch().await {
+            Ok(done) => {
+                metrics::counter!("notify_swept_total", "sweep" => what).increment(done as u64);
+                if done < BATCH as usize {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(sweep = what, %error, "sweep failed; trying again later");
+                return;
+            }
+        }
+    }
+}
