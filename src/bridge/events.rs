@@ -1,5 +1,6 @@
 //! The client events of the namespace (`offlineNotifications`,
-//! `markAsRead`, `markAllAsRead`, `archive`, anything else), each answered through its ack, within the
+//! `markAsRead`, `markAllAsRead`, `archive`, `completeAction`, anything
+//! else), each answered through its ack, within the
 //! socket's rate, its user's requests in flight, and dropped when the
 //! socket goes.
 
@@ -17,7 +18,8 @@ use super::core_client::unary;
 use super::emit::emit;
 use super::paging::{next_page_start, offline_page, remember_page};
 use super::payload::{
-    AppError, Envelope, Updated, archive_request, mark_all_request, mark_request, page_request,
+    AppError, Envelope, NotificationJson, Updated, archive_request, complete_action_request,
+    mark_all_request, mark_request, page_request,
 };
 use super::rate::{SharedRateLimit, Verdict};
 use crate::contract::proto;
@@ -246,6 +248,31 @@ pub(super) async fn on_archive(
             .into_inner()
             .updated;
         Ok(Envelope::ok(Updated { updated }))
+    };
+    serve(&socket, ack, work).await;
+}
+
+pub(super) async fn on_complete_action(
+    socket: SocketRef,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(bridge): State<Arc<Bridge>>,
+) {
+    let work = async {
+        let user = user_of(&socket)?;
+        let (id, action_id) = complete_action_request(payload)?;
+        let done = bridge
+            .core
+            .for_user(user)
+            .complete_action(unary(proto::CompleteActionRequest {
+                vendor_id: user.vendor_id(),
+                customer_id: user.customer_id(),
+                id,
+                action_id,
+            }))
+            .await?
+            .into_inner();
+        Ok(Envelope::ok(NotificationJson::from(&done)))
     };
     serve(&socket, ack, work).await;
 }

@@ -189,10 +189,11 @@ enum Link {
     },
 }
 
-/// What the link did.
+/// What the link did (boxed: a stream and an event are large, and this is
+/// moved on every step).
 enum LinkStep {
-    Opened(Result<Streaming<proto::UserEvent>, tonic::Status>),
-    Event(Result<Option<proto::UserEvent>, tonic::Status>),
+    Opened(Result<Box<Streaming<proto::UserEvent>>, tonic::Status>),
+    Event(Result<Option<Box<proto::UserEvent>>, tonic::Status>),
 }
 
 /// The first page of the unread inbox and the counts by category, read
@@ -410,11 +411,11 @@ impl Feed {
         })
     }
 
-    fn opened(&mut self, opened: Result<Streaming<proto::UserEvent>, tonic::Status>) {
+    fn opened(&mut self, opened: Result<Box<Streaming<proto::UserEvent>>, tonic::Status>) {
         match opened {
             Ok(stream) => {
                 self.link = Link::Open {
-                    stream: Box::new(stream),
+                    stream,
                     synced: false,
                 }
             }
@@ -422,9 +423,9 @@ impl Feed {
         }
     }
 
-    fn on_event(&mut self, event: Result<Option<proto::UserEvent>, tonic::Status>) {
+    fn on_event(&mut self, event: Result<Option<Box<proto::UserEvent>>, tonic::Status>) {
         match event {
-            Ok(Some(event)) => self.pass_on(event),
+            Ok(Some(event)) => self.pass_on(*event),
             Ok(None) => self.link_lost(tonic::Status::unavailable("the core ended the stream")),
             Err(status) => self.link_lost(status),
         }
@@ -690,8 +691,10 @@ impl Feed {
 
 async fn link_step(link: &mut Link) -> LinkStep {
     match link {
-        Link::Opening(opening) => LinkStep::Opened(opening.await),
-        Link::Open { stream, .. } => LinkStep::Event(stream.message().await),
+        Link::Opening(opening) => LinkStep::Opened(opening.await.map(Box::new)),
+        Link::Open { stream, .. } => {
+            LinkStep::Event(stream.message().await.map(|e| e.map(Box::new)))
+        }
         Link::Idle | Link::Waiting(_) => std::future::pending().await,
     }
 }

@@ -44,6 +44,53 @@ pub struct NotificationJson {
     pub archived_at: Option<String>,
     /// When it expires, or null.
     pub expires_at: Option<String>,
+    /// A newer notification with this key replaces this one while unread;
+    /// null when none.
+    pub collapse_key: Option<String>,
+    /// The id of the unread one this one replaced, or null.
+    pub replaces: Option<String>,
+    /// The id of the one that replaced this one, or null.
+    pub replaced_by: Option<String>,
+    /// Its buttons, `[]` when none.
+    pub actions: Vec<ActionJson>,
+    /// The action taken, or null.
+    pub action_taken: Option<ActionTakenJson>,
+}
+
+/// A button: `{"id":"accept","label":"Accept order","url":"…"}` (`url` left
+/// out when there is none).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ActionJson {
+    /// Unique within the notification.
+    pub id: String,
+    /// What the button says.
+    pub label: String,
+    /// An absolute https: or http: URL to open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// `{"id":"accept","at":"2026-…Z"}`: which action was taken, and when.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ActionTakenJson {
+    /// The action's id.
+    pub id: String,
+    /// ISO 8601 UTC with milliseconds.
+    pub at: String,
+}
+
+impl From<&proto::ActionTaken> for ActionTakenJson {
+    fn from(taken: &proto::ActionTaken) -> Self {
+        ActionTakenJson {
+            id: taken.id.clone(),
+            at: taken.at.clone(),
+        }
+    }
+}
+
+/// An empty proto string is an unset field: null in JSON.
+fn set(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 impl From<&proto::Notification> for NotificationJson {
@@ -70,8 +117,21 @@ impl From<&proto::Notification> for NotificationJson {
             updated_at: n.updated_at.clone(),
             seq: n.seq,
             category: n.category.clone(),
-            archived_at: (!n.archived_at.is_empty()).then(|| n.archived_at.clone()),
-            expires_at: (!n.expires_at.is_empty()).then(|| n.expires_at.clone()),
+            archived_at: set(&n.archived_at),
+            expires_at: set(&n.expires_at),
+            collapse_key: set(&n.collapse_key),
+            replaces: set(&n.replaces),
+            replaced_by: set(&n.replaced_by),
+            actions: n
+                .actions
+                .iter()
+                .map(|a| ActionJson {
+                    id: a.id.clone(),
+                    label: a.label.clone(),
+                    url: set(&a.url),
+                })
+                .collect(),
+            action_taken: n.action_taken.as_ref().map(ActionTakenJson::from),
         }
     }
 }
@@ -198,7 +258,11 @@ impl From<tonic::Status> for AppError {
     fn from(status: tonic::Status) -> Self {
         let message = status.message();
         match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => AppError::bad_input(message),
+            // A request the data refuses for good (an action taken already)
+            // is bad input too: the contract's codes have no 409.
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+                AppError::bad_input(message)
+            }
             Code::PermissionDenied => AppError::forbidden(message),
             Code::NotFound => AppError::not_found(message),
             Code::ResourceExhausted => AppError::too_many(message),
@@ -286,6 +350,25 @@ pub fn archive_request(
         }
     };
     Ok((ids_field(&payload)?, archived))
+}
+
+/// The `completeAction` payload: `{"id":"…","actionId":"accept"}`, both
+/// required. Every error is a 400.
+pub fn complete_action_request(
+    payload: Result<Value, impl std::fmt::Display>,
+) -> Result<(String, String), AppError> {
+    let payload = object(payload)?;
+    let required = |field: &str| -> Result<&str, AppError> {
+        optional_str(&payload, field)?.ok_or_else(|| {
+            AppError::from(FieldError {
+                field: field.into(),
+                reason: "is required".into(),
+            })
+        })
+    };
+    let id = validate::id("id", required("id")?)?;
+    let action_id = validate::action_id("actionId", required("actionId")?)?;
+    Ok((id, action_id))
 }
 
 /// An optional `category` field, checked.
@@ -445,6 +528,13 @@ pub struct NotificationsUpdatedJson {
     /// They expired: gone from every list and count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expired: Option<bool>,
+    /// They were replaced by this notification (their collapse key's
+    /// newer one): gone from every list and count.
+    #[serde(rename = "replacedBy", skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+    /// This action was taken on them.
+    #[serde(rename = "actionTaken", skip_serializing_if = "Option::is_none")]
+    pub action_taken: Option<ActionTakenJson>,
     /// When, ISO 8601 UTC with milliseconds.
     #[serde(rename = "updatedAt")]
     pub updated_at: String,
@@ -457,6 +547,8 @@ impl From<proto::NotificationsUpdated> for NotificationsUpdatedJson {
             status: Status::from_code(i64::from(update.status)).map(Status::name),
             archived: update.archived,
             expired: update.expired,
+            replaced_by: set(&update.replaced_by),
+            action_taken: update.action_taken.as_ref().map(ActionTakenJson::from),
             updated_at: update.updated_at,
         }
     }
@@ -537,6 +629,25 @@ mod tests {
             category: "product".into(),
             archived_at: String::new(),
             expires_at: String::new(),
+            collapse_key: "order-7".into(),
+            replaces: String::new(),
+            replaced_by: String::new(),
+            actions: vec![
+                proto::Action {
+                    id: "accept".into(),
+                    label: "Accept".into(),
+                    url: String::new(),
+                },
+                proto::Action {
+                    id: "view".into(),
+                    label: "View".into(),
+                    url: "https://shop.example/o/7".into(),
+                },
+            ],
+            action_taken: Some(proto::ActionTaken {
+                id: "accept".into(),
+                at: "2025-06-20T10:28:00.000Z".into(),
+            }),
         };
         let json = serde_json::to_value(NotificationJson::from(&n)).unwrap();
         assert_eq!(
@@ -546,13 +657,42 @@ mod tests {
                 "type": "product:upload", "channel": "PUSH", "content": {"id": 63},
                 "status": "SENT", "priority": 1, "createdAt": "2025-06-20T10:27:34.307Z",
                 "updatedAt": "2025-06-20T10:27:34.307Z", "seq": 1,
-                "category": "product", "archivedAt": null, "expiresAt": null
+                "category": "product", "archivedAt": null, "expiresAt": null,
+                "collapseKey": "order-7", "replaces": null, "replacedBy": null,
+                "actions": [
+                    {"id": "accept", "label": "Accept"},
+                    {"id": "view", "label": "View", "url": "https://shop.example/o/7"}
+                ],
+                "actionTaken": {"id": "accept", "at": "2025-06-20T10:28:00.000Z"}
             })
         );
     }
 
     fn bad(message: &str) -> AppError {
         AppError::bad_input(message)
+    }
+
+    #[test]
+    fn complete_action_request_needs_an_id_and_an_action_id() {
+        let of = |v: Value| complete_action_request(Ok::<_, String>(v));
+        assert_eq!(
+            of(json!({"id": "68553796000745D4620985BC", "actionId": "accept"})),
+            Ok(("68553796000745d4620985bc".into(), "accept".into()))
+        );
+        assert_eq!(
+            of(json!({"actionId": "accept"})),
+            Err(bad("id: is required"))
+        );
+        let missing = of(json!({"id": "68553796000745d4620985bc"})).unwrap_err();
+        assert!(missing.message.starts_with("actionId:"), "{missing:?}");
+        let long = of(json!({"id": "68553796000745d4620985bc", "actionId": "x".repeat(33)}));
+        assert!(long.unwrap_err().message.starts_with("actionId:"));
+        assert!(
+            of(json!({"id": 5, "actionId": "a"}))
+                .unwrap_err()
+                .message
+                .starts_with("id:")
+        );
     }
 
     fn page_of(payload: Value) -> Result<(u32, u32), AppError> {

@@ -4,7 +4,7 @@
 //! A Struct carries every number as a double, so an integral double within
 //! ±2^53 is written back as a JSON integer: 63 stays 63, not 63.0.
 
-use notify_store::{Notification, User, format_millis};
+use notify_store::{ActionTaken, Notification, User, format_millis};
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 use serde_json::{Map, Number, Value as Json};
@@ -112,6 +112,27 @@ pub fn notification(n: &Notification) -> proto::Notification {
         category: n.category.clone(),
         archived_at: n.archived_at.map(format_millis).unwrap_or_default(),
         expires_at: n.expires_at.map(format_millis).unwrap_or_default(),
+        collapse_key: n.collapse_key.clone().unwrap_or_default(),
+        replaces: n.replaces.clone().unwrap_or_default(),
+        replaced_by: n.replaced_by.clone().unwrap_or_default(),
+        actions: n
+            .actions
+            .iter()
+            .map(|a| proto::Action {
+                id: a.id.clone(),
+                label: a.label.clone(),
+                url: a.url.clone().unwrap_or_default(),
+            })
+            .collect(),
+        action_taken: n.action_taken.as_ref().map(action_taken),
+    }
+}
+
+/// A taken action as the proto message.
+pub fn action_taken(taken: &ActionTaken) -> proto::ActionTaken {
+    proto::ActionTaken {
+        id: taken.id.clone(),
+        at: format_millis(taken.at),
     }
 }
 

@@ -2,7 +2,7 @@
 //! spells it, so `INVALID_ARGUMENT: type: must not be empty` tells the
 //! caller what to fix.
 
-use notify_store::{Channel, PageStart, Status, User, View, is_category, parse_object_id};
+use notify_store::{Action, Channel, PageStart, Status, User, View, is_category, parse_object_id};
 use prost_types::Struct;
 
 use super::convert::{ContentError, struct_to_json};
@@ -33,7 +33,8 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+    /// A reason the field named is bad.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
         FieldError {
             field: field.into(),
             reason: reason.into(),
@@ -383,6 +384,80 @@ pub fn expires_at(text: &str, now: i64) -> Result<Option<i64>, FieldError> {
     Ok(Some(ms))
 }
 
+/// `collapseKey`: empty means none; otherwise at most 128 characters, no
+/// control characters.
+pub fn collapse_key(text: &str) -> Result<Option<String>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    name("collapseKey", text, MAX_NAME_CHARS).map(Some)
+}
+
+/// The most buttons a notification has.
+pub const MAX_ACTIONS: usize = 3;
+/// The longest action URL.
+const MAX_URL_BYTES: usize = 2048;
+
+/// `actions`: up to 3, each with a unique id of 1-32 characters, a label
+/// of 1-64 and an optional absolute `https:` or `http:` URL (anything a
+/// browser would run, such as `javascript:`, is refused).
+pub fn actions(list: &[crate::contract::proto::Action]) -> Result<Vec<Action>, FieldError> {
+    if list.len() > MAX_ACTIONS {
+        return Err(FieldError::new(
+            "actions",
+            format!(
+                "must list at most {MAX_ACTIONS} actions, got {}",
+                list.len()
+            ),
+        ));
+    }
+    let mut out: Vec<Action> = Vec::with_capacity(list.len());
+    for (index, action) in list.iter().enumerate() {
+        let field = |name: &str| format!("actions[{index}].{name}");
+        let id = action_id(&field("id"), &action.id)?;
+        if out.iter().any(|a| a.id == id) {
+            return Err(FieldError::new(
+                field("id"),
+                format!("{id:?} is used by another action"),
+            ));
+        }
+        let label = name(&field("label"), &action.label, 64)?;
+        if label.trim().is_empty() {
+            return Err(FieldError::new(field("label"), "must not be empty"));
+        }
+        let url = match action.url.as_str() {
+            "" => None,
+            text => Some(action_url(&field("url"), text)?),
+        };
+        out.push(Action { id, label, url });
+    }
+    Ok(out)
+}
+
+/// An action's id: 1-32 characters, no control characters.
+pub fn action_id(field: &str, text: &str) -> Result<String, FieldError> {
+    if text.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    name(field, text, 32)
+}
+
+/// An absolute `https:` or `http:` URL with a host.
+fn action_url(field: &str, text: &str) -> Result<String, FieldError> {
+    let bad = |reason: &str| {
+        let shown: String = text.chars().take(64).collect();
+        FieldError::new(field, format!("{reason}, got {shown:?}"))
+    };
+    if text.len() > MAX_URL_BYTES {
+        return Err(bad(&format!("must be at most {MAX_URL_BYTES} bytes")));
+    }
+    let parsed = url::Url::parse(text).map_err(|_| bad("must be an absolute URL"))?;
+    if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
+        return Err(bad("must be an https: or http: URL"));
+    }
+    Ok(text.to_owned())
+}
+
 /// A list's view; unset means INBOX.
 pub fn view(value: i32) -> Result<View, FieldError> {
     use crate::contract::proto::View as Wire;
@@ -493,6 +568,49 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn actions_need_unique_ids_labels_and_web_urls() {
+        let action = |id: &str, label: &str, url: &str| crate::contract::proto::Action {
+            id: id.into(),
+            label: label.into(),
+            url: url.into(),
+        };
+        let ok = actions(&[
+            action("accept", "Accept return", "https://shop.example/returns/7"),
+            action("later", "Later", ""),
+        ])
+        .unwrap();
+        assert_eq!(ok[1].url, None);
+        let field = |list: &[crate::contract::proto::Action]| actions(list).unwrap_err().field;
+        assert_eq!(
+            field(&[action("a", "A", "javascript:alert(1)")]),
+            "actions[0].url"
+        );
+        assert_eq!(field(&[action("a", "A", "/relative")]), "actions[0].url");
+        assert_eq!(
+            field(&[action("a", "A", "data:text/html,x")]),
+            "actions[0].url"
+        );
+        assert_eq!(
+            field(&[action("a", "A", ""), action("a", "B", "")]),
+            "actions[1].id"
+        );
+        assert_eq!(field(&[action("", "A", "")]), "actions[0].id");
+        assert_eq!(field(&[action(&"x".repeat(33), "A", "")]), "actions[0].id");
+        assert_eq!(field(&[action("a", "", "")]), "actions[0].label");
+        assert_eq!(
+            field(&[action("a", &"y".repeat(65), "")]),
+            "actions[0].label"
+        );
+        let four = vec![action("a", "A", ""); 4];
+        assert_eq!(field(&four), "actions");
+        assert_eq!(
+            collapse_key(&"k".repeat(129)).unwrap_err().field,
+            "collapseKey"
+        );
+        assert_eq!(collapse_key(""), Ok(None));
     }
 
     #[test]

@@ -64,6 +64,17 @@ pub struct Archive {
     pub archived: bool,
 }
 
+/// Take one of a notification's actions (press its button).
+#[derive(Clone, Debug)]
+pub struct CompleteAction {
+    /// Whose notification.
+    pub user: User,
+    /// The notification's canonical id.
+    pub id: String,
+    /// One of its actions' ids.
+    pub action_id: String,
+}
+
 /// Delivery receipts of many users, as a bridge batches them.
 #[derive(Clone, Debug)]
 pub struct RecordDeliveries {
@@ -108,6 +119,8 @@ struct CreateFields<'a> {
     idempotency_key: &'a str,
     category: &'a str,
     expires_at: &'a str,
+    collapse_key: &'a str,
+    actions: &'a [proto::Action],
 }
 
 impl CreateFields<'_> {
@@ -122,8 +135,8 @@ impl CreateFields<'_> {
             idempotency_key: validate::idempotency_key(self.idempotency_key)?,
             category: validate::category(self.category)?.unwrap_or_else(|| default_category(&kind)),
             expires_at: validate::expires_at(self.expires_at, notify_store::now_millis())?,
-            collapse_key: None,
-            actions: Vec::new(),
+            collapse_key: validate::collapse_key(self.collapse_key)?,
+            actions: validate::actions(self.actions)?,
             kind,
         })
     }
@@ -142,6 +155,8 @@ impl TryFrom<&proto::CreateNotificationRequest> for Create {
             idempotency_key: &request.idempotency_key,
             category: &request.category,
             expires_at: &request.expires_at,
+            collapse_key: &request.collapse_key,
+            actions: &request.actions,
         };
         Ok(Create {
             notifications: vec![fields.check(recipient)?],
@@ -168,6 +183,8 @@ impl TryFrom<&proto::CreateNotificationsRequest> for Create {
             idempotency_key: &request.idempotency_key,
             category: &request.category,
             expires_at: &request.expires_at,
+            collapse_key: &request.collapse_key,
+            actions: &request.actions,
         };
         // The recipient is filled in per entry below.
         let template = fields.check(User::vendor(1))?;
@@ -239,6 +256,18 @@ impl TryFrom<&proto::ArchiveNotificationsRequest> for Archive {
             user: validate::recipient(request.vendor_id, request.customer_id)?,
             ids: validate::ids(&request.ids)?,
             archived: request.archived.unwrap_or(true),
+        })
+    }
+}
+
+impl TryFrom<&proto::CompleteActionRequest> for CompleteAction {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::CompleteActionRequest) -> Result<CompleteAction, FieldError> {
+        Ok(CompleteAction {
+            user: validate::recipient(request.vendor_id, request.customer_id)?,
+            id: validate::id("id", &request.id)?,
+            action_id: validate::action_id("actionId", &request.action_id)?,
         })
     }
 }

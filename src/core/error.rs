@@ -3,6 +3,8 @@
 
 use notify_store::StoreError;
 
+use crate::contract::validate::FieldError;
+
 /// Why a core verb failed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum CoreError {
@@ -12,6 +14,14 @@ pub enum CoreError {
     /// What the command names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A field of the command names something the stored data does not
+    /// have (an action the notification lacks).
+    #[error("{0}")]
+    Invalid(FieldError),
+    /// The command cannot apply to the data as it is now (an action taken
+    /// already), and never will.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A bug: something the core relies on did not hold.
     #[error("{0}")]
     Internal(String),

@@ -29,6 +29,8 @@ pub enum HubEvent {
         by_category: Arc<ByCategory>,
         /// The user's change version it took.
         version: i64,
+        /// The unread ones it replaced (its collapse key's), in that version.
+        replaced: Arc<[String]>,
     },
     /// Some of the user's notifications changed (status, archive).
     Updated {
@@ -170,13 +172,15 @@ impl ChangeSink for Hub {
                 unread,
                 by_category,
                 version,
+                replaced,
             } => self.send(
                 notification.recipient,
                 HubEvent::Created {
-                    notification: Arc::new(notification),
+                    notification: Arc::from(notification),
                     unread,
                     by_category: Arc::new(by_category),
                     version,
+                    replaced: replaced.into(),
                 },
             ),
             Change::Updated {

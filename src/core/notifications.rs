@@ -5,19 +5,21 @@
 use std::sync::Arc;
 
 use notify_store::{
-    Created, MarkOutcome, Notification, OfflinePage, RoomMember, Store, UnreadCounts, User,
+    ActionRefused, Created, MarkOutcome, Notification, OfflinePage, RoomMember, Store,
+    UnreadCounts, User,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::command::{
-    Archive, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
+    Archive, CompleteAction, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
 };
 use super::error::CoreError;
 use super::hub::Hub;
 use super::presence::Presence;
 use super::stream::{self, StreamEvent};
 use crate::contract::paging::Pagination;
+use crate::contract::validate::FieldError;
 
 /// The notification service itself: the store, the live fan-out of its
 /// commits, and the presence of this core's streams.
@@ -128,6 +130,44 @@ impl Notifications {
             .store
             .archive(command.user, command.ids, command.archived)
             .await?)
+    }
+
+    /// Takes one of the user's notification's actions: it becomes READ
+    /// and records which, once.
+    pub async fn complete_action(
+        &self,
+        command: CompleteAction,
+    ) -> Result<Notification, CoreError> {
+        let CompleteAction {
+            user,
+            id,
+            action_id,
+        } = command;
+        let refused = match self
+            .store
+            .complete_action(user, id.clone(), action_id.clone())
+            .await?
+        {
+            Ok(done) => return Ok(done),
+            Err(refused) => refused,
+        };
+        Err(match refused {
+            ActionRefused::NotFound => {
+                CoreError::NotFound(format!("{user} has no notification with id {id}"))
+            }
+            ActionRefused::UnknownAction => CoreError::Invalid(FieldError::new(
+                "actionId",
+                format!("notification {id} has no action {action_id:?}"),
+            )),
+            ActionRefused::AlreadyTaken(taken) => CoreError::FailedPrecondition(format!(
+                "notification {id} already had its action {:?} taken at {}",
+                taken.id,
+                notify_store::format_millis(taken.at)
+            )),
+            ActionRefused::Gone => CoreError::FailedPrecondition(format!(
+                "notification {id} has expired or was replaced"
+            )),
+        })
     }
 
     /// Deletes everything stored of the user (a data-protection erasure);

@@ -13,7 +13,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::command::{
-    Archive, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
+    Archive, CompleteAction, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
 };
 use super::error::CoreError;
 use super::notifications::Notifications;
@@ -50,6 +50,8 @@ fn status(error: CoreError) -> Status {
         }
         CoreError::Store(StoreError::Corrupt(reason)) => Status::internal(reason),
         CoreError::NotFound(what) => Status::not_found(what),
+        CoreError::Invalid(error) => invalid(error),
+        CoreError::FailedPrecondition(why) => Status::failed_precondition(why),
         CoreError::Internal(reason) => Status::internal(reason),
     }
 }
@@ -188,6 +190,16 @@ impl NotificationService for Api {
         }))
     }
 
+    async fn complete_action(
+        &self,
+        request: Request<proto::CompleteActionRequest>,
+    ) -> Reply<proto::Notification> {
+        let _timer = Timer::start("CompleteAction");
+        let action: CompleteAction = command(request.get_ref())?;
+        let done = self.core.complete_action(action).await.map_err(status)?;
+        Ok(Response::new(convert::notification(&done)))
+    }
+
     async fn archive_notifications(
         &self,
         request: Request<proto::ArchiveNotificationsRequest>,
@@ -293,6 +305,8 @@ fn user_event(item: StreamEvent) -> proto::UserEvent {
             updated_at: notify_store::format_millis(updated_at),
             archived: update.archived,
             expired: update.expired,
+            replaced_by: update.replaced_by.unwrap_or_default(),
+            action_taken: update.action_taken.as_ref().map(convert::action_taken),
         }),
         Event::PeerOnline(user) => Proto::UserOnline(convert::presence_change(user, None)),
         Event::PeerOffline { user, last_seen_at } => {

@@ -303,9 +303,11 @@ impl<'a> Stream<'a> {
                 }
                 self.last_seq = notification.seq;
                 self.last_id = Some(notification.id.clone());
-                // An expired one is never delivered (its seq is passed all
-                // the same).
-                if notification.expired(notify_store::now_millis()) {
+                // An expired or replaced one is never delivered (its seq
+                // is passed all the same).
+                if notification.expired(notify_store::now_millis())
+                    || notification.replaced_by.is_some()
+                {
                     continue;
                 }
                 self.hold(Event::Notification(Arc::new(notification)))
@@ -376,6 +378,7 @@ impl<'a> Stream<'a> {
                 unread,
                 by_category,
                 version,
+                replaced,
             } => {
                 if !self.next_in_line(version) {
                     return self.resync_if_ahead(version).await;
@@ -400,9 +403,24 @@ impl<'a> Stream<'a> {
                         updated_at: notification.updated_at,
                     }
                 } else {
-                    Event::Notification(notification)
+                    Event::Notification(notification.clone())
                 };
-                self.send_event(event, Some(count)).await
+                if replaced.is_empty() {
+                    return self.send_event(event, Some(count)).await;
+                }
+                // The new one first (a reader can put it in the old one's
+                // place, which `replaces` names), then the ones it replaced
+                // leave, with the count.
+                self.send_event(event, None).await?;
+                let gone = Event::Updated {
+                    ids: replaced.to_vec(),
+                    update: Update {
+                        replaced_by: Some(notification.id.clone()),
+                        ..Update::default()
+                    },
+                    updated_at: notification.updated_at,
+                };
+                self.send_event(gone, Some(count)).await
             }
             HubEvent::Updated {
                 ids,
@@ -522,7 +540,8 @@ impl<'a> Stream<'a> {
             expired: notification
                 .expired(notify_store::now_millis())
                 .then_some(true),
-            ..Update::default()
+            replaced_by: notification.replaced_by.clone(),
+            action_taken: notification.action_taken.clone(),
         };
         if let Some(StreamEvent {
             event:
@@ -566,6 +585,8 @@ impl<'a> Stream<'a> {
 fn changed_since_created(notification: &Notification) -> bool {
     notification.status != Status::Sent
         || notification.archived_at.is_some()
+        || notification.replaced_by.is_some()
+        || notification.action_taken.is_some()
         || notification.updated_at != notification.created_at
 }
 

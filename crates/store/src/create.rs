@@ -5,11 +5,16 @@
 //!    that one instead of a new row ([`Plan::resolve`]).
 //! 2. **Reserve seqs**: the store reads (and locks, or upserts) each
 //!    recipient's counters: its own SQL.
-//! 3. **Number**: each fresh notification takes its recipient's next seq
+//! 3. **Find what collapses**: the store reads the recipients' unread
+//!    notifications under the fresh ones' collapse keys
+//!    ([`Plan::collapse_keys`]): its own SQL, under the recipients' locks.
+//! 4. **Number**: each fresh notification takes its recipient's next seq
 //!    and version, and the unread counts after it ([`Plan::number`]): the
-//!    insert trigger counts it as unread in its category, as this does.
-//! 4. **Insert**: the store writes the rows: its own SQL.
-//! 5. **Answer**: each input gets its notification, fresh or not
+//!    insert trigger counts it as unread in its category, as this does, and
+//!    one it replaces leaves its count in the same version.
+//! 5. **Insert**: the store writes the rows, then takes the replaced ones
+//!    off every shelf ([`Numbered::replaced`]): its own SQL.
+//! 6. **Answer**: each input gets its notification, fresh or not
 //!    ([`Plan::answers`]).
 
 use std::collections::HashMap;
@@ -34,10 +39,21 @@ pub(crate) struct Plan<'a> {
     fresh: Vec<&'a NewNotification>,
 }
 
+/// An unread notification a fresh one may replace: its id and category.
+pub(crate) type Holder = (String, String);
+
+/// The unread notifications under each (recipient, collapse key), oldest
+/// first.
+pub(crate) type Holders = HashMap<(User, String), Vec<Holder>>;
+
 /// A fresh notification, numbered.
 pub(crate) struct Numbered {
     /// The row to insert.
     pub notification: Notification,
+    /// The unread ones it replaces (stored, or fresh earlier in the same
+    /// commit): each leaves every shelf, with `replaced_by` naming this one,
+    /// at this one's version.
+    pub replaced: Vec<String>,
     /// Its recipient's unread count right after it.
     pub unread: i64,
     /// The same by category.
@@ -103,28 +119,60 @@ impl<'a> Plan<'a> {
         counts
     }
 
-    /// Stage 3. `counters` and `by_category` hold each recipient's counters
-    /// before this commit and come back as they are after it. Each
+    /// The (recipient, collapse key) pairs of the fresh notifications,
+    /// each once: stage 3 looks up what they replace.
+    pub(crate) fn collapse_keys(&self) -> Vec<(User, &'a str)> {
+        let mut keys: Vec<(User, &str)> = self
+            .fresh
+            .iter()
+            .filter_map(|new| Some((new.recipient, new.collapse_key.as_deref()?)))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Stage 4. `counters` and `by_category` hold each recipient's counters
+    /// before this commit and come back as they are after it; `holders`
+    /// holds the stored unread notifications under the collapse keys. Each
     /// notification is one change of its recipient: it takes a version as
-    /// it takes a seq.
+    /// it takes a seq, and the ones it replaces leave the counts in it.
     pub(crate) fn number(
         &self,
         counters: &mut HashMap<User, UserState>,
         by_category: &mut HashMap<User, ByCategory>,
+        mut holders: Holders,
         now: i64,
     ) -> Vec<Numbered> {
         self.fresh
             .iter()
             .map(|new| {
+                let id = new_object_id();
                 let state = counters.entry(new.recipient).or_default();
                 state.last_seq += 1;
                 state.unread += 1;
                 state.version += 1;
                 let categories = by_category.entry(new.recipient).or_default();
                 *categories.entry(new.category.clone()).or_default() += 1;
+                let mut replaced = Vec::new();
+                if let Some(key) = &new.collapse_key {
+                    let slot = holders.entry((new.recipient, key.clone())).or_default();
+                    for (old, category) in slot.drain(..) {
+                        state.unread -= 1;
+                        if let Some(count) = categories.get_mut(&category) {
+                            *count -= 1;
+                            if *count <= 0 {
+                                categories.remove(&category);
+                            }
+                        }
+                        replaced.push(old);
+                    }
+                    slot.push((id.clone(), new.category.clone()));
+                }
                 Numbered {
+                    replaced: replaced.clone(),
                     notification: Notification {
-                        id: new_object_id(),
+                        id,
                         recipient: new.recipient,
                         seq: state.last_seq,
                         kind: new.kind.clone(),
@@ -139,7 +187,7 @@ impl<'a> Plan<'a> {
                         archived_at: None,
                         expires_at: new.expires_at,
                         collapse_key: new.collapse_key.clone(),
-                        replaces: None,
+                        replaces: replaced.last().cloned(),
                         replaced_by: None,
                         actions: new.actions.clone(),
                         action_taken: None,
@@ -151,7 +199,7 @@ impl<'a> Plan<'a> {
             .collect()
     }
 
-    /// Stage 5: each batch's answers, in input order.
+    /// Stage 6: each batch's answers, in input order.
     pub(crate) fn answers(self, rows: &[Numbered]) -> Vec<Vec<Created>> {
         self.slots
             .into_iter()
@@ -203,7 +251,7 @@ mod tests {
         let (a, b) = (User::vendor(1), User::customer(1));
         let mut stored = HashMap::new();
         let mut old = Plan::resolve(&[&[new(a, Some("k0"))]], &stored)
-            .number(&mut HashMap::new(), &mut HashMap::new(), 0)
+            .number(&mut HashMap::new(), &mut HashMap::new(), Holders::new(), 0)
             .remove(0)
             .notification;
         old.seq = 7;
@@ -222,7 +270,7 @@ mod tests {
             },
         )]);
         let mut by_category = HashMap::from([(a, ByCategory::from([("order".to_owned(), 3)]))]);
-        let rows = plan.number(&mut counters, &mut by_category, 5);
+        let rows = plan.number(&mut counters, &mut by_category, Holders::new(), 5);
         let seqs: Vec<(User, i64, i64, i64)> = rows
             .iter()
             .map(|r| {
@@ -255,5 +303,59 @@ mod tests {
             ],
             "a stored key answers the stored one; a repeat in the commit the first"
         );
+    }
+
+    #[test]
+    fn a_collapse_key_replaces_the_stored_unread_one_and_then_its_own_predecessor() {
+        let a = User::vendor(1);
+        let keyed = |key: &str, category: &str| NewNotification {
+            collapse_key: Some(key.to_owned()),
+            category: category.to_owned(),
+            ..new(a, None)
+        };
+        let batch = [
+            keyed("order-7", "order"),
+            keyed("order-9", "order"),
+            keyed("order-7", "shipping"),
+        ];
+        let plan = Plan::resolve(&[&batch], &HashMap::new());
+        assert_eq!(plan.collapse_keys(), vec![(a, "order-7"), (a, "order-9")]);
+        let mut counters = HashMap::from([(
+            a,
+            UserState {
+                last_seq: 3,
+                unread: 2,
+                version: 3,
+            },
+        )]);
+        let mut by_category = HashMap::from([(a, ByCategory::from([("order".to_owned(), 2)]))]);
+        let holders = Holders::from([(
+            (a, "order-7".to_owned()),
+            vec![("stored".to_owned(), "order".to_owned())],
+        )]);
+        let rows = plan.number(&mut counters, &mut by_category, holders, 5);
+        let replaced: Vec<(&[String], Option<&str>, i64)> = rows
+            .iter()
+            .map(|r| {
+                let replaces = r.notification.replaces.as_deref();
+                (r.replaced.as_slice(), replaces, r.unread)
+            })
+            .collect();
+        let first = rows[0].notification.id.clone();
+        assert_eq!(
+            replaced,
+            vec![
+                (&["stored".to_owned()][..], Some("stored"), 2),
+                (&[][..], None, 3),
+                (&[first.clone()][..], Some(first.as_str()), 3),
+            ],
+            "each replaces the unread one before it, and the count does not grow"
+        );
+        assert_eq!(
+            rows[2].by_category,
+            ByCategory::from([("order".to_owned(), 2), ("shipping".to_owned(), 1)]),
+            "the replaced one leaves its own category's count"
+        );
+        assert_eq!(counters[&a].unread, 3);
     }
 }

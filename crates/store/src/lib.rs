@@ -30,10 +30,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use model::{
-    Action, ActionTaken, ByCategory, Change, ChangePosition, ChangedPage, Channel, Created,
-    ListQuery, MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, Role,
-    RoomMember, Status, UnreadCounts, Update, User, UserState, View, default_category,
-    format_millis, is_category, now_millis,
+    Action, ActionRefused, ActionTaken, ByCategory, Change, ChangePosition, ChangedPage, Channel,
+    Created, ListQuery, MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, Role,
+    RoomMember, Status, UnreadCounts, Update, User, UserState, View, check_action,
+    default_category, format_millis, is_category, now_millis,
 };
 pub use object_id::{new_object_id, parse_object_id};
 pub use peers::PeerView;
@@ -175,6 +175,17 @@ pub trait Store: Send + Sync + 'static {
     /// since the epoch) that are not unread in an inbox: READ, archived,
     /// replaced or expired. Answers how many were deleted.
     async fn delete_old(&self, before: i64, limit: u32) -> Result<usize, StoreError>;
+
+    /// Takes action `action_id` of the user's notification `id`: it
+    /// becomes READ (leaving the inbox if it was there) and records the
+    /// action, once, as one change of the user. Answers the notification
+    /// as it is then, or why not ([`check_action`]).
+    async fn complete_action(
+        &self,
+        user: User,
+        id: String,
+        action_id: String,
+    ) -> Result<Result<Notification, ActionRefused>, StoreError>;
 
     /// Deletes every notification, room membership and presence entry of
     /// the user (a data-protection erasure). The user's counters stay, so

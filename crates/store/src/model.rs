@@ -231,6 +231,44 @@ impl Notification {
     }
 }
 
+/// Why an action of a notification cannot be taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionRefused {
+    /// The user has no notification with that id.
+    NotFound,
+    /// The notification has no action with that id.
+    UnknownAction,
+    /// An action was taken already (this one).
+    AlreadyTaken(ActionTaken),
+    /// It expired or was replaced: it is listed nowhere.
+    Gone,
+}
+
+/// Whether `user` may take action `action_id` of `found` at `now`. Every
+/// refusal is final (a notification never loses an action, an action
+/// taken stays taken, a gone one stays gone), so a refusal read after the
+/// attempt is the refusal the attempt met.
+pub fn check_action(
+    found: Option<&Notification>,
+    user: User,
+    action_id: &str,
+    now: i64,
+) -> Result<(), ActionRefused> {
+    let Some(notification) = found.filter(|n| n.recipient == user) else {
+        return Err(ActionRefused::NotFound);
+    };
+    if !notification.actions.iter().any(|a| a.id == action_id) {
+        return Err(ActionRefused::UnknownAction);
+    }
+    if let Some(taken) = &notification.action_taken {
+        return Err(ActionRefused::AlreadyTaken(taken.clone()));
+    }
+    if notification.replaced_by.is_some() || notification.expired(now) {
+        return Err(ActionRefused::Gone);
+    }
+    Ok(())
+}
+
 /// A button of a notification: `{"id":"accept","label":"Accept order","url":"…"}`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Action {
@@ -491,13 +529,16 @@ pub enum Change {
     /// A new notification, with its recipient's unread count after it.
     Created {
         /// The stored notification.
-        notification: Notification,
+        notification: Box<Notification>,
         /// The recipient's unread count right after this insert.
         unread: i64,
         /// The same by category.
         by_category: ByCategory,
         /// The recipient's change version this insert took.
         version: i64,
+        /// The unread ones with its collapse key it replaced, in the same
+        /// version: each left every shelf, with `replaced_by` naming it.
+        replaced: Vec<String>,
     },
     /// Changes to some of a user's notifications (status, archive).
     Updated {

@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
-use crate::create::{Numbered, Plan};
+use crate::create::{Holders, Numbered, Plan};
 use crate::model::{
-    ByCategory, Change, ChangePosition, ChangedPage, Created, ListQuery, MarkOutcome,
-    NewNotification, Notification, OfflinePage, PageStart, Role, RoomMember, Status, UnreadCounts,
-    Update, User, UserState, now_millis,
+    ActionRefused, ByCategory, Change, ChangePosition, ChangedPage, Created, ListQuery,
+    MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, Role, RoomMember, Status,
+    UnreadCounts, Update, User, UserState, check_action, now_millis,
 };
 use crate::reads::{
     INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user, presence_entries,
@@ -98,6 +98,17 @@ const AT_VERSIONS: &str = "SELECT recipient_role, recipient_id, version, id FROM
      WHERE (recipient_role, recipient_id, version) IN \
      (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])) \
      ORDER BY recipient_role, recipient_id, version, seq";
+/// The unread ones (not yet due) under the recipients' collapse keys:
+/// `notifications_collapse`.
+const COLLAPSED: &str = "SELECT recipient_role, recipient_id, collapse_key, id, category \
+     FROM notifications WHERE (recipient_role, recipient_id, collapse_key) IN \
+     (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])) \
+     AND shelf = 1 AND (expires_at IS NULL OR expires_at > $4) ORDER BY seq";
+/// Takes replaced rows off every shelf: `notifications_pkey`.
+const REPLACE: &str = "UPDATE notifications SET shelf = 0, replaced_by = r.new_id, \
+     version = r.version, updated_at = $4 \
+     FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(old_id, new_id, version) \
+     WHERE notifications.id = r.old_id";
 /// Idempotency keys: `notifications_idempotency`.
 const BY_KEYS: &str = concat!(
     "SELECT ",
@@ -128,6 +139,11 @@ const MARK_ALL_CATEGORY: &str = "UPDATE notifications SET status = $1, updated_a
      version = $3, shelf = CASE WHEN $1::bigint = 4 THEN 2 ELSE shelf END \
      WHERE recipient_role = $4 AND recipient_id = $5 AND category = $8 AND shelf = $7 \
      AND seq <= $6 AND status < $1 RETURNING id";
+/// Records an action taken on a row already checked, which becomes READ
+/// (leaving the inbox shelf): `notifications_pkey`.
+const SET_ACTION: &str = "UPDATE notifications SET action_id = $1, action_at = $2, \
+     updated_at = $2, version = $3, status = GREATEST(status, 4), \
+     shelf = CASE WHEN shelf = 1 THEN 2 ELSE shelf END WHERE id = $4";
 /// Due notifications not yet gone, oldest due first: `notifications_expiry`.
 const DUE: &str = "SELECT recipient_role, recipient_id, id FROM notifications \
      WHERE expires_at <= $1 AND shelf > 0 ORDER BY expires_at LIMIT $2";
@@ -222,6 +238,9 @@ enum Notice {
         unread: i64,
         by_category: ByCategory,
         version: i64,
+        /// The unread ones it replaced (its collapse key's).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replaced: Vec<String>,
     },
     /// Some of the user's notifications changed (moved to `status`,
     /// archived or brought back): `ids`, or when there were too many to
@@ -382,7 +401,7 @@ impl PgStore {
         let notice = Notice::Marked {
             role: user.role.code(),
             user: user.id,
-            update: change.update(),
+            update: change.update(now),
             at: now,
             unread,
             by_category: by_category.clone(),
@@ -522,14 +541,16 @@ async fn publish_batch(
                 unread,
                 by_category,
                 version,
+                replaced,
                 ..
             } => {
                 if let Some(notification) = rows.remove(&id) {
                     sink.publish(Change::Created {
-                        notification,
+                        notification: Box::new(notification),
                         unread,
                         by_category,
                         version,
+                        replaced,
                     });
                 }
             }
@@ -644,6 +665,62 @@ async fn stored_keys(
         stored.insert((notification.recipient, key), notification);
     }
     Ok(stored)
+}
+
+/// The (locked) recipients' unread notifications under the collapse keys.
+async fn collapsed(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: &[(User, &str)],
+    now: i64,
+) -> Result<Holders, sqlx::Error> {
+    let mut holders = Holders::new();
+    if keys.is_empty() {
+        return Ok(holders);
+    }
+    let rows = sqlx::query(COLLAPSED)
+        .bind(keys.iter().map(|(u, _)| u.role.code()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(u, _)| u.id).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, k)| k.to_string()).collect::<Vec<_>>())
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in &rows {
+        holders
+            .entry((decode_user(row)?, row.try_get(2)?))
+            .or_default()
+            .push((row.try_get(3)?, row.try_get(4)?));
+    }
+    Ok(holders)
+}
+
+/// Takes the rows the fresh ones replace off every shelf (the triggers
+/// take them out of the counts), in one statement.
+async fn replace(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[Numbered],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let mut old = Vec::new();
+    let mut new = Vec::new();
+    let mut versions = Vec::new();
+    for row in rows {
+        for replaced in &row.replaced {
+            old.push(replaced.clone());
+            new.push(row.notification.id.clone());
+            versions.push(row.notification.version);
+        }
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(REPLACE)
+        .bind(old)
+        .bind(new)
+        .bind(versions)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Inserts the numbered rows in one statement, a column per array.
@@ -780,10 +857,18 @@ enum RowChange<'a> {
     MarkAll(Status, Option<&'a str>, Option<i64>),
     /// Named rows, due by now, taken off every shelf.
     Expire(&'a [String]),
+    /// An action of one row taken, if [`check_action`] allows it (the row
+    /// then becomes READ; it was READ already when the flag says so).
+    Action {
+        id: &'a str,
+        action_id: &'a str,
+        was_read: bool,
+    },
 }
 
 impl RowChange<'_> {
-    fn update(&self) -> Update {
+    /// What the change did, made at `now`.
+    fn update(&self, now: i64) -> Update {
         match self {
             RowChange::Mark(_, status) | RowChange::MarkAll(status, ..) => Update::status(*status),
             RowChange::Archive(_, archived) => Update {
@@ -792,6 +877,18 @@ impl RowChange<'_> {
             },
             RowChange::Expire(_) => Update {
                 expired: Some(true),
+                ..Update::default()
+            },
+            RowChange::Action {
+                action_id,
+                was_read,
+                ..
+            } => Update {
+                status: (!was_read).then_some(Status::Read),
+                action_taken: Some(crate::model::ActionTaken {
+                    id: (*action_id).to_owned(),
+                    at: now,
+                }),
                 ..Update::default()
             },
         }
@@ -890,6 +987,21 @@ impl RowChange<'_> {
                     .fetch_all(&mut **tx)
                     .await
             }
+            RowChange::Action { id, action_id, .. } => {
+                let row = sqlx::query(GET).bind(id).fetch_optional(&mut **tx).await?;
+                let found = row.map(|row| decode(&row)).transpose()?;
+                if check_action(found.as_ref(), user, action_id, now).is_err() {
+                    return Ok(Vec::new());
+                }
+                sqlx::query(SET_ACTION)
+                    .bind(action_id)
+                    .bind(now)
+                    .bind(version)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(vec![id.to_owned()])
+            }
         }
     }
 }
@@ -944,9 +1056,11 @@ impl Store for PgStore {
         let plan = Plan::resolve(&[&batch], &stored);
         let users: Vec<User> = counters.keys().copied().collect();
         let mut by_category = users_by_category(&mut tx, &users).await?;
-        let rows = plan.number(&mut counters, &mut by_category, now);
+        let holders = collapsed(&mut tx, &plan.collapse_keys(), now).await?;
+        let rows = plan.number(&mut counters, &mut by_category, holders, now);
         if !rows.is_empty() {
             insert_rows(&mut tx, &rows, plan.fresh()).await?;
+            replace(&mut tx, &rows, now).await?;
             save_counters(&mut tx, &counters).await?;
             let notices = rows.iter().map(|row| {
                 let n = &row.notification;
@@ -957,6 +1071,7 @@ impl Store for PgStore {
                     unread: row.unread,
                     by_category: row.by_category.clone(),
                     version: n.version,
+                    replaced: row.replaced.clone(),
                 }
                 .payload()
             });
@@ -1112,6 +1227,35 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(deleted)
+    }
+
+    /// Checked once before (a refusal is final, so one seen early stands)
+    /// and again under the user's lock, where the change is made.
+    async fn complete_action(
+        &self,
+        user: User,
+        id: String,
+        action_id: String,
+    ) -> Result<Result<Notification, ActionRefused>, StoreError> {
+        let found = self.reads.get(&id).await?;
+        if let Err(refused) = check_action(found.as_ref(), user, &action_id, now_millis()) {
+            return Ok(Err(refused));
+        }
+        let was_read = found.is_some_and(|n| n.status == Status::Read);
+        let change = RowChange::Action {
+            id: &id,
+            action_id: &action_id,
+            was_read,
+        };
+        let outcome = self.change_rows(user, change).await?;
+        let now = self.reads.get(&id).await?;
+        if outcome.updated.is_empty() {
+            let refused = check_action(now.as_ref(), user, &action_id, now_millis())
+                .err()
+                .unwrap_or(ActionRefused::NotFound);
+            return Ok(Err(refused));
+        }
+        Ok(now.ok_or(ActionRefused::NotFound))
     }
 
     async fn join_room(&self, room: &str, user: User) -> Result<(), StoreError> {
@@ -1313,6 +1457,9 @@ mod plans {
         ("VIEW_TOTALS", VIEW_TOTALS, &["inbox_counts_pkey"]),
         ("DUE", DUE, &["notifications_expiry"]),
         ("EXPIRE", EXPIRE, &["notifications_pkey"]),
+        ("SET_ACTION", SET_ACTION, &["notifications_pkey"]),
+        ("COLLAPSED", COLLAPSED, &["notifications_collapse"]),
+        ("REPLACE", REPLACE, &["notifications_pkey"]),
         ("OLD", OLD, &["notifications_retention"]),
         ("DELETE_OLD", DELETE_OLD, &["notifications_pkey"]),
         (

@@ -19,11 +19,11 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::create::{Numbered, Plan};
+use crate::create::{Holders, Numbered, Plan};
 use crate::model::{
-    ByCategory, Change, ChangePosition, ChangedPage, Created, ListQuery, MarkOutcome,
-    NewNotification, Notification, OfflinePage, PageStart, RoomMember, Status, UnreadCounts,
-    Update, User, UserState, now_millis,
+    ActionRefused, ActionTaken, ByCategory, Change, ChangePosition, ChangedPage, Created,
+    ListQuery, MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, RoomMember,
+    Status, UnreadCounts, Update, User, UserState, check_action, now_millis,
 };
 use crate::reads::{
     INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user, presence_entries,
@@ -46,6 +46,20 @@ macro_rules! by_id {
     };
 }
 
+/// The unread ones (not yet due) under a recipient's collapse key:
+/// `notifications_collapse`.
+const COLLAPSED: &str = "SELECT id, category FROM notifications \
+     INDEXED BY notifications_collapse WHERE recipient_role = $1 AND recipient_id = $2 \
+     AND collapse_key = $3 AND shelf = 1 AND (expires_at IS NULL OR expires_at > $4) \
+     ORDER BY seq";
+/// Takes replaced rows off every shelf, by `[old id, new id, version]`
+/// triples: the primary key.
+const REPLACE: &str = concat!(
+    "UPDATE ",
+    by_id!(),
+    " SET shelf = 0, replaced_by = json_each.value ->> 1, version = json_each.value ->> 2, \
+     updated_at = $2 FROM json_each($1) WHERE notifications.id = json_each.value ->> 0"
+);
 /// By id: the primary key.
 const GET: &str = concat!("SELECT ", columns!(), " FROM ", by_id!(), " WHERE id = $1");
 /// The views' pages: `notifications_shelf` (INBOX, ARCHIVED),
@@ -252,10 +266,16 @@ enum WriteOp {
     Erase {
         user: User,
     },
+    CompleteAction {
+        user: User,
+        id: String,
+        action_id: String,
+    },
 }
 
 enum Outcome {
     Created(Vec<Created>),
+    Action(Box<Result<Notification, ActionRefused>>),
     Marked(MarkOutcome),
     Refreshed(Vec<User>),
     Counted(u64),
@@ -526,6 +546,15 @@ async fn apply(
             WriteOp::Erase { user } => {
                 outcomes.push(Outcome::Counted(erase(&mut tx, *user).await?));
             }
+            WriteOp::CompleteAction {
+                user,
+                id,
+                action_id,
+            } => {
+                let done =
+                    complete_action(&mut tx, *user, id, action_id, now, &mut changes).await?;
+                outcomes.push(Outcome::Action(Box::new(done)));
+            }
         }
         index += 1;
     }
@@ -547,13 +576,16 @@ async fn create_run(
     let mut counters = reserve_seqs(tx, &per_recipient).await?;
     let users: Vec<User> = per_recipient.iter().map(|(user, _)| *user).collect();
     let mut by_category = users_by_category(tx, &users).await?;
-    let rows = plan.number(&mut counters, &mut by_category, now);
+    let holders = collapsed(tx, &plan.collapse_keys(), now).await?;
+    let rows = plan.number(&mut counters, &mut by_category, holders, now);
     insert_rows(tx, &rows, plan.fresh()).await?;
+    replace(tx, &rows, now).await?;
     changes.extend(rows.iter().map(|row| Change::Created {
-        notification: row.notification.clone(),
+        notification: Box::new(row.notification.clone()),
         unread: row.unread,
         by_category: row.by_category.clone(),
         version: row.notification.version,
+        replaced: row.replaced.clone(),
     }));
     Ok(plan.answers(&rows))
 }
@@ -576,6 +608,55 @@ async fn stored_keys(
         }
     }
     Ok(stored)
+}
+
+/// The unread notifications under each (recipient, collapse key).
+async fn collapsed(
+    tx: &mut Transaction<'_, Sqlite>,
+    keys: &[(User, &str)],
+    now: i64,
+) -> Result<Holders, sqlx::Error> {
+    let mut holders = Holders::new();
+    for (user, key) in keys {
+        let found: Vec<(String, String)> = sqlx::query_as(COLLAPSED)
+            .bind(user.role.code())
+            .bind(user.id)
+            .bind(*key)
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await?;
+        if !found.is_empty() {
+            holders.insert((*user, (*key).to_owned()), found);
+        }
+    }
+    Ok(holders)
+}
+
+/// Takes the rows the fresh ones replace off every shelf (the triggers
+/// take them out of the counts), in one statement.
+async fn replace(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: &[Numbered],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let triples: Vec<(&str, &str, i64)> = rows
+        .iter()
+        .flat_map(|row| {
+            let n = &row.notification;
+            row.replaced
+                .iter()
+                .map(move |old| (old.as_str(), n.id.as_str(), n.version))
+        })
+        .collect();
+    if triples.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(REPLACE)
+        .bind(json_array(&triples))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Each user's unread count by category, in one statement per 1,000 users.
@@ -751,6 +832,19 @@ const MARK_ALL_CATEGORY: &str = "UPDATE notifications INDEXED BY notifications_c
      shelf = CASE WHEN $1 = 4 THEN 2 ELSE shelf END \
      WHERE recipient_role = $4 AND recipient_id = $5 AND category = $8 AND shelf = $7 \
      AND seq <= $6 AND status < $1 RETURNING id";
+
+/// Records an action taken on a row already checked, which becomes READ
+/// (leaving the inbox shelf) at its owner's next version as in
+/// [`SET_STATUS`].
+const SET_ACTION: &str = concat!(
+    "UPDATE ",
+    by_id!(),
+    " SET action_id = $1, action_at = $2, updated_at = $2, status = MAX(status, 4), \
+     shelf = CASE WHEN shelf = 1 THEN 2 ELSE shelf END, \
+     version = (SELECT u.version + 1 FROM users u \
+                WHERE u.role = notifications.recipient_role AND u.id = notifications.recipient_id) \
+     WHERE id = $3"
+);
 
 /// Due notifications not yet gone, oldest due first: `notifications_expiry`.
 const DUE: &str = "SELECT id, recipient_role, recipient_id FROM notifications \
@@ -1016,6 +1110,50 @@ async fn mark_all(
     settle(tx, user, updated, now).await
 }
 
+/// Takes an action of one of the user's notifications, if
+/// [`check_action`] allows it, as one change of the user.
+async fn complete_action(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: User,
+    id: &str,
+    action_id: &str,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> Result<Result<Notification, ActionRefused>, sqlx::Error> {
+    let found = read_one(tx, id).await?;
+    if let Err(refused) = check_action(found.as_ref(), user, action_id, now) {
+        return Ok(Err(refused));
+    }
+    let was_read = found.is_some_and(|n| n.status == Status::Read);
+    sqlx::query(SET_ACTION)
+        .bind(action_id)
+        .bind(now)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    let outcome = settle(tx, user, vec![id.to_owned()], now).await?;
+    let update = Update {
+        status: (!was_read).then_some(Status::Read),
+        action_taken: Some(ActionTaken {
+            id: action_id.to_owned(),
+            at: now,
+        }),
+        ..Update::default()
+    };
+    changes.extend(updated(user, &outcome, update));
+    let done = read_one(tx, id).await?;
+    Ok(done.ok_or(ActionRefused::NotFound))
+}
+
+/// One notification by id, inside the writer's transaction.
+async fn read_one(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+) -> Result<Option<Notification>, sqlx::Error> {
+    let row = sqlx::query(GET).bind(id).fetch_optional(&mut **tx).await?;
+    row.map(|row| decode(&row)).transpose()
+}
+
 /// Expires up to `limit` due notifications: per user, one change at the
 /// user's next version.
 async fn expire_due(
@@ -1215,6 +1353,7 @@ async fn expire_presence(
 fn unexpected(outcome: Outcome) -> StoreError {
     let what = match outcome {
         Outcome::Created(_) => "created",
+        Outcome::Action(_) => "action",
         Outcome::Marked(_) => "marked",
         Outcome::Refreshed(_) => "refreshed",
         Outcome::Counted(_) => "counted",
@@ -1347,6 +1486,25 @@ impl Store for SqliteStore {
     async fn erase_user(&self, user: User) -> Result<u64, StoreError> {
         match self.write(WriteOp::Erase { user }).await? {
             Outcome::Counted(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn complete_action(
+        &self,
+        user: User,
+        id: String,
+        action_id: String,
+    ) -> Result<Result<Notification, ActionRefused>, StoreError> {
+        match self
+            .write(WriteOp::CompleteAction {
+                user,
+                id,
+                action_id,
+            })
+            .await?
+        {
+            Outcome::Action(done) => Ok(*done),
             other => Err(unexpected(other)),
         }
     }
@@ -1528,6 +1686,26 @@ mod plans {
             &[
                 "SEARCH notifications USING INDEX notifications_category (recipient_role=? AND recipient_id=? AND category=? AND seq<?)",
             ],
+        ),
+        (
+            "SET_ACTION",
+            SET_ACTION,
+            &[
+                "SEARCH notifications USING INDEX sqlite_autoindex_notifications_1 (id=?)",
+                "SEARCH u USING PRIMARY KEY (role=? AND id=?)",
+            ],
+        ),
+        (
+            "COLLAPSED",
+            COLLAPSED,
+            &[
+                "SEARCH notifications USING INDEX notifications_collapse (recipient_role=? AND recipient_id=? AND collapse_key=?)",
+            ],
+        ),
+        (
+            "REPLACE",
+            REPLACE,
+            &["SEARCH notifications USING COVERING INDEX sqlite_autoindex_notifications_1 (id=?)"],
         ),
         (
             "DUE",

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify_store::{
-    ByCategory, Change, ChangePosition, ChangeSink, Channel, ListQuery, NewNotification, PageStart,
-    PgOptions, PgStore, SqliteOptions, SqliteStore, Status, Store, StoreError, User, View,
-    new_object_id,
+    Action, ActionRefused, ByCategory, Change, ChangePosition, ChangeSink, Channel, ListQuery,
+    NewNotification, PageStart, PgOptions, PgStore, SqliteOptions, SqliteStore, Status, Store,
+    StoreError, User, View, new_object_id,
 };
 use sqlx::Connection;
 
@@ -166,6 +166,8 @@ suite!(
     expired_ones_leave_every_list_and_count_once,
     retention_deletes_only_what_is_not_unread,
     erasure_deletes_everything_and_seqs_go_on,
+    a_collapse_key_replaces_the_unread_one_and_the_count_does_not_grow,
+    an_action_is_taken_once_and_reads_the_notification,
 );
 
 async fn seqs_are_gapless_under_concurrency(b: Backend) {
@@ -1267,4 +1269,230 @@ async fn erasure_deletes_everything_and_seqs_go_on(b: Backend) {
         "others untouched"
     );
     assert_counts_match_lists(&b, user, &["order"]).await;
+}
+
+fn collapsing(user: User, n: i64, key: &str, category: &str) -> NewNotification {
+    NewNotification {
+        collapse_key: Some(key.to_owned()),
+        ..in_category(user, n, category)
+    }
+}
+
+/// placed → packed → shipped under one key: each replaces the unread one
+/// before it (stored, or earlier in the same commit), which leaves every
+/// list and names its successor; the count stays at one. A read or
+/// archived one is not replaced, and other users' keys are their own.
+async fn a_collapse_key_replaces_the_unread_one_and_the_count_does_not_grow(b: Backend) {
+    let user = User::customer(41);
+    let other = User::customer(42);
+    let placed = b
+        .store
+        .create(vec![collapsing(user, 0, "order-7", "order")])
+        .await
+        .unwrap()
+        .remove(0)
+        .notification;
+    let before = b.store.user_state(user).await.unwrap();
+    let mut pair = b
+        .store
+        .create(vec![
+            collapsing(user, 1, "order-7", "order"),
+            collapsing(other, 1, "order-7", "order"),
+            collapsing(user, 2, "order-7", "shipping"),
+        ])
+        .await
+        .unwrap();
+    let shipped = pair.remove(2).notification;
+    let packed = pair.remove(0).notification;
+    assert_eq!(packed.replaces.as_deref(), Some(placed.id.as_str()));
+    assert_eq!(shipped.replaces.as_deref(), Some(packed.id.as_str()));
+    assert_eq!(pair[0].notification.replaces, None, "another user's key");
+    let counts = b.store.unread_counts(user).await.unwrap();
+    assert_eq!(
+        (counts.unread, counts.by_category),
+        (1, by_category(&[("shipping", 1)]))
+    );
+    assert_eq!(counts.version, before.version + 2, "one version per create");
+    for view in [View::Inbox, View::All] {
+        assert_eq!(listed(&b, user, view, None).await, vec![shipped.id.clone()]);
+    }
+    let gone = b.store.get(&placed.id).await.unwrap().unwrap();
+    assert_eq!(gone.replaced_by.as_deref(), Some(packed.id.as_str()));
+    assert_counts_match_lists(&b, user, &["order", "shipping"]).await;
+
+    // The changes say who replaced whom, with the count after.
+    let replaced = b
+        .changes
+        .wait_for(3, |c| match c {
+            Change::Created {
+                notification,
+                replaced,
+                unread,
+                ..
+            } if notification.recipient == user => {
+                Some((notification.id.clone(), replaced.clone(), *unread))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        replaced,
+        vec![
+            (placed.id.clone(), vec![], 1),
+            (packed.id.clone(), vec![placed.id.clone()], 1),
+            (shipped.id.clone(), vec![packed.id.clone()], 1),
+        ]
+    );
+    // A catch-up reads the replaced one back as changed in that version.
+    let page = b
+        .store
+        .changed_after(user, ChangePosition::after(before.version), 10)
+        .await
+        .unwrap();
+    let changed: Vec<(&str, Option<&str>)> = page
+        .items
+        .iter()
+        .map(|n| (n.id.as_str(), n.replaced_by.as_deref()))
+        .collect();
+    assert_eq!(
+        changed,
+        vec![
+            (placed.id.as_str(), Some(packed.id.as_str())),
+            (packed.id.as_str(), Some(shipped.id.as_str())),
+            (shipped.id.as_str(), None),
+        ]
+    );
+
+    // A read one is not replaced: the next one just joins the inbox.
+    b.store
+        .mark(user, vec![shipped.id.clone()], Status::Read)
+        .await
+        .unwrap();
+    let delivered = b
+        .store
+        .create(vec![collapsing(user, 3, "order-7", "shipping")])
+        .await
+        .unwrap()
+        .remove(0)
+        .notification;
+    assert_eq!(delivered.replaces, None);
+    let read = b.store.get(&shipped.id).await.unwrap().unwrap();
+    assert_eq!((read.status, read.replaced_by), (Status::Read, None));
+    assert_eq!(b.store.unread_counts(user).await.unwrap().unread, 1);
+    assert_counts_match_lists(&b, user, &["order", "shipping"]).await;
+}
+
+fn with_actions(user: User, n: i64) -> NewNotification {
+    NewNotification {
+        actions: vec![
+            Action {
+                id: "accept".into(),
+                label: "Accept return".into(),
+                url: None,
+            },
+            Action {
+                id: "view".into(),
+                label: "View order".into(),
+                url: Some("https://shop.example/orders/7".into()),
+            },
+        ],
+        ..in_category(user, n, "return")
+    }
+}
+
+/// An action is taken once: the notification becomes READ with the action
+/// recorded, as one change; an unknown action, a second completion,
+/// someone else's notification and a replaced one are each refused and
+/// change nothing.
+async fn an_action_is_taken_once_and_reads_the_notification(b: Backend) {
+    let user = User::vendor(43);
+    let created = b
+        .store
+        .create(vec![with_actions(user, 0), with_actions(user, 1)])
+        .await
+        .unwrap();
+    let (first, second) = (&created[0].notification, &created[1].notification);
+    assert_eq!(first.actions.len(), 2);
+    assert_eq!(
+        first.actions[1].url.as_deref(),
+        Some("https://shop.example/orders/7")
+    );
+    let complete = |id: &str, action: &str, who: User| {
+        let store = b.store.clone();
+        let (id, action) = (id.to_owned(), action.to_owned());
+        async move { store.complete_action(who, id, action).await.unwrap() }
+    };
+    assert_eq!(
+        complete(&first.id, "refund", user).await,
+        Err(ActionRefused::UnknownAction)
+    );
+    assert_eq!(
+        complete(&first.id, "accept", User::vendor(44)).await,
+        Err(ActionRefused::NotFound),
+        "another user's notification"
+    );
+    let before = b.store.user_state(user).await.unwrap();
+    let done = complete(&first.id, "accept", user).await.unwrap();
+    assert_eq!(done.status, Status::Read);
+    let taken = done.action_taken.clone().unwrap();
+    assert_eq!(taken.id, "accept");
+    assert_eq!(done.version, before.version + 1);
+    assert_eq!(
+        complete(&first.id, "view", user).await,
+        Err(ActionRefused::AlreadyTaken(taken.clone())),
+        "once"
+    );
+    let counts = b.store.unread_counts(user).await.unwrap();
+    assert_eq!((counts.unread, counts.version), (1, before.version + 1));
+    assert_counts_match_lists(&b, user, &["return"]).await;
+    let published = b
+        .changes
+        .wait_for(1, |c| match c {
+            Change::Updated {
+                ids,
+                update,
+                unread,
+                ..
+            } if update.action_taken.is_some() => Some((
+                ids.clone(),
+                update.status,
+                update.action_taken.clone(),
+                *unread,
+            )),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        published,
+        vec![(vec![first.id.clone()], Some(Status::Read), Some(taken), 1)]
+    );
+
+    // An action of an archived, already READ one records the action alone.
+    b.store
+        .mark(user, vec![second.id.clone()], Status::Read)
+        .await
+        .unwrap();
+    b.store
+        .archive(user, vec![second.id.clone()], true)
+        .await
+        .unwrap();
+    let archived = complete(&second.id, "view", user).await.unwrap();
+    assert_eq!(
+        (archived.status, archived.archived_at.is_some()),
+        (Status::Read, true)
+    );
+    assert_eq!(archived.action_taken.unwrap().id, "view");
+
+    // A replaced one is gone: its buttons went with it.
+    let keyed = |n| NewNotification {
+        collapse_key: Some("return-9".into()),
+        ..with_actions(user, n)
+    };
+    let old = b.store.create(vec![keyed(2)]).await.unwrap().remove(0);
+    b.store.create(vec![keyed(3)]).await.unwrap();
+    assert_eq!(
+        complete(&old.notification.id, "accept", user).await,
+        Err(ActionRefused::Gone)
+    );
+    assert_counts_match_lists(&b, user, &["return"]).await;
 }
