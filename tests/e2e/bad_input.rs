@@ -31,7 +31,7 @@ use crate::{simple, to_json, to_struct};
 /// tonic's default limit on a received message.
 const MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
-/// The fifteen RPCs of `notify.v1.NotificationService`.
+/// The sixteen RPCs of `notify.v1.NotificationService`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rpc {
     CreateNotification,
@@ -44,6 +44,7 @@ enum Rpc {
     MarkAllNotifications,
     ArchiveNotifications,
     EraseUser,
+    CompleteAction,
     RecordDeliveries,
     StreamUserEvents,
     JoinRoom,
@@ -69,6 +70,7 @@ enum Req {
     MarkAll(proto::MarkAllNotificationsRequest),
     Archive(proto::ArchiveNotificationsRequest),
     Erase(proto::EraseUserRequest),
+    Complete(proto::CompleteActionRequest),
     Deliveries(proto::RecordDeliveriesRequest),
     Stream(proto::StreamUserEventsRequest),
     Join(proto::RoomRequest),
@@ -90,6 +92,7 @@ impl Req {
             Req::MarkAll(_) => Rpc::MarkAllNotifications,
             Req::Archive(_) => Rpc::ArchiveNotifications,
             Req::Erase(_) => Rpc::EraseUser,
+            Req::Complete(_) => Rpc::CompleteAction,
             Req::Deliveries(_) => Rpc::RecordDeliveries,
             Req::Stream(_) => Rpc::StreamUserEvents,
             Req::Join(_) => Rpc::JoinRoom,
@@ -111,6 +114,7 @@ impl Req {
             Req::MarkAll(m) => m.encode_to_vec(),
             Req::Archive(m) => m.encode_to_vec(),
             Req::Erase(m) => m.encode_to_vec(),
+            Req::Complete(m) => m.encode_to_vec(),
             Req::Deliveries(m) => m.encode_to_vec(),
             Req::Stream(m) => m.encode_to_vec(),
             Req::Join(m) | Req::Leave(m) => m.encode_to_vec(),
@@ -172,6 +176,10 @@ struct Ids {
     read: String,
     /// A customer 12 notification.
     other_user: String,
+    /// A vendor 5 notification with actions `accept` and `view`, none taken.
+    actionable: String,
+    /// A vendor 5 notification whose action `accept` was taken.
+    taken: String,
 }
 
 /// A valid request for `rpc` with `extra` encoded after it: protobuf keeps
@@ -370,6 +378,144 @@ fn cases(ids: &Ids) -> Vec<Case> {
             "expiresAt",
         );
     }
+    let complete = |edit: &dyn Fn(&mut proto::CompleteActionRequest)| {
+        let mut request = proto::CompleteActionRequest {
+            vendor_id: Some(5),
+            customer_id: None,
+            id: ids.actionable.clone(),
+            action_id: "accept".into(),
+        };
+        edit(&mut request);
+        Req::Complete(request)
+    };
+    t.bad(
+        "complete: no recipient",
+        complete(&|r| r.vendor_id = None),
+        "vendorId",
+    );
+    t.bad(
+        "complete: two recipients",
+        complete(&|r| r.customer_id = Some(12)),
+        "vendorId",
+    );
+    t.bad("complete: no id", complete(&|r| r.id.clear()), "id");
+    t.bad(
+        "complete: id not hex",
+        complete(&|r| r.id = "zz".repeat(12)),
+        "id",
+    );
+    t.bad(
+        "complete: no actionId",
+        complete(&|r| r.action_id.clear()),
+        "actionId",
+    );
+    t.bad(
+        "complete: actionId of 33 characters",
+        complete(&|r| r.action_id = "a".repeat(33)),
+        "actionId",
+    );
+    t.bad(
+        "complete: an action the notification lacks",
+        complete(&|r| r.action_id = "refund".into()),
+        "actionId",
+    );
+    t.bad(
+        "complete: a notification without actions",
+        complete(&|r| r.id = ids.unread.clone()),
+        "actionId",
+    );
+    t.row(
+        "complete: a second completion",
+        complete(&|r| r.id = ids.taken.clone()),
+        Code::FailedPrecondition,
+        "already had its action",
+    );
+    t.row(
+        "complete: another user's notification",
+        complete(&|r| r.id = ids.other_user.clone()),
+        Code::NotFound,
+        "no notification",
+    );
+    t.row(
+        "complete: an id that does not exist",
+        complete(&|r| r.id = "68553796000745d4620985ff".into()),
+        Code::NotFound,
+        "no notification",
+    );
+    let action = |id: &str, label: &str, url: &str| proto::Action {
+        id: id.into(),
+        label: label.into(),
+        url: url.into(),
+    };
+    for (name, actions, field) in [
+        (
+            "create: four actions",
+            vec![action("a", "A", ""); 4],
+            "actions",
+        ),
+        (
+            "create: a javascript: action URL",
+            vec![action("a", "A", "javascript:alert(1)")],
+            "actions[0].url",
+        ),
+        (
+            "create: a relative action URL",
+            vec![action("a", "A", "/orders/7")],
+            "actions[0].url",
+        ),
+        (
+            "create: a data: action URL",
+            vec![action("a", "A", "data:text/html,<b>x</b>")],
+            "actions[0].url",
+        ),
+        (
+            "create: two actions with one id",
+            vec![action("a", "A", ""), action("a", "B", "")],
+            "actions[1].id",
+        ),
+        (
+            "create: an action without an id",
+            vec![action("", "A", "")],
+            "actions[0].id",
+        ),
+        (
+            "create: an action id of 33 characters",
+            vec![action(&"i".repeat(33), "A", "")],
+            "actions[0].id",
+        ),
+        (
+            "create: an action without a label",
+            vec![action("a", "", "")],
+            "actions[0].label",
+        ),
+        (
+            "create: an action label of 65 characters",
+            vec![action("a", &"l".repeat(65), "")],
+            "actions[0].label",
+        ),
+    ] {
+        t.bad(name, create(|r| r.actions = actions), field);
+    }
+    t.bad(
+        "bulk: an ftp: action URL",
+        bulk(|r| r.actions = vec![action("a", "A", "ftp://shop.example/x")]),
+        "actions[0].url",
+    );
+    t.bad(
+        "create: collapseKey of 129 characters",
+        create(|r| r.collapse_key = "k".repeat(129)),
+        "collapseKey",
+    );
+    t.bad(
+        "create: collapseKey with a control character",
+        create(|r| r.collapse_key = "order\n7".into()),
+        "collapseKey",
+    );
+    t.bad(
+        "bulk: collapseKey of 129 characters",
+        bulk(|r| r.collapse_key = "k".repeat(129)),
+        "collapseKey",
+    );
     t.bad(
         "bulk: expiresAt in the past",
         bulk(|r| r.expires_at = "2001-01-01T00:00:00Z".into()),
@@ -1488,6 +1634,7 @@ fn cases(ids: &Ids) -> Vec<Case> {
         Rpc::MarkAllNotifications,
         Rpc::ArchiveNotifications,
         Rpc::EraseUser,
+        Rpc::CompleteAction,
         Rpc::RecordDeliveries,
         Rpc::StreamUserEvents,
         Rpc::JoinRoom,
@@ -1505,6 +1652,7 @@ fn cases(ids: &Ids) -> Vec<Case> {
             Rpc::MarkAllNotifications => ("mark all: empty message", "vendorId"),
             Rpc::ArchiveNotifications => ("archive: empty message", "vendorId"),
             Rpc::EraseUser => ("erase: empty message", "vendorId"),
+            Rpc::CompleteAction => ("complete: empty message", "vendorId"),
             Rpc::RecordDeliveries => ("receipts: empty message", "receipts"),
             Rpc::StreamUserEvents => ("stream: empty message", "vendorId"),
             Rpc::JoinRoom => ("join: empty message", "room"),
@@ -1884,8 +2032,8 @@ async fn snapshot(client: &mut Client, known: &[String]) -> BTreeMap<String, Str
     out
 }
 
-/// Stores the fixture: vendor 5 has 25 notifications (3 READ, 2
-/// DELIVERED), customer 12 has 3 (one with an idempotency key), vendor 6
+/// Stores the fixture: vendor 5 has 27 notifications (3 READ, 2
+/// DELIVERED, then two with actions, one of them taken and so READ), customer 12 has 3 (one with an idempotency key), vendor 6
 /// has 2, both READ; vendor 5 and customer 12 share room `order:881`,
 /// vendor 6 is in `order:882`.
 async fn store_fixture(client: &mut Client) -> (Ids, Vec<String>) {
@@ -1912,6 +2060,23 @@ async fn store_fixture(client: &mut Client) -> (Ids, Vec<String>) {
         customer12.push(create(request).await);
     }
     let vendor6 = vec![create(simple(6, 0)).await, create(simple(6, 1)).await];
+    let buttons = |n| proto::CreateNotificationRequest {
+        actions: vec![
+            proto::Action {
+                id: "accept".into(),
+                label: "Accept return".into(),
+                url: String::new(),
+            },
+            proto::Action {
+                id: "view".into(),
+                label: "View order".into(),
+                url: "https://shop.example/orders/881".into(),
+            },
+        ],
+        ..simple(5, n)
+    };
+    let actionable = create(buttons(25)).await;
+    let taken = create(buttons(26)).await;
     let marks = [
         (5, vendor5[..3].to_vec(), proto::Status::Read),
         (5, vendor5[3..5].to_vec(), proto::Status::Delivered),
@@ -1942,12 +2107,23 @@ async fn store_fixture(client: &mut Client) -> (Ids, Vec<String>) {
             .await
             .expect("join");
     }
+    client
+        .complete_action(proto::CompleteActionRequest {
+            vendor_id: Some(5),
+            customer_id: None,
+            id: taken.clone(),
+            action_id: "accept".into(),
+        })
+        .await
+        .expect("complete an action");
     let ids = Ids {
         unread: vendor5[10].clone(),
         read: vendor5[0].clone(),
         other_user: customer12[1].clone(),
+        actionable: actionable.clone(),
+        taken: taken.clone(),
     };
-    let known = [vendor5, customer12, vendor6].concat();
+    let known = [vendor5, vec![actionable, taken], customer12, vendor6].concat();
     (ids, known)
 }
 
@@ -1957,6 +2133,8 @@ fn the_table_has_at_least_100_refused_cases_and_covers_every_rpc() {
         unread: "68553796000745d4620985b1".into(),
         read: "68553796000745d4620985b2".into(),
         other_user: "68553796000745d4620985b3".into(),
+        actionable: "68553796000745d4620985b4".into(),
+        taken: "68553796000745d4620985b5".into(),
     };
     let cases = cases(&ids);
     let refused = cases.iter().filter(|c| c.code != Code::Ok).count();
@@ -1969,7 +2147,7 @@ fn the_table_has_at_least_100_refused_cases_and_covers_every_rpc() {
     let names: BTreeSet<_> = cases.iter().map(|c| c.name).collect();
     assert_eq!(names.len(), cases.len(), "case names must be unique");
     let rpcs: BTreeSet<_> = cases.iter().map(|c| c.request.rpc()).collect();
-    assert_eq!(rpcs.len(), 15, "every RPC has cases");
+    assert_eq!(rpcs.len(), 16, "every RPC has cases");
 }
 
 #[test]
@@ -2053,7 +2231,7 @@ async fn every_bad_input_is_refused_naming_its_field_and_changes_nothing() {
     // A good request still works, and continues vendor 5's sequence with
     // no gap: nothing was created in between.
     match client.create_notification(simple(5, 99)).await {
-        Ok(created) if created.get_ref().seq == 26 => {}
+        Ok(created) if created.get_ref().seq == 28 => {}
         other => failures.push(format!("a good request after the cases: {other:?}")),
     }
 

@@ -231,3 +231,100 @@ async fn grpcurl_drives_categories_archive_views_and_mark_all() {
     .await;
     assert_eq!(after["seq"], "4", "the seq goes on after an erasure");
 }
+
+/// A call grpcurl must fail: its stderr (the code and message it prints).
+async fn call_refused(core: &CoreProcess, method: &str, body: &str) -> String {
+    let output = Command::new(grpcurl())
+        .args(["-plaintext", "-d", body, &core.addr.to_string()])
+        .arg(format!("{SERVICE}/{method}"))
+        .output()
+        .await
+        .expect("run grpcurl");
+    assert!(
+        !output.status.success(),
+        "grpcurl {method} succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// An order's updates collapse into one unread notification, and a
+/// return's buttons are pressed once, all through grpcurl's JSON.
+#[tokio::test]
+async fn grpcurl_collapses_updates_and_completes_an_action() {
+    let core = CoreProcess::start();
+    let update = |status: &str| {
+        format!(
+            r#"{{"customerId":12,"type":"order:{status}","content":{{"order":881}},"collapseKey":"order-881"}}"#
+        )
+    };
+    let placed = call(&core, "CreateNotification", &update("placed")).await;
+    assert_eq!(placed["collapseKey"], "order-881");
+    let packed = call(&core, "CreateNotification", &update("packed")).await;
+    assert_eq!(packed["replaces"], placed["id"]);
+    let counts = call(&core, "GetUnreadCounts", r#"{"customerId":12}"#).await;
+    assert_eq!(counts["count"], "1", "the count does not grow");
+    let old = call(
+        &core,
+        "GetNotification",
+        &format!(r#"{{"id":{}}}"#, placed["id"]),
+    )
+    .await;
+    assert_eq!(old["replacedBy"], packed["id"]);
+    let all = call(
+        &core,
+        "ListNotifications",
+        r#"{"customerId":12,"view":"ALL"}"#,
+    )
+    .await;
+    let listed: Vec<&Value> = all["items"].as_array().unwrap().iter().collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], packed["id"]);
+
+    let request = call(
+        &core,
+        "CreateNotification",
+        r#"{"vendorId":5,"type":"return:requested","content":{"order":881},
+            "actions":[{"id":"accept","label":"Accept return"},
+                       {"id":"view","label":"View order","url":"https://shop.example/orders/881"}]}"#,
+    )
+    .await;
+    assert_eq!(
+        request["actions"][1]["url"],
+        "https://shop.example/orders/881"
+    );
+    let id = request["id"].as_str().unwrap();
+    let unknown = call_refused(
+        &core,
+        "CompleteAction",
+        &format!(r#"{{"vendorId":5,"id":"{id}","actionId":"refund"}}"#),
+    )
+    .await;
+    assert!(
+        unknown.contains("InvalidArgument") && unknown.contains("actionId"),
+        "{unknown}"
+    );
+    let done = call(
+        &core,
+        "CompleteAction",
+        &format!(r#"{{"vendorId":5,"id":"{id}","actionId":"accept"}}"#),
+    )
+    .await;
+    assert_eq!(done["status"], "READ");
+    assert_eq!(done["actionTaken"]["id"], "accept");
+    assert!(done["actionTaken"]["at"].as_str().unwrap().ends_with('Z'));
+    let again = call_refused(
+        &core,
+        "CompleteAction",
+        &format!(r#"{{"vendorId":5,"id":"{id}","actionId":"view"}}"#),
+    )
+    .await;
+    assert!(again.contains("FailedPrecondition"), "{again}");
+    let bad = call_refused(
+        &core,
+        "CreateNotification",
+        r#"{"vendorId":5,"type":"x","content":{},"actions":[{"id":"a","label":"A","url":"javascript:alert(1)"}]}"#,
+    )
+    .await;
+    assert!(bad.contains("actions[0].url"), "{bad}");
+}
