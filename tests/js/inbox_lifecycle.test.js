@@ -1,6 +1,7 @@
 // The inbox lifecycle over Socket.IO, on both transports: categories and
 // their exact counts (`unreadCount.byCategory`), archive and the views,
-// mark-all, and two tabs of one user agreeing on each without a reload.
+// mark-all, collapsing updates, action buttons, and two tabs of one user
+// agreeing on each without a reload.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { useStack, token, connect, until, events, request, toStruct } from "./harness.js";
@@ -100,6 +101,12 @@ test("bad input to the new events is a 400 naming the field, through the ack and
       ["markAllAsRead", { category: "Not A Category" }, /category/],
       ["offlineNotifications", { view: "TRASH" }, /view/],
       ["offlineNotifications", { category: 7 }, /category/],
+      ["completeAction", { actionId: "accept" }, /^id/],
+      ["completeAction", { id: "nope", actionId: "accept" }, /^id/],
+      ["completeAction", { id: "68553796000745d4620985bc" }, /^actionId/],
+      ["completeAction", { id: "68553796000745d4620985bc", actionId: "x".repeat(33) }, /^actionId/],
+      ["completeAction", { id: "68553796000745d4620985bc", actionId: 7 }, /^actionId/],
+      ["completeAction", "accept", /payload/],
     ];
     for (const [event, payload, field] of cases) {
       const before = events(socket, "appError").length;
@@ -111,5 +118,92 @@ test("bad input to the new events is a 400 naming the field, through the ack and
     }
   } finally {
     socket.close();
+  }
+});
+
+test("an order's updates collapse into one item and an action taken in one tab shows in the other", async () => {
+  const customer = 453;
+  const update = (status, extra = {}) =>
+    stack.core.create({
+      customerId: customer,
+      type: `order:${status}`,
+      content: toStruct({ order: 881, status }),
+      collapseKey: "order-881",
+      ...extra,
+    });
+  const placed = await update("placed");
+  const auth = { token: token({ customer }) };
+  const websocket = await connect(stack.bridge, { auth, transports: ["websocket"] });
+  const polling = await connect(stack.bridge, { auth, transports: ["polling"] });
+  const tabs = [websocket, polling];
+  try {
+    for (const tab of tabs) await until(tab, () => countIs(tab, 1, { order: 1 }), "the first count");
+
+    // placed → packed: the new one names the old, the old leaves, the count stays 1.
+    const countsBefore = tabs.map((tab) => events(tab, "unreadCount").length);
+    const packed = await update("packed", {
+      actions: [
+        { id: "cancel", label: "Cancel order" },
+        { id: "track", label: "Track parcel", url: "https://shop.example/track/881" },
+      ],
+    });
+    assert.equal(packed.replaces, placed.id);
+    for (const tab of tabs) {
+      await until(
+        tab,
+        () => events(tab, "notification").some((n) => n.id === packed.id),
+        "the update, live"
+      );
+      await until(tab, () => updated(tab, placed.id, "replacedBy", packed.id), "the old one replaced");
+      const live = events(tab, "notification").find((n) => n.id === packed.id);
+      assert.equal(live.replaces, placed.id);
+      assert.equal(live.collapseKey, "order-881");
+      assert.deepEqual(live.actions, [
+        { id: "cancel", label: "Cancel order" },
+        { id: "track", label: "Track parcel", url: "https://shop.example/track/881" },
+      ]);
+      assert.equal(live.actionTaken, null);
+    }
+    // A count that grew would have come before the replacedBy update (the
+    // bridge sends a count only when it changes, in order).
+    for (const [n, tab] of tabs.entries()) {
+      const since = events(tab, "unreadCount").slice(countsBefore[n]).map((c) => c.data.count);
+      assert.ok(since.every((count) => count === 1), `the count never grew: ${since}`);
+      assert.ok(countIs(tab, 1, { order: 1 }));
+    }
+    const inbox = await request(polling, "offlineNotifications", { view: "ALL" });
+    assert.deepEqual(inbox.data.items.map((n) => n.id), [packed.id], "the replaced one is listed nowhere");
+
+    // An unknown action is a 400 naming it; the right one reads it, once.
+    const unknown = await request(websocket, "completeAction", { id: packed.id, actionId: "refund" });
+    assert.equal(unknown.statusCode, 400);
+    assert.match(unknown.message, /^actionId/);
+    const done = await request(websocket, "completeAction", { id: packed.id, actionId: "cancel" });
+    assert.equal(done.error, false);
+    assert.equal(done.data.id, packed.id);
+    assert.equal(done.data.status, "READ");
+    assert.equal(done.data.actionTaken.id, "cancel");
+    for (const tab of tabs) {
+      await until(
+        tab,
+        () =>
+          events(tab, "notificationUpdated").some(
+            (u) => u.data.ids.includes(packed.id) && u.data.actionTaken?.id === "cancel" && u.data.status === "READ"
+          ),
+        "the action, in every tab"
+      );
+      await until(tab, () => countIs(tab, 0, {}), "the count after the action");
+    }
+    const again = await request(polling, "completeAction", { id: packed.id, actionId: "track" });
+    assert.equal(again.error, true, "a second completion is refused");
+    assert.equal(again.statusCode, 400);
+    assert.match(again.message, /already/);
+
+    // Once read, the next update does not replace it.
+    const shipped = await update("shipped");
+    assert.equal(shipped.replaces ?? "", "");
+    for (const tab of tabs) await until(tab, () => countIs(tab, 1, { order: 1 }), "the next update counts");
+  } finally {
+    for (const tab of tabs) tab.close();
   }
 });

@@ -168,3 +168,45 @@ def test_archive_and_mark_all_reach_both_tabs_with_counts_by_category(stack):
     finally:
         websocket.disconnect()
         polling.disconnect()
+
+
+def test_collapsed_updates_and_an_action_reach_both_tabs(stack):
+    def update(status, **extra):
+        return stack.grpc("CreateNotification", {
+            "customerId": 9, "type": f"order:{status}", "content": {"order": 77},
+            "collapseKey": "order-77", **extra})
+    placed = update("placed")
+    websocket, ws_received = client_for(stack, "customer", 9, transports=("websocket",))
+    polling, polling_received = client_for(stack, "customer", 9, transports=("polling",))
+    tabs = (ws_received, polling_received)
+    try:
+        for received in tabs:
+            assert next_event(received, "unreadCount")["data"]["count"] == 1
+        packed = update("packed", actions=[{"id": "cancel", "label": "Cancel order"}])
+        assert packed["replaces"] == placed["id"]
+        for received in tabs:
+            live = next_event(received, "notification")
+            assert live["id"] == packed["id"] and live["replaces"] == placed["id"]
+            assert live["actions"] == [{"id": "cancel", "label": "Cancel order"}]
+            gone = next_event(received, "notificationUpdated",
+                              where=lambda u: "replacedBy" in u["data"])
+            assert gone["data"]["ids"] == [placed["id"]]
+            assert gone["data"]["replacedBy"] == packed["id"]
+        answer = polling.call("completeAction", {"id": packed["id"], "actionId": "cancel"},
+                              namespace="/notification", timeout=10)
+        assert answer["error"] is False
+        assert answer["data"]["status"] == "READ"
+        assert answer["data"]["actionTaken"]["id"] == "cancel"
+        for received in tabs:
+            taken = next_event(received, "notificationUpdated",
+                               where=lambda u: "actionTaken" in u["data"])
+            assert taken["data"]["ids"] == [packed["id"]]
+            assert taken["data"]["status"] == "READ"
+            assert next_event(received, "unreadCount")["data"] == {"count": 0, "byCategory": {}}
+        again = websocket.call("completeAction", {"id": packed["id"], "actionId": "cancel"},
+                               namespace="/notification", timeout=10)
+        assert again["error"] is True and again["statusCode"] == 400
+        assert next_event(ws_received, "appError")["statusCode"] == 400
+    finally:
+        websocket.disconnect()
+        polling.disconnect()
