@@ -259,6 +259,90 @@ test("category tabs with their counts, archive and archive all read, in two tabs
   }
 });
 
+test("action buttons show their completed state in both tabs; a collapsed update replaces its item in place; an expiring item leaves", async () => {
+  for (const [vendor, width, height, name] of [[36, 1280, 900, "desk"], [37, 390, 844, "phone"]]) {
+    const returned = await core.create({
+      vendorId: vendor,
+      type: "return:requested",
+      content: toStruct({ message: "Return requested for order #3001" }),
+      actions: [
+        { id: "accept", label: "Accept return" },
+        { id: "view", label: "View order", url: "https://shop.example/orders/3001" },
+      ],
+    });
+    const placed = await core.create({
+      vendorId: vendor,
+      type: "order:placed",
+      content: toStruct({ message: "Order #3002 was placed" }),
+      collapseKey: "order-3002",
+    });
+    await core.create({ vendorId: vendor, type: "payment:received", content: toStruct({ message: "Payment of 12.00 received" }) });
+    const context = await browser.newContext({ viewport: { width, height } });
+    try {
+      const [first, second] = [await context.newPage(), await context.newPage()];
+      for (const page of [first, second]) {
+        await page.goto(`${bridge.url}/#token=${token({ vendor })}`);
+        await eventually(async () => (await page.locator("#list > li").count()) === 3, "3 items");
+      }
+      const item = (page, id) => page.locator(`#list > li[data-id="${id}"]`);
+      const choices = item(first, returned.id).locator(".choice");
+      assert.deepEqual(await choices.allTextContents(), ["Accept return", "View order"]);
+      assert.equal(await choices.nth(1).getAttribute("href"), "https://shop.example/orders/3001");
+      assert.equal(await choices.nth(1).getAttribute("rel"), "noopener noreferrer");
+      await first.screenshot({ path: join(shots, `inbox-actions-${name}.png`), fullPage: true });
+
+      // Pressing a button in one tab: both show it taken, and read.
+      await choices.first().click();
+      for (const page of [first, second]) {
+        const taken = item(page, returned.id).locator(".taken");
+        await eventually(async () => (await taken.isVisible()) && (await taken.textContent()).startsWith("Accept return"),
+          "the completed state");
+        assert.equal(await item(page, returned.id).locator(".choice").count(), 0, "no button left to press");
+        await eventually(async () => (await item(page, returned.id).locator(".status").textContent()) === "read", "read");
+        await eventually(async () => (await badgeOf(page)) === "2", "the badge after the action");
+      }
+      await second.screenshot({ path: join(shots, `inbox-action-taken-${name}.png`), fullPage: true });
+
+      // The order's next status replaces its item where it was.
+      const before = await first.locator("#list > li").evaluateAll((items) => items.map((li) => li.dataset.id));
+      const position = before.indexOf(placed.id);
+      const packed = await core.create({
+        vendorId: vendor,
+        type: "order:packed",
+        content: toStruct({ message: "Order #3002 was packed" }),
+        collapseKey: "order-3002",
+      });
+      for (const page of [first, second]) {
+        await eventually(async () => (await item(page, packed.id).count()) === 1, "the update shown");
+        await eventually(async () => (await item(page, placed.id).count()) === 0, "the old one gone");
+        const now = await page.locator("#list > li").evaluateAll((items) => items.map((li) => li.dataset.id));
+        assert.equal(now.length, 3, "the list did not grow");
+        assert.equal(now.indexOf(packed.id), position, "in the old one's place");
+        assert.equal(await item(page, packed.id).locator(".message").textContent(), "Order #3002 was packed");
+        assert.equal(await badgeOf(page), "2", "the count did not grow");
+      }
+      await first.screenshot({ path: join(shots, `inbox-collapsed-${name}.png`), fullPage: true });
+
+      // A flash sale ending: its item leaves both tabs by itself.
+      const sale = await core.create({
+        vendorId: vendor,
+        type: "sale:flash",
+        content: toStruct({ message: "Flash sale: 20% off for a moment" }),
+        expiresAt: new Date(Date.now() + 4000).toISOString(),
+      });
+      for (const page of [first, second]) {
+        await eventually(async () => (await item(page, sale.id).count()) === 1, "the sale shown");
+      }
+      for (const page of [first, second]) {
+        await eventually(async () => (await item(page, sale.id).count()) === 0, "the sale gone at its expiry");
+        await eventually(async () => (await badgeOf(page)) === "2", "the badge after the expiry");
+      }
+    } finally {
+      await context.close();
+    }
+  }
+});
+
 test("sign in by pasting a token; a bad token is refused with the reason", async () => {
   const context = await browser.newContext();
   const page = await context.newPage();

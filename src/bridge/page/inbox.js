@@ -137,8 +137,17 @@ function start(token) {
     setState("live", "Live");
     view.newestSeq = Math.max(view.newestSeq, notification.seq ?? 0);
     announce(`New notification: ${headline(notification)}`);
+    if (view.items.some((n) => n.id === notification.id)) return;
     const shown = view.shelf === "INBOX" && (view.category === null || view.category === notification.category);
-    if (!shown || view.page !== 1 || view.items.some((n) => n.id === notification.id)) return;
+    // An update of something shown (its collapse key's newer one) takes the
+    // old one's place; the old one's replacedBy follows.
+    const replaced = view.items.findIndex((n) => n.id === notification.replaces);
+    if (replaced >= 0) {
+      if (shown) view.items[replaced] = notification;
+      else view.items.splice(replaced, 1);
+      return render(notification.id);
+    }
+    if (!shown || view.page !== 1) return;
     view.items.unshift(notification);
     if (view.items.length > PAGE_SIZE) view.items.pop();
     render(notification.id);
@@ -233,6 +242,21 @@ async function markAllRead() {
   await loadPage(1);
 }
 
+// Presses one of a notification's buttons: the notification becomes READ
+// and shows which was taken (every tab hears it as notificationUpdated).
+async function completeAction(notification, action) {
+  const answer = await view.socket.timeout(10_000).emitWithAck("completeAction", {
+    id: notification.id,
+    actionId: action.id,
+  });
+  if (answer.error) {
+    showError(answer.message, answer.statusCode);
+    return null;
+  }
+  announce(`${action.label}: done`);
+  return answer.data;
+}
+
 async function archive(ids, archived) {
   const answer = await view.socket.timeout(10_000).emitWithAck("archive", { ids, archived });
   if (answer.error) {
@@ -323,15 +347,20 @@ function renderTabs() {
 // leaves the archive.
 function applyUpdate(data) {
   const leaving = data.expired === true
+    || data.replacedBy !== undefined
     || (data.archived === true && view.shelf === "INBOX")
     || (data.archived === false && view.shelf === "ARCHIVED");
   if (leaving) return drop(data.ids);
-  if (!data.status) return;
   const changed = new Set(data.ids);
   for (const notification of view.items) {
-    if (!changed.has(notification.id) || notification.status === "READ") continue;
-    notification.status = data.status;
+    if (!changed.has(notification.id)) continue;
     const item = $("list").querySelector(`li[data-id="${notification.id}"]`);
+    if (data.actionTaken) {
+      notification.actionTaken = data.actionTaken;
+      if (item) showActions(item, notification);
+    }
+    if (!data.status || notification.status === "READ") continue;
+    notification.status = data.status;
     if (item) showStatus(item, data.status);
   }
   $("archive-read").disabled = view.shelf !== "INBOX" || !view.items.some((n) => n.status === "READ");
@@ -351,6 +380,50 @@ function showStatus(item, status) {
     item.classList.add("read");
     item.querySelector(".mark")?.remove();
     $("archive-read").disabled = view.shelf !== "INBOX";
+  }
+}
+
+// The notification's buttons, or once one was taken, which and when. A
+// button with a URL is a link (the core allows https: and http: only, and
+// so does this), opened in a new tab as the action is recorded.
+function showActions(item, notification) {
+  const choices = item.querySelector(".choices");
+  const taken = item.querySelector(".taken");
+  const actions = notification.actionTaken ? [] : notification.actions ?? [];
+  choices.hidden = actions.length === 0;
+  choices.replaceChildren(...actions.map((action) => {
+    const web = typeof action.url === "string" && /^https?:\/\//i.test(action.url);
+    const choice = document.createElement(web ? "a" : "button");
+    choice.className = "choice";
+    choice.textContent = action.label;
+    choice.dataset.action = action.id;
+    if (web) {
+      choice.href = action.url;
+      choice.target = "_blank";
+      choice.rel = "noopener noreferrer";
+    } else {
+      choice.type = "button";
+    }
+    choice.addEventListener("click", async () => {
+      for (const other of choices.children) other.setAttribute("aria-disabled", "true");
+      const done = await completeAction(notification, action);
+      if (done === null) {
+        for (const other of choices.children) other.removeAttribute("aria-disabled");
+        return;
+      }
+      notification.actionTaken = done.actionTaken;
+      notification.status = done.status;
+      showActions(item, notification);
+      showStatus(item, done.status);
+    });
+    return choice;
+  }));
+  const done = notification.actionTaken;
+  taken.hidden = !done;
+  if (done) {
+    const label = (notification.actions ?? []).find((a) => a.id === done.id)?.label ?? done.id;
+    taken.textContent = `${label} · ${relative(done.at)}`;
+    taken.title = done.at;
   }
 }
 
@@ -385,6 +458,7 @@ function renderItem(notification, fresh) {
     if ((await archive([notification.id], !archived)) !== null) drop([notification.id]);
     else shelve.disabled = false;
   });
+  showActions(item, notification);
   if (notification.status === "READ") showStatus(item, "READ");
   if (fresh) {
     item.classList.add("fresh");
