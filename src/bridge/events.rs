@@ -141,7 +141,7 @@ pub(super) async fn on_unknown_event(socket: SocketRef, Event(event): Event, ack
             ack,
             Err(AppError::bad_input(format!(
                 "unknown event {shown:?}: use offlineNotifications, markAsRead, \
-                 markAllAsRead or archive"
+                 markAllAsRead, archive or completeAction"
             ))),
         );
     }

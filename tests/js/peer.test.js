@@ -133,9 +133,31 @@ for (const transports of [["websocket"], ["polling"]]) {
       assert.deepEqual(again[1], again[0]);
       assert.equal(again[1].data.updated, 0);
 
+      // An update that collapses another, and an action: the same events.
+      const update = () => stack.core.create({
+        vendorId: vendor, content: toStruct({ ackBy: "nobody" }), collapseKey: "order-9",
+        actions: [{ id: "ok", label: "OK" }, { id: "web", label: "Open", url: "https://shop.example/o/9" }],
+      });
+      const sixth = await update();
+      await bothUntil(sockets, (s) => unreadCounts(s).at(-1) === 4, "count 4");
+      const seventh = await update();
+      assert.equal(seventh.replaces, sixth.id);
+      await bothUntil(sockets, (s) => events(s, "notificationUpdated").some((u) => u.data.replacedBy === seventh.id),
+        "the replaced one");
+      const unknown = await Promise.all(sockets.map((s) => request(s, "completeAction", { id: seventh.id, actionId: "no" })));
+      assert.equal(unknown[0].statusCode, 400);
+      assert.deepEqual(unknown[1], unknown[0]);
+      const done = await request(peer, "completeAction", { id: seventh.id, actionId: "ok" });
+      assert.equal(done.data.actionTaken.id, "ok");
+      assert.deepEqual(done.data.actions[1], { id: "web", label: "Open", url: "https://shop.example/o/9" });
+      const twice = await Promise.all(sockets.map((s) => request(s, "completeAction", { id: seventh.id, actionId: "ok" })));
+      assert.equal(twice[0].statusCode, 400);
+      assert.deepEqual(twice[1], twice[0]);
+      await bothUntil(sockets, (s) => unreadCounts(s).at(-1) === 3, "count 3 after the action");
+
       await sleep(200);
       assertSameEvents(ours, peer, "the whole session");
-      assert.deepEqual(unreadCounts(peer), [2, 3, 4, 5, 4, 3]);
+      assert.deepEqual(unreadCounts(peer), [2, 3, 4, 5, 4, 3, 4, 3]);
     } finally {
       ours.close();
       peer.close();

@@ -79,7 +79,7 @@ class ClientError extends Error {}
 
 const codes = grpc.status;
 const HTTP_STATUS = new Map([
-  [codes.INVALID_ARGUMENT, 400], [codes.OUT_OF_RANGE, 400], [codes.PERMISSION_DENIED, 403],
+  [codes.INVALID_ARGUMENT, 400], [codes.OUT_OF_RANGE, 400], [codes.FAILED_PRECONDITION, 400], [codes.PERMISSION_DENIED, 403],
   [codes.NOT_FOUND, 404], [codes.RESOURCE_EXHAUSTED, 429],
 ]);
 const CORE_DOWN = new Set([codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED, codes.CANCELLED, codes.UNKNOWN]);
@@ -114,9 +114,14 @@ function notificationJson(n) {
   const content = fromStruct(n.content);
   const archivedAt = n.archivedAt || null;
   const expiresAt = n.expiresAt || null;
+  const collapseKey = n.collapseKey || null;
+  const replaces = n.replaces || null;
+  const replacedBy = n.replacedBy || null;
+  const actions = (n.actions ?? []).map(({ id, label, url }) => (url ? { id, label, url } : { id, label }));
+  const actionTaken = n.actionTaken ? { id: n.actionTaken.id, at: n.actionTaken.at } : null;
   return {
     id, vendorId, customerId, type, channel, content, status, priority, createdAt, updatedAt, seq,
-    category, archivedAt, expiresAt,
+    category, archivedAt, expiresAt, collapseKey, replaces, replacedBy, actions, actionTaken,
   };
 }
 
@@ -282,8 +287,10 @@ class Feed {
       const data = { ids };
       if (status && status !== "STATUS_UNSPECIFIED") data.status = status;
       if (archived !== undefined && archived !== null) data.archived = archived;
-      const { expired } = event.notificationUpdated;
+      const { expired, replacedBy, actionTaken } = event.notificationUpdated;
       if (expired !== undefined && expired !== null) data.expired = expired;
+      if (replacedBy) data.replacedBy = replacedBy;
+      if (actionTaken) data.actionTaken = { id: actionTaken.id, at: actionTaken.at };
       data.updatedAt = updatedAt;
       this.emit("notificationUpdated", ok(data));
     } else if (event.event === "userOffline") {
@@ -455,11 +462,24 @@ async function onArchive(user, payload) {
   return ok({ updated });
 }
 
+async function onCompleteAction(user, payload) {
+  const { id, actionId } = object(payload);
+  for (const [field, value] of [["id", id], ["actionId", actionId]]) {
+    if (typeof value !== "string") {
+      throw new ClientError(`${field}: must be a string, got ${JSON.stringify(value ?? null)}`);
+    }
+  }
+  // The core checks both and whether the action may be taken.
+  const done = await callCore("CompleteAction", { ...recipient(user), id, actionId });
+  return ok(notificationJson(done));
+}
+
 const HANDLERS = {
   offlineNotifications: onOfflineNotifications,
   markAsRead: onMarkAsRead,
   markAllAsRead: onMarkAllAsRead,
   archive: onArchive,
+  completeAction: onCompleteAction,
 };
 
 async function onConnection(socket) {
@@ -470,7 +490,7 @@ async function onConnection(socket) {
     answer(socket, ack, () => {
       if (!Object.hasOwn(HANDLERS, event)) {
         const shown = JSON.stringify(String(event).slice(0, 64));
-        throw new ClientError(`unknown event ${shown}: use offlineNotifications, markAsRead, markAllAsRead or archive`);
+        throw new ClientError(`unknown event ${shown}: use offlineNotifications, markAsRead, markAllAsRead, archive or completeAction`);
       }
       return HANDLERS[event](user, args[0]);
     });
