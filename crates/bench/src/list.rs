@@ -48,37 +48,8 @@ pub async fn run(
     seconds: f64,
 ) -> anyhow::Result<ListReport> {
     let core = Core::start(programs)?;
-    let seeding = Instant::now();
-    let mut seeders = JoinSet::new();
-    for worker in 0..4 {
-        let mut client = core.client().await?;
-        seeders.spawn(async move {
-            for round in (worker..per_user).step_by(4) {
-                for first in (1..=users).step_by(1000) {
-                    let last = (first + 999).min(users);
-                    client
-                        .create_notifications(proto::CreateNotificationsRequest {
-                            recipients: notify_testkit::requests::vendors(
-                                first as i64..=last as i64,
-                            ),
-                            r#type: "bench:list".into(),
-                            content: Some(notify_testkit::requests::to_struct(
-                                serde_json::json!({"message": "seed", "round": round}),
-                            )),
-                            ..Default::default()
-                        })
-                        .await
-                        .context("seed")?;
-                }
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(seeded) = seeders.join_next().await {
-        seeded??;
-    }
+    let seed_per_second = seed(&core, users, per_user, |_| "bench:list").await?;
     let stored = users * per_user;
-    let seed_per_second = stored as f64 / seeding.elapsed().as_secs_f64();
     eprintln!("list: seeded {stored} notifications ({seed_per_second:.0}/s)");
     let mut rows = Vec::new();
     for clients in READERS {
@@ -95,6 +66,47 @@ pub async fn run(
         seed_per_second,
         rows,
     })
+}
+
+/// Gives vendors `1..=users` `per_user` notifications each through
+/// CreateNotifications (one call reaches 1,000 users) from 4 clients, round
+/// `n` of type `kind(n)`; answers the notifications stored per second.
+pub async fn seed(
+    core: &Core,
+    users: u64,
+    per_user: u64,
+    kind: fn(u64) -> &'static str,
+) -> anyhow::Result<f64> {
+    let seeding = Instant::now();
+    let mut seeders = JoinSet::new();
+    for worker in 0..4 {
+        let mut client = core.client().await?;
+        seeders.spawn(async move {
+            for round in (worker..per_user).step_by(4) {
+                for first in (1..=users).step_by(1000) {
+                    let last = (first + 999).min(users);
+                    client
+                        .create_notifications(proto::CreateNotificationsRequest {
+                            recipients: notify_testkit::requests::vendors(
+                                first as i64..=last as i64,
+                            ),
+                            r#type: kind(round).into(),
+                            content: Some(notify_testkit::requests::to_struct(
+                                serde_json::json!({"message": "seed", "round": round}),
+                            )),
+                            ..Default::default()
+                        })
+                        .await
+                        .context("seed")?;
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(seeded) = seeders.join_next().await {
+        seeded??;
+    }
+    Ok((users * per_user) as f64 / seeding.elapsed().as_secs_f64())
 }
 
 /// `clients` readers of random users and pages for `seconds`.

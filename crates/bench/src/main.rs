@@ -10,6 +10,7 @@
 
 mod backends;
 mod ceiling;
+mod lifecycle;
 mod list;
 mod load;
 mod report;
@@ -153,6 +154,25 @@ enum Scenario {
         per_user: u64,
         /// Seconds per phase.
         #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// gRPC only, the inbox lifecycle at size: ListNotifications per view
+    /// beside ListOffline over `users × per_user` rows, MarkAllNotifications
+    /// on one big inbox, the expiry sweep, and the retention sweep over
+    /// every row.
+    Lifecycle {
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        #[arg(long, default_value_t = 100)]
+        per_user: u64,
+        /// Unread notifications of the one user marked all READ.
+        #[arg(long, default_value_t = 100_000)]
+        big_inbox: u64,
+        /// Notifications due at one moment, over 1,000 users.
+        #[arg(long, default_value_t = 10_000)]
+        expiring: u64,
+        /// Seconds per read measured.
+        #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
     /// Draws the sweep's charts again from a saved `sweep.json`.
@@ -329,6 +349,34 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
                     list::table(&report),
                 )],
                 &json!({ "list": report }),
+            )?;
+            Ok(())
+        }
+        Scenario::Lifecycle {
+            users,
+            per_user,
+            big_inbox,
+            expiring,
+            seconds,
+        } => {
+            let report =
+                lifecycle::run(programs, users, per_user, big_inbox, expiring, seconds).await?;
+            output.write(
+                "lifecycle",
+                &[
+                    (
+                        format!(
+                            "reads, {} stored over {users} users, one reader, {seconds} s each",
+                            report.stored
+                        ),
+                        lifecycle::reads_table(&report),
+                    ),
+                    (
+                        "bulk operations and sweeps".to_owned(),
+                        lifecycle::bulk_table(&report),
+                    ),
+                ],
+                &json!({ "lifecycle": report }),
             )?;
             Ok(())
         }

@@ -148,6 +148,8 @@ pub struct Core {
     pub process: Process,
     /// `host:port` of its gRPC listener.
     pub grpc: String,
+    /// `host:port` of its `/metrics`.
+    pub metrics: String,
     dir: tempfile::TempDir,
 }
 
@@ -165,19 +167,61 @@ impl Core {
         database_url: Option<&str>,
         synchronous: &str,
     ) -> anyhow::Result<Core> {
-        let dir = programs.temp_dir()?;
+        Self::start_in(
+            programs,
+            programs.temp_dir()?,
+            database_url,
+            synchronous,
+            &[],
+        )
+    }
+
+    /// Stops this core (kill -9) and starts another on the same SQLite
+    /// file with `extra` flags.
+    pub fn reopen(self, programs: &Programs, extra: &[&str]) -> anyhow::Result<Core> {
+        let Core { process, dir, .. } = self;
+        drop(process);
+        Self::start_in(programs, dir, None, &programs.synchronous, extra)
+    }
+
+    fn start_in(
+        programs: &Programs,
+        dir: tempfile::TempDir,
+        database_url: Option<&str>,
+        synchronous: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Core> {
         let sqlite = format!("sqlite://{}", dir.path().join("notify.db").display());
         let url = database_url.unwrap_or(&sqlite);
         let mut command = notify_testkit::core::command(&programs.notify_bin()?, url);
         command
             .args(["--sqlite-synchronous", synchronous])
+            .args(extra)
             .env("RUST_LOG", "warn");
-        let (process, grpc, _) = notify_testkit::core::start(command)?;
+        let (process, grpc, metrics) = notify_testkit::core::start(command)?;
         Ok(Core {
             process,
             grpc: grpc.to_string(),
+            metrics: metrics.to_string(),
             dir,
         })
+    }
+
+    /// One counter of its `/metrics` (the sum over its labels matching
+    /// `labels`, e.g. `sweep="expiry"`), read with a bare HTTP/1.0 GET.
+    pub async fn counter(&self, name: &str, labels: &str) -> anyhow::Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.metrics).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: core\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        Ok(text
+            .lines()
+            .filter(|line| line.starts_with(name) && line.contains(labels))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
     }
 
     /// The directory holding the database (for the SQLite ceiling run).
