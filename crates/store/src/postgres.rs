@@ -33,8 +33,8 @@ use crate::model::{
     UnreadCounts, Update, User, UserState, check_action, now_millis,
 };
 use crate::reads::{
-    INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user, presence_entries,
-    read_by_category, view_pages,
+    ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
+    presence_entries, read_by_category, view_pages,
 };
 use crate::{ChangeSink, Store, StoreError};
 
@@ -147,10 +147,17 @@ const SET_ACTION: &str = "UPDATE notifications SET action_id = $1, action_at = $
 /// Due notifications not yet gone, oldest due first: `notifications_expiry`.
 const DUE: &str = "SELECT recipient_role, recipient_id, id FROM notifications \
      WHERE expires_at <= $1 AND shelf > 0 ORDER BY expires_at LIMIT $2";
-/// Takes the named rows off every shelf, unless another core's sweep did
-/// (they were due when found, and time only moves on): `notifications_pkey`.
-const EXPIRE: &str = "UPDATE notifications SET shelf = 0, updated_at = $1, version = $2 \
-     WHERE id = ANY($3) AND shelf > 0 RETURNING id";
+/// Takes the named rows off every shelf, each at its owner's next
+/// version, unless another core's sweep did (they were due when found, and
+/// time only moves on): `notifications_pkey`.
+const EXPIRE: &str = "UPDATE notifications SET shelf = 0, updated_at = $1, version = v.version \
+     FROM unnest($2::text[], $3::bigint[]) AS v(id, version) \
+     WHERE notifications.id = v.id AND notifications.shelf > 0 \
+     RETURNING notifications.recipient_role, notifications.recipient_id, notifications.id";
+/// Several locked users' versions set after a change: `users_pkey`.
+const SET_VERSIONS: &str = "UPDATE users SET version = v.version \
+     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(role, id, version) \
+     WHERE users.role = v.role AND users.id = v.id RETURNING users.role, users.id, users.unread";
 /// Old notifications that are not unread: `notifications_retention`.
 const OLD: &str = "SELECT recipient_role, recipient_id, id FROM notifications \
      WHERE shelf <> 1 AND created_at < $1 ORDER BY created_at LIMIT $2";
@@ -855,8 +862,6 @@ enum RowChange<'a> {
     Archive(&'a [String], bool),
     /// The unread inbox (of a category, up to a seq) moved to a status.
     MarkAll(Status, Option<&'a str>, Option<i64>),
-    /// Named rows, due by now, taken off every shelf.
-    Expire(&'a [String]),
     /// An action of one row taken, if [`check_action`] allows it (the row
     /// then becomes READ; it was READ already when the flag says so).
     Action {
@@ -873,10 +878,6 @@ impl RowChange<'_> {
             RowChange::Mark(_, status) | RowChange::MarkAll(status, ..) => Update::status(*status),
             RowChange::Archive(_, archived) => Update {
                 archived: Some(*archived),
-                ..Update::default()
-            },
-            RowChange::Expire(_) => Update {
-                expired: Some(true),
                 ..Update::default()
             },
             RowChange::Action {
@@ -911,8 +912,6 @@ impl RowChange<'_> {
         version: i64,
         now: i64,
     ) -> Result<Vec<String>, sqlx::Error> {
-        const GONE: i64 = 0;
-        const ARCHIVED: i64 = 3;
         let owned = |role: i64, id: i64| (role, id) == (user.role.code(), user.id);
         match *self {
             RowChange::Mark(ids, status) => {
@@ -946,7 +945,9 @@ impl RowChange<'_> {
                 let updated: Vec<String> = found
                     .into_iter()
                     .filter(|(_, role, id, _, shelf)| {
-                        owned(*role, *id) && *shelf != GONE && (*shelf == ARCHIVED) != archived
+                        owned(*role, *id)
+                            && *shelf != GONE_SHELF
+                            && (*shelf == ARCHIVED_SHELF) != archived
                     })
                     .map(|(id, ..)| id)
                     .collect();
@@ -978,14 +979,6 @@ impl RowChange<'_> {
                     None => query,
                 };
                 query.fetch_all(&mut **tx).await
-            }
-            RowChange::Expire(ids) => {
-                sqlx::query_scalar(EXPIRE)
-                    .bind(now)
-                    .bind(version)
-                    .bind(ids)
-                    .fetch_all(&mut **tx)
-                    .await
             }
             RowChange::Action { id, action_id, .. } => {
                 let row = sqlx::query(GET).bind(id).fetch_optional(&mut **tx).await?;
@@ -1161,17 +1154,78 @@ impl Store for PgStore {
 
     /// Per user, under the user's lock (several cores may sweep at once:
     /// the rows are checked again there, so each expires once).
+    /// One transaction for the batch, however many users it spans (one row
+    /// each, when many come due at one moment): the owners locked in order
+    /// like a create's, the rows and versions set in one statement each,
+    /// and a notice per user.
     async fn expire_due(&self, limit: u32) -> Result<usize, StoreError> {
         let due = sqlx::query(DUE)
             .bind(now_millis())
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        let found = due.len();
-        for (user, ids) in by_user(&due)? {
-            self.change_rows(user, RowChange::Expire(&ids)).await?;
+        if due.is_empty() {
+            return Ok(0);
         }
-        Ok(found)
+        let now = now_millis();
+        let owners = by_user(&due)?;
+        let mut tx = self.pool.begin().await?;
+        let users: Vec<User> = owners.keys().copied().collect();
+        let locked = lock_users(&mut tx, &users).await?;
+        let mut ids = Vec::with_capacity(due.len());
+        let mut versions = Vec::with_capacity(due.len());
+        for (user, owned) in &owners {
+            let next = locked.get(user).map_or(1, |state| state.version + 1);
+            for id in owned {
+                ids.push(id.clone());
+                versions.push(next);
+            }
+        }
+        let expired = sqlx::query(EXPIRE)
+            .bind(now)
+            .bind(&ids)
+            .bind(&versions)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut changed = by_user(&expired)?;
+        if changed.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let users: Vec<User> = changed.keys().copied().collect();
+        let next = |user: &User| locked.get(user).map_or(1, |state| state.version + 1);
+        let counters = sqlx::query(SET_VERSIONS)
+            .bind(users.iter().map(|u| u.role.code()).collect::<Vec<_>>())
+            .bind(users.iter().map(|u| u.id).collect::<Vec<_>>())
+            .bind(users.iter().map(next).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut by_category = users_by_category(&mut tx, &users).await?;
+        let update = Update {
+            expired: Some(true),
+            ..Update::default()
+        };
+        let mut notices = Vec::with_capacity(counters.len());
+        for row in &counters {
+            let user = decode_user(row)?;
+            let ids = changed.remove(&user).unwrap_or_default();
+            notices.push(
+                Notice::Marked {
+                    role: user.role.code(),
+                    user: user.id,
+                    update: update.clone(),
+                    at: now,
+                    unread: row.try_get(2)?,
+                    by_category: Some(by_category.remove(&user).unwrap_or_default()),
+                    version: next(&user),
+                    ids: (ids.len() <= IDS_PER_NOTICE).then_some(ids),
+                }
+                .payload(),
+            );
+        }
+        notify_all(&mut tx, notices).await?;
+        tx.commit().await?;
+        Ok(expired.len())
     }
 
     /// Under the owners' locks, taken in order like a create's, so a sweep
@@ -1457,6 +1511,7 @@ mod plans {
         ("VIEW_TOTALS", VIEW_TOTALS, &["inbox_counts_pkey"]),
         ("DUE", DUE, &["notifications_expiry"]),
         ("EXPIRE", EXPIRE, &["notifications_pkey"]),
+        ("SET_VERSIONS", SET_VERSIONS, &["users_pkey"]),
         ("SET_ACTION", SET_ACTION, &["notifications_pkey"]),
         ("COLLAPSED", COLLAPSED, &["notifications_collapse"]),
         ("REPLACE", REPLACE, &["notifications_pkey"]),

@@ -22,8 +22,9 @@ macro_rules! columns {
 }
 pub(crate) use columns;
 
-/// The shelves of the views (see the inbox migration): unread in the
-/// inbox, and archived. ALL is every shelf above 0.
+/// The shelves of the views (see the inbox migration): gone (expired or
+/// replaced), unread in the inbox, and archived. ALL is every shelf above 0.
+pub(crate) const GONE_SHELF: i64 = 0;
 pub(crate) const INBOX_SHELF: i64 = 1;
 pub(crate) const ARCHIVED_SHELF: i64 = 3;
 

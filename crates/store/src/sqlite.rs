@@ -26,8 +26,8 @@ use crate::model::{
     Status, UnreadCounts, Update, User, UserState, check_action, now_millis,
 };
 use crate::reads::{
-    INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user, presence_entries,
-    read_by_category, read_state, view_pages,
+    ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
+    presence_entries, read_by_category, read_state, view_pages,
 };
 use crate::{ChangeSink, Store, StoreError};
 
@@ -1052,16 +1052,14 @@ async fn archive(
     archived: bool,
     now: i64,
 ) -> Result<MarkOutcome, sqlx::Error> {
-    const GONE: i64 = 0;
-    const ARCHIVED: i64 = 3;
     let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
     let updated: Vec<String> = find_for_mark(tx, &wanted)
         .await?
         .into_iter()
         .filter(|(_, role, user_id, _, shelf)| {
             (*role, *user_id) == (user.role.code(), user.id)
-                && *shelf != GONE
-                && (*shelf == ARCHIVED) != archived
+                && *shelf != GONE_SHELF
+                && (*shelf == ARCHIVED_SHELF) != archived
         })
         .map(|(id, ..)| id)
         .collect();
@@ -1155,7 +1153,9 @@ async fn read_one(
 }
 
 /// Expires up to `limit` due notifications: per user, one change at the
-/// user's next version.
+/// user's next version. Three statements for the whole batch, however many
+/// users it spans (one row each, when many come due at one moment), as for
+/// a run of receipts: the rows, the owners' versions, their counts.
 async fn expire_due(
     tx: &mut Transaction<'_, Sqlite>,
     limit: u32,
@@ -1167,6 +1167,9 @@ async fn expire_due(
         .bind(i64::from(limit))
         .fetch_all(&mut **tx)
         .await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
     let mut by_user: HashMap<User, Vec<String>> = HashMap::new();
     for (id, role, user_id) in &due {
         let role = crate::model::Role::from_code(*role)
@@ -1176,18 +1179,39 @@ async fn expire_due(
             .or_default()
             .push(id.clone());
     }
+    let ids: Vec<&str> = due.iter().map(|(id, ..)| id.as_str()).collect();
+    sqlx::query(SET_GONE)
+        .bind(now)
+        .bind(json_array(&ids))
+        .execute(&mut **tx)
+        .await?;
+    let mut users: Vec<User> = by_user.keys().copied().collect();
+    users.sort_unstable();
+    let keys: Vec<(i64, i64)> = users.iter().map(|u| (u.role.code(), u.id)).collect();
+    let mut counters: HashMap<User, (i64, i64)> = HashMap::with_capacity(users.len());
+    for row in sqlx::query(BUMP_VERSIONS)
+        .bind(json_array(&keys))
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        counters.insert(decode_user(&row)?, (row.try_get(2)?, row.try_get(3)?));
+    }
+    let mut by_category = users_by_category(tx, &users).await?;
     let update = Update {
         expired: Some(true),
         ..Update::default()
     };
-    for (user, ids) in by_user {
-        sqlx::query(SET_GONE)
-            .bind(now)
-            .bind(json_array(&ids))
-            .execute(&mut **tx)
-            .await?;
-        let outcome = settle(tx, user, ids, now).await?;
-        changes.extend(updated(user, &outcome, update.clone()));
+    for user in users {
+        let (unread, version) = counters.get(&user).copied().unwrap_or((0, 0));
+        changes.push(Change::Updated {
+            user,
+            ids: by_user.remove(&user).unwrap_or_default(),
+            update: update.clone(),
+            updated_at: now,
+            unread,
+            by_category: Some(by_category.remove(&user).unwrap_or_default()),
+            version,
+        });
     }
     Ok(due.len() as u64)
 }

@@ -1130,6 +1130,15 @@ async fn expired_ones_leave_every_list_and_count_once(b: Backend) {
         })
         .collect();
     batch.push(in_category(user, 3, "order"));
+    // Another user's, due at the same moment: one sweep, a change each.
+    let other = User::customer(35);
+    for n in 0..2 {
+        batch.push(NewNotification {
+            expires_at: Some(soon),
+            ..in_category(other, n, "sale")
+        });
+    }
+    batch.push(in_category(other, 2, "order"));
     let created = b.store.create(batch).await.unwrap();
     let ids: Vec<String> = created.iter().map(|c| c.notification.id.clone()).collect();
     assert_eq!(created[0].notification.expires_at, Some(soon));
@@ -1144,7 +1153,7 @@ async fn expired_ones_leave_every_list_and_count_once(b: Backend) {
         .unwrap();
     assert_eq!(b.store.expire_due(100).await.unwrap(), 0, "none due yet");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(b.store.expire_due(100).await.unwrap(), 3);
+    assert_eq!(b.store.expire_due(100).await.unwrap(), 5);
     assert_eq!(b.store.expire_due(100).await.unwrap(), 0, "once");
     let counts = b.store.unread_counts(user).await.unwrap();
     assert_eq!(
@@ -1159,19 +1168,32 @@ async fn expired_ones_leave_every_list_and_count_once(b: Backend) {
         );
     }
     assert_counts_match_lists(&b, user, &["sale", "order"]).await;
-    let expired = b
+    let mut expired = b
         .changes
-        .wait_for(1, |c| match c {
+        .wait_for(2, |c| match c {
             Change::Updated {
+                user: whose,
                 update,
                 ids,
                 unread,
+                by_category,
                 ..
-            } if update.expired == Some(true) => Some((ids.len(), *unread)),
+            } if update.expired == Some(true) => {
+                Some((*whose, ids.len(), *unread, by_category.clone()))
+            }
             _ => None,
         })
         .await;
-    assert_eq!(expired, vec![(3, 1)], "one change for the user");
+    expired.sort_by_key(|(whose, ..)| *whose);
+    let order = Some(by_category(&[("order", 1)]));
+    assert_eq!(
+        expired,
+        vec![(user, 3, 1, order.clone()), (other, 2, 1, order)],
+        "one change for each user, with its own counts"
+    );
+    let counts = b.store.unread_counts(other).await.unwrap();
+    assert_eq!((counts.unread, counts.by_category), (1, by_category(&[("order", 1)])));
+    assert_counts_match_lists(&b, other, &["sale", "order"]).await;
     // A read of an expired one changes its status and no count.
     let late = b
         .store
