@@ -23,10 +23,26 @@ const cases = [
   ["markAsRead", { ids: [42] }, /ids\[0\]/],
   ["markAsRead", { ids: Array(1001).fill("68553796000745d4620985bc") }, /ids/],
   ["markAsRead", 17, /object/],
+  ["markAllAsRead", { upToSeq: 0 }, /upToSeq/],
+  ["markAllAsRead", { upToSeq: "9" }, /upToSeq/],
+  ["markAllAsRead", { category: "Not One" }, /category/],
+  ["markAllAsRead", "all", /object/],
+  ["archive", { ids: ["nope"] }, /ids\[0\]/],
+  ["archive", { ids: [] }, /ids/],
+  ["archive", { ids: ["68553796000745d4620985bc"], archived: 1 }, /archived/],
+  ["offlineNotifications", { view: "TRASH" }, /view/],
+  ["offlineNotifications", { category: "A B" }, /category/],
+  ["completeAction", {}, /^id/],
+  ["completeAction", { id: "nope", actionId: "accept" }, /^id/],
+  ["completeAction", { id: "68553796000745d4620985bc" }, /^actionId/],
+  ["completeAction", { id: "68553796000745d4620985bc", actionId: "" }, /^actionId/],
+  ["completeAction", { id: "68553796000745d4620985bc", actionId: "a".repeat(33) }, /^actionId/],
+  ["completeAction", [1], /object/],
 ];
 
 test("each bad payload gets 400 and the socket stays usable", async () => {
-  const kept = await stack.core.create({ vendorId: 9 });
+  const kept = await stack.core.create({ vendorId: 9, actions: [{ id: "accept", label: "Accept" }] });
+  cases.push(["completeAction", { id: kept.id, actionId: "refund" }, /^actionId/]);
   const socket = await connect(stack.bridge, { auth: { token: token({ vendor: 9 }) } });
   try {
     await until(socket, () => events(socket, "unreadCount").length, "ready");
@@ -46,7 +62,10 @@ test("each bad payload gets 400 and the socket stays usable", async () => {
     const page = await request(socket, "offlineNotifications", { page: 1, limit: 5 });
     assert.equal(page.statusCode, 200);
     assert.deepEqual(page.data.items.map((n) => n.id), [kept.id]);
-    assert.equal((await stack.core.call("GetNotification", { id: kept.id })).status, "SENT");
+    const stored = await stack.core.call("GetNotification", { id: kept.id });
+    assert.equal(stored.status, "SENT");
+    assert.equal(stored.actionTaken ?? null, null);
+    assert.equal(stored.archivedAt ?? "", "");
   } finally {
     socket.close();
   }
