@@ -123,6 +123,23 @@ struct CreateFields<'a> {
     actions: &'a [proto::Action],
 }
 
+/// The [`CreateFields`] of either create request: both spell them alike.
+macro_rules! create_fields {
+    ($request:expr) => {
+        CreateFields {
+            kind: &$request.r#type,
+            channel: $request.channel,
+            content: $request.content.as_ref(),
+            priority: $request.priority,
+            idempotency_key: &$request.idempotency_key,
+            category: &$request.category,
+            expires_at: &$request.expires_at,
+            collapse_key: &$request.collapse_key,
+            actions: &$request.actions,
+        }
+    };
+}
+
 impl CreateFields<'_> {
     /// Checked in the contract's order, for `recipient`.
     fn check(&self, recipient: User) -> Result<NewNotification, FieldError> {
@@ -147,17 +164,7 @@ impl TryFrom<&proto::CreateNotificationRequest> for Create {
 
     fn try_from(request: &proto::CreateNotificationRequest) -> Result<Create, FieldError> {
         let recipient = validate::recipient(request.vendor_id, request.customer_id)?;
-        let fields = CreateFields {
-            kind: &request.r#type,
-            channel: request.channel,
-            content: request.content.as_ref(),
-            priority: request.priority,
-            idempotency_key: &request.idempotency_key,
-            category: &request.category,
-            expires_at: &request.expires_at,
-            collapse_key: &request.collapse_key,
-            actions: &request.actions,
-        };
+        let fields = create_fields!(request);
         Ok(Create {
             notifications: vec![fields.check(recipient)?],
         })
@@ -175,17 +182,7 @@ impl TryFrom<&proto::CreateNotificationsRequest> for Create {
                 .iter()
                 .map(|r| (r.vendor_id, r.customer_id)),
         )?;
-        let fields = CreateFields {
-            kind: &request.r#type,
-            channel: request.channel,
-            content: request.content.as_ref(),
-            priority: request.priority,
-            idempotency_key: &request.idempotency_key,
-            category: &request.category,
-            expires_at: &request.expires_at,
-            collapse_key: &request.collapse_key,
-            actions: &request.actions,
-        };
+        let fields = create_fields!(request);
         // The recipient is filled in per entry below.
         let template = fields.check(User::vendor(1))?;
         Ok(Create {
