@@ -1192,7 +1192,10 @@ async fn expired_ones_leave_every_list_and_count_once(b: Backend) {
         "one change for each user, with its own counts"
     );
     let counts = b.store.unread_counts(other).await.unwrap();
-    assert_eq!((counts.unread, counts.by_category), (1, by_category(&[("order", 1)])));
+    assert_eq!(
+        (counts.unread, counts.by_category),
+        (1, by_category(&[("order", 1)]))
+    );
     assert_counts_match_lists(&b, other, &["sale", "order"]).await;
     // A read of an expired one changes its status and no count.
     let late = b
