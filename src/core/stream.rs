@@ -682,6 +682,24 @@ mod tests {
             Arc::new(created.into_iter().next().unwrap().notification)
         }
 
+        /// A notification under collapse key `key`.
+        async fn create_keyed(&self, key: &str) -> Arc<Notification> {
+            let new = NewNotification {
+                recipient: USER,
+                kind: "order".to_owned(),
+                channel: Channel::InApp,
+                content: "{}".to_owned(),
+                priority: 0,
+                idempotency_key: None,
+                category: "order".to_owned(),
+                expires_at: None,
+                collapse_key: Some(key.to_owned()),
+                actions: Vec::new(),
+            };
+            let created = self.core.store.create(vec![new]).await.unwrap();
+            Arc::new(created.into_iter().next().unwrap().notification)
+        }
+
         async fn read(&self, notification: &Notification) {
             let ids = vec![notification.id.clone()];
             self.core.store.mark(USER, ids, Status::Read).await.unwrap();
@@ -802,6 +820,59 @@ mod tests {
         let (seq, count) = reader.notification().await;
         assert_eq!(seq, 2);
         assert!(unread(1)(&count), "one read, one not: {count:?}");
+    }
+
+    #[tokio::test]
+    async fn a_collapse_sends_the_new_one_then_the_old_one_leaving_with_the_count() {
+        let f = fixture().await;
+        let mut reader = f.open(live_only()).await;
+        let placed = f.create_keyed("order-7").await;
+        reader.notification().await;
+        let packed = f.create_keyed("order-7").await;
+        assert_eq!(reader.notification().await, (2, None), "no count yet");
+        match reader.next().await {
+            StreamEvent {
+                event: Event::Updated { ids, update, .. },
+                count,
+            } => {
+                assert_eq!(ids, vec![placed.id.clone()]);
+                assert_eq!(update.replaced_by.as_deref(), Some(packed.id.as_str()));
+                assert!(unread(1)(&count), "the count did not grow: {count:?}");
+            }
+            other => panic!("expected the replaced one, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missed_collapse_is_read_back_and_the_replaced_one_never_replayed() {
+        let f = fixture().await;
+        let mut reader = f.open(live_only()).await;
+        let placed = f.create_keyed("order-7").await;
+        reader.notification().await;
+        // The reader misses packed (which replaces placed) and shipped
+        // (which replaces packed); the next create brings them back.
+        f.lose_next(2);
+        let packed = f.create_keyed("order-7").await;
+        let shipped = f.create_keyed("order-7").await;
+        f.create().await;
+        match reader.next().await {
+            StreamEvent {
+                event: Event::Updated { ids, update, .. },
+                count: None,
+            } => {
+                assert_eq!(ids, vec![placed.id.clone()]);
+                assert_eq!(update.replaced_by.as_deref(), Some(packed.id.as_str()));
+            }
+            other => panic!("expected placed replaced, got {other:?}"),
+        }
+        assert_eq!(
+            reader.notification().await.0,
+            shipped.seq,
+            "packed, replaced since, is never replayed"
+        );
+        let (seq, count) = reader.notification().await;
+        assert_eq!(seq, 4);
+        assert!(unread(2)(&count), "shipped and the last: {count:?}");
     }
 
     #[tokio::test]
