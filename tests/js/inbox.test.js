@@ -323,7 +323,9 @@ test("action buttons show their completed state in both tabs; a collapsed update
       }
       await first.screenshot({ path: join(shots, `inbox-collapsed-${name}.png`), fullPage: true });
 
-      // A flash sale ending: its item leaves both tabs by itself.
+      // A flash sale ending: its item leaves both tabs by itself (at one
+      // width: the page does the same at both).
+      if (name !== "desk") continue;
       const sale = await core.create({
         vendorId: vendor,
         type: "sale:flash",
