@@ -4,6 +4,9 @@
 //!   concurrent creates cannot deadlock), reads the counters, checks
 //!   idempotency keys, inserts and updates the counters in one transaction.
 //!   Rows locked across every core keep seqs gapless and unique.
+//! - Group commit: the creates waiting on a core at once go in one
+//!   transaction ([`group_creates`]): PostgreSQL serializes the commits of
+//!   transactions that NOTIFY, so many calls per commit is what scales.
 //! - Versions: every create and status change also takes the user's next
 //!   version under that lock, so each user's changes are ordered across
 //!   every core.
@@ -25,6 +28,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::create::{Holders, Numbered, Plan};
 use crate::model::{
@@ -320,6 +324,26 @@ pub struct PgStore {
     pool: PgPool,
     reads: Arc<Reads<Postgres>>,
     epoch: Arc<str>,
+    /// The group writer of this core's creates ([`group_creates`]).
+    creates: mpsc::Sender<CreateJob>,
+}
+
+/// Create calls one transaction takes at most (each up to 1,000
+/// notifications).
+const MAX_GROUP: usize = 64;
+
+/// A create call waiting for the group writer.
+struct CreateJob {
+    batch: Vec<NewNotification>,
+    reply: oneshot::Sender<Result<Vec<Created>, StoreError>>,
+}
+
+/// Why a group of creates failed, and whether it got as far as COMMIT:
+/// after a failed COMMIT nobody knows whether it committed, so the calls
+/// are not retried (a retry could store them twice).
+struct GroupFailure {
+    error: sqlx::Error,
+    committing: bool,
 }
 
 impl PgStore {
@@ -347,10 +371,13 @@ impl PgStore {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         tokio::spawn(listen(pool.clone(), sink, listener));
+        let (creates, waiting) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(group_creates(pool.clone(), waiting));
         Ok(PgStore {
             reads: Arc::new(Reads::new(pool.clone(), &READS)),
             pool,
             epoch: epoch.into(),
+            creates,
         })
     }
 }
@@ -609,6 +636,101 @@ async fn notify_all(
     Ok(())
 }
 
+/// Takes every create call waiting (up to [`MAX_GROUP`]), commits them in
+/// one transaction, and answers each: PostgreSQL serializes the commits of
+/// transactions that NOTIFY, so one commit for many calls is what lets
+/// creates scale. If the group fails before its COMMIT, each call is
+/// tried alone, so one bad call cannot sink the others.
+async fn group_creates(pool: PgPool, mut waiting: mpsc::Receiver<CreateJob>) {
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while waiting.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        let started = std::time::Instant::now();
+        let batches: Vec<&[NewNotification]> = jobs.iter().map(|j| j.batch.as_slice()).collect();
+        let result = create_group(&pool, &batches).await;
+        metrics::histogram!("notify_commit_seconds").record(started.elapsed());
+        metrics::histogram!("notify_commit_batch_requests").record(jobs.len() as f64);
+        match result {
+            Ok(answers) => {
+                for (job, answer) in jobs.drain(..).zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(failure) if !failure.committing && jobs.len() > 1 => {
+                tracing::warn!(error = %failure.error, calls = jobs.len(), "group of creates failed; trying each alone");
+                for job in jobs.drain(..) {
+                    let alone = create_group(&pool, &[job.batch.as_slice()]).await;
+                    let answer = alone
+                        .map(|mut answers| answers.pop().unwrap_or_default())
+                        .map_err(|failure| StoreError::from(failure.error));
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(failure) => {
+                let error = StoreError::from(failure.error);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The shared stages (see `create`) for several calls in one transaction,
+/// under the recipients' row locks (taken in order, so two cores' groups
+/// cannot deadlock): two cores can neither both miss a key nor take the
+/// same seq. Answers each call's notifications, in call order.
+async fn create_group(
+    pool: &PgPool,
+    batches: &[&[NewNotification]],
+) -> Result<Vec<Vec<Created>>, GroupFailure> {
+    let before = |error| GroupFailure {
+        error,
+        committing: false,
+    };
+    let now = now_millis();
+    let mut tx = pool.begin().await.map_err(before)?;
+    let staged = async {
+        let recipients: Vec<User> = batches
+            .iter()
+            .flat_map(|batch| batch.iter().map(|n| n.recipient))
+            .collect();
+        let mut counters = lock_users(&mut tx, &recipients).await?;
+        let stored = stored_keys(&mut tx, batches).await?;
+        let plan = Plan::resolve(batches, &stored);
+        let users: Vec<User> = counters.keys().copied().collect();
+        let mut by_category = users_by_category(&mut tx, &users).await?;
+        let holders = collapsed(&mut tx, &plan.collapse_keys(), now).await?;
+        let rows = plan.number(&mut counters, &mut by_category, holders, now);
+        if !rows.is_empty() {
+            insert_rows(&mut tx, &rows, plan.fresh()).await?;
+            replace(&mut tx, &rows, now).await?;
+            save_counters(&mut tx, &counters).await?;
+            let notices = rows.iter().map(|row| {
+                let n = &row.notification;
+                Notice::Created {
+                    role: n.recipient.role.code(),
+                    user: n.recipient.id,
+                    id: n.id.clone(),
+                    unread: row.unread,
+                    by_category: row.by_category.clone(),
+                    version: n.version,
+                    replaced: row.replaced.clone(),
+                }
+                .payload()
+            });
+            notify_all(&mut tx, notices.collect()).await?;
+        }
+        Ok::<_, sqlx::Error>((plan, rows))
+    }
+    .await;
+    let (plan, rows) = staged.map_err(before)?;
+    tx.commit().await.map_err(|error| GroupFailure {
+        error,
+        committing: true,
+    })?;
+    Ok(plan.answers(&rows))
+}
+
 /// Locks the users' rows, creating missing ones, in (role, id) order.
 /// Returns each user's counters.
 async fn lock_users(
@@ -647,15 +769,18 @@ async fn lock_users(
     Ok(counters)
 }
 
-/// The stored notifications under the batch's (recipient, key) pairs.
+/// The stored notifications under the batches' (recipient, key) pairs.
 async fn stored_keys(
     tx: &mut Transaction<'_, Postgres>,
-    batch: &[NewNotification],
+    batches: &[&[NewNotification]],
 ) -> Result<HashMap<(User, String), Notification>, sqlx::Error> {
-    let keyed: Vec<(User, &str)> = batch
+    let mut keyed: Vec<(User, &str)> = batches
         .iter()
+        .flat_map(|batch| batch.iter())
         .filter_map(|n| n.idempotency_key.as_deref().map(|k| (n.recipient, k)))
         .collect();
+    keyed.sort_unstable();
+    keyed.dedup();
     let mut stored = HashMap::new();
     if keyed.is_empty() {
         return Ok(stored);
@@ -1038,40 +1163,15 @@ async fn went_offline(
 
 #[async_trait]
 impl Store for PgStore {
-    /// The shared stages (see `create`), under the recipients' row locks:
-    /// two cores can neither both miss a key nor take the same seq.
+    /// Handed to this core's group writer, which commits the creates
+    /// waiting together in one transaction ([`group_creates`]).
     async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<Created>, StoreError> {
-        let now = now_millis();
-        let mut tx = self.pool.begin().await?;
-        let recipients: Vec<User> = batch.iter().map(|n| n.recipient).collect();
-        let mut counters = lock_users(&mut tx, &recipients).await?;
-        let stored = stored_keys(&mut tx, &batch).await?;
-        let plan = Plan::resolve(&[&batch], &stored);
-        let users: Vec<User> = counters.keys().copied().collect();
-        let mut by_category = users_by_category(&mut tx, &users).await?;
-        let holders = collapsed(&mut tx, &plan.collapse_keys(), now).await?;
-        let rows = plan.number(&mut counters, &mut by_category, holders, now);
-        if !rows.is_empty() {
-            insert_rows(&mut tx, &rows, plan.fresh()).await?;
-            replace(&mut tx, &rows, now).await?;
-            save_counters(&mut tx, &counters).await?;
-            let notices = rows.iter().map(|row| {
-                let n = &row.notification;
-                Notice::Created {
-                    role: n.recipient.role.code(),
-                    user: n.recipient.id,
-                    id: n.id.clone(),
-                    unread: row.unread,
-                    by_category: row.by_category.clone(),
-                    version: n.version,
-                    replaced: row.replaced.clone(),
-                }
-                .payload()
-            });
-            notify_all(&mut tx, notices.collect()).await?;
-        }
-        tx.commit().await?;
-        Ok(plan.answers(&rows).pop().unwrap_or_default())
+        let (reply, answer) = oneshot::channel();
+        self.creates
+            .send(CreateJob { batch, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
