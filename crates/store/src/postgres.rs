@@ -639,8 +639,9 @@ async fn notify_all(
 /// Takes every create call waiting (up to [`MAX_GROUP`]), commits them in
 /// one transaction, and answers each: PostgreSQL serializes the commits of
 /// transactions that NOTIFY, so one commit for many calls is what lets
-/// creates scale. If the group fails before its COMMIT, each call is
-/// tried alone, so one bad call cannot sink the others.
+/// creates scale. If the server refuses a statement of the group before
+/// its COMMIT, each call is tried alone, so one bad call cannot sink the
+/// others; an outage fails the group's calls at once.
 async fn group_creates(pool: PgPool, mut waiting: mpsc::Receiver<CreateJob>) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while waiting.recv_many(&mut jobs, MAX_GROUP).await > 0 {
@@ -655,7 +656,15 @@ async fn group_creates(pool: PgPool, mut waiting: mpsc::Receiver<CreateJob>) {
                     let _ = job.reply.send(Ok(answer));
                 }
             }
-            Err(failure) if !failure.committing && jobs.len() > 1 => {
+            // Only the server refusing a statement can be one call's
+            // fault; a connection or pool failure is everyone's, and
+            // retrying 64 calls one by one would make each wait its turn
+            // through the same outage.
+            Err(failure)
+                if !failure.committing
+                    && jobs.len() > 1
+                    && matches!(failure.error, sqlx::Error::Database(_)) =>
+            {
                 tracing::warn!(error = %failure.error, calls = jobs.len(), "group of creates failed; trying each alone");
                 for job in jobs.drain(..) {
                     let alone = create_group(&pool, &[job.batch.as_slice()]).await;
