@@ -666,24 +666,15 @@ mod tests {
 
     impl Fixture {
         async fn create(&self) -> Arc<Notification> {
-            let new = NewNotification {
-                recipient: USER,
-                kind: "order".to_owned(),
-                channel: Channel::InApp,
-                content: "{}".to_owned(),
-                priority: 0,
-                idempotency_key: None,
-                category: "order".to_owned(),
-                expires_at: None,
-                collapse_key: None,
-                actions: Vec::new(),
-            };
-            let created = self.core.store.create(vec![new]).await.unwrap();
-            Arc::new(created.into_iter().next().unwrap().notification)
+            self.create_under(None).await
         }
 
         /// A notification under collapse key `key`.
         async fn create_keyed(&self, key: &str) -> Arc<Notification> {
+            self.create_under(Some(key)).await
+        }
+
+        async fn create_under(&self, collapse_key: Option<&str>) -> Arc<Notification> {
             let new = NewNotification {
                 recipient: USER,
                 kind: "order".to_owned(),
@@ -693,7 +684,7 @@ mod tests {
                 idempotency_key: None,
                 category: "order".to_owned(),
                 expires_at: None,
-                collapse_key: Some(key.to_owned()),
+                collapse_key: collapse_key.map(str::to_owned),
                 actions: Vec::new(),
             };
             let created = self.core.store.create(vec![new]).await.unwrap();

@@ -12,13 +12,18 @@ use crate::simple;
 
 const SERVICE: &str = "notify.v1.NotificationService";
 
-async fn call(core: &CoreProcess, method: &str, body: &str) -> Value {
-    let output = Command::new(grpcurl())
+/// grpcurl calling `method` with `body`.
+async fn run(core: &CoreProcess, method: &str, body: &str) -> std::process::Output {
+    Command::new(grpcurl())
         .args(["-plaintext", "-d", body, &core.addr.to_string()])
         .arg(format!("{SERVICE}/{method}"))
         .output()
         .await
-        .expect("run grpcurl");
+        .expect("run grpcurl")
+}
+
+async fn call(core: &CoreProcess, method: &str, body: &str) -> Value {
+    let output = run(core, method, body).await;
     assert!(
         output.status.success(),
         "grpcurl {method} failed: {}",
@@ -234,12 +239,7 @@ async fn grpcurl_drives_categories_archive_views_and_mark_all() {
 
 /// A call grpcurl must fail: its stderr (the code and message it prints).
 async fn call_refused(core: &CoreProcess, method: &str, body: &str) -> String {
-    let output = Command::new(grpcurl())
-        .args(["-plaintext", "-d", body, &core.addr.to_string()])
-        .arg(format!("{SERVICE}/{method}"))
-        .output()
-        .await
-        .expect("run grpcurl");
+    let output = run(core, method, body).await;
     assert!(
         !output.status.success(),
         "grpcurl {method} succeeded: {}",

@@ -60,6 +60,19 @@ pub(crate) struct Numbered {
     pub by_category: ByCategory,
 }
 
+/// Each replaced row of `rows`: (its id, the id of the one replacing it,
+/// that one's version), the update stage 5 makes.
+pub(crate) fn replacements(rows: &[Numbered]) -> Vec<(&str, &str, i64)> {
+    rows.iter()
+        .flat_map(|row| {
+            let n = &row.notification;
+            row.replaced
+                .iter()
+                .map(move |old| (old.as_str(), n.id.as_str(), n.version))
+        })
+        .collect()
+}
+
 impl<'a> Plan<'a> {
     /// Stage 1. `stored` holds the notifications already stored under the
     /// (recipient, key) pairs of `batches`.

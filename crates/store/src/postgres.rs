@@ -30,7 +30,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::create::{Holders, Numbered, Plan};
+use crate::create::{Holders, Numbered, Plan, replacements};
 use crate::model::{
     ActionRefused, ByCategory, Change, ChangePosition, ChangedPage, Created, ListQuery,
     MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, Role, RoomMember, Status,
@@ -841,19 +841,13 @@ async fn replace(
     rows: &[Numbered],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut old = Vec::new();
-    let mut new = Vec::new();
-    let mut versions = Vec::new();
-    for row in rows {
-        for replaced in &row.replaced {
-            old.push(replaced.clone());
-            new.push(row.notification.id.clone());
-            versions.push(row.notification.version);
-        }
-    }
-    if old.is_empty() {
+    let triples = replacements(rows);
+    if triples.is_empty() {
         return Ok(());
     }
+    let old: Vec<&str> = triples.iter().map(|t| t.0).collect();
+    let new: Vec<&str> = triples.iter().map(|t| t.1).collect();
+    let versions: Vec<i64> = triples.iter().map(|t| t.2).collect();
     sqlx::query(REPLACE)
         .bind(old)
         .bind(new)

@@ -19,7 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::create::{Holders, Numbered, Plan};
+use crate::create::{Holders, Numbered, Plan, replacements};
 use crate::model::{
     ActionRefused, ActionTaken, ByCategory, Change, ChangePosition, ChangedPage, Created,
     ListQuery, MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, RoomMember,
@@ -639,15 +639,7 @@ async fn replace(
     rows: &[Numbered],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let triples: Vec<(&str, &str, i64)> = rows
-        .iter()
-        .flat_map(|row| {
-            let n = &row.notification;
-            row.replaced
-                .iter()
-                .map(move |old| (old.as_str(), n.id.as_str(), n.version))
-        })
-        .collect();
+    let triples = replacements(rows);
     if triples.is_empty() {
         return Ok(());
     }
@@ -974,18 +966,7 @@ async fn mark_run(
         .collect();
     changed.sort_unstable();
     changed.dedup();
-    let mut counters: HashMap<User, (i64, i64)> = HashMap::with_capacity(changed.len());
-    if !changed.is_empty() {
-        let keys: Vec<(i64, i64)> = changed.iter().map(|u| (u.role.code(), u.id)).collect();
-        let rows = sqlx::query(BUMP_VERSIONS)
-            .bind(json_array(&keys))
-            .fetch_all(&mut **tx)
-            .await?;
-        for row in rows {
-            let user = decode_user(&row)?;
-            counters.insert(user, (row.try_get(2)?, row.try_get(3)?));
-        }
-    }
+    let counters = bump_versions(tx, &changed).await?;
     let mut by_user: HashMap<User, Vec<String>> = HashMap::new();
     for ((user, _), outcome) in run.iter().zip(&mut outcomes) {
         if outcome.updated.is_empty() {
@@ -1015,6 +996,27 @@ async fn mark_run(
         })
         .collect();
     Ok(MarkedRun { outcomes, changes })
+}
+
+/// Each of `users` takes its next version, in one statement; answers each
+/// one's unread count and version after it.
+async fn bump_versions(
+    tx: &mut Transaction<'_, Sqlite>,
+    users: &[User],
+) -> Result<HashMap<User, (i64, i64)>, sqlx::Error> {
+    let mut counters = HashMap::with_capacity(users.len());
+    if users.is_empty() {
+        return Ok(counters);
+    }
+    let keys: Vec<(i64, i64)> = users.iter().map(|u| (u.role.code(), u.id)).collect();
+    for row in sqlx::query(BUMP_VERSIONS)
+        .bind(json_array(&keys))
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        counters.insert(decode_user(&row)?, (row.try_get(2)?, row.try_get(3)?));
+    }
+    Ok(counters)
 }
 
 /// One user's mark (READ moves their unread count). The changed rows and
@@ -1187,15 +1189,7 @@ async fn expire_due(
         .await?;
     let mut users: Vec<User> = by_user.keys().copied().collect();
     users.sort_unstable();
-    let keys: Vec<(i64, i64)> = users.iter().map(|u| (u.role.code(), u.id)).collect();
-    let mut counters: HashMap<User, (i64, i64)> = HashMap::with_capacity(users.len());
-    for row in sqlx::query(BUMP_VERSIONS)
-        .bind(json_array(&keys))
-        .fetch_all(&mut **tx)
-        .await?
-    {
-        counters.insert(decode_user(&row)?, (row.try_get(2)?, row.try_get(3)?));
-    }
+    let counters = bump_versions(tx, &users).await?;
     let mut by_category = users_by_category(tx, &users).await?;
     let update = Update {
         expired: Some(true),
