@@ -93,6 +93,10 @@ struct StoreArgs {
     /// are deleted in the background; unread ones never are.
     #[arg(long, env = "NOTIFY_RETENTION", default_value_t = notify::core::sweeps::DEFAULT_RETENTION.into())]
     retention: humantime::Duration,
+    /// `nats://host:port`: cross-core fan-out over NATS instead of
+    /// PostgreSQL's LISTEN/NOTIFY (PostgreSQL only).
+    #[arg(long, env = "NOTIFY_BUS")]
+    bus: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -350,6 +354,7 @@ fn core_config(store: StoreArgs, api_token: Option<String>) -> notify::core::Cor
         synchronous: store.sqlite_synchronous.into(),
         presence_ttl: store.presence_ttl.into(),
         retention: store.retention.into(),
+        bus: store.bus,
         postgres: notify_store::PgOptions {
             max_connections: store.db_max_connections,
             acquire_timeout: store.db_acquire_timeout.into(),

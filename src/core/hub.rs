@@ -5,16 +5,38 @@
 //! full the event is dropped and the stream is flagged as lagging, and the
 //! stream then catches up from the store by version. A slow reader therefore
 //! costs its own queue and nothing else, and loses no notification.
+//!
+//! With a message bus, the hub also tells it ([`Interest`]) which users
+//! this core holds streams of, so the bus brings only their changes here.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use notify_store::{ByCategory, Change, ChangeSink, Notification, Update, User};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Events one stream can queue before it is flagged as lagging.
 pub const STREAM_QUEUE: usize = 256;
+
+/// How long a stream opening waits for the bus to bring its user's changes
+/// here before it reads the store. Past it (the bus is away) the stream
+/// goes on: the bus's reconnect makes every stream catch up.
+pub const BUS_PATIENCE: Duration = Duration::from_secs(2);
+
+/// What the hub tells a message bus, in the order streams open and close,
+/// so the bus subscribes to exactly the users this core holds streams of.
+#[derive(Debug)]
+pub enum Interest {
+    /// The user's first stream here opened.
+    Watch(User),
+    /// The user's last stream here closed.
+    Unwatch(User),
+    /// Answer once every earlier `Watch` is in effect at the bus, so a
+    /// change committed from then on reaches this core.
+    Barrier(oneshot::Sender<()>),
+}
 
 /// What a stream hears about.
 #[derive(Clone, Debug)]
@@ -59,6 +81,12 @@ pub enum HubEvent {
         /// When (ms since the epoch).
         last_seen_at: i64,
     },
+    /// The user's changes went up to `version`: a stream behind it missed
+    /// one on the bus.
+    HighWater {
+        /// The user's latest version the sender knew of.
+        version: i64,
+    },
 }
 
 /// A user's presence across every node changed (from [`Change::Presence`]).
@@ -87,6 +115,10 @@ pub struct Hub {
     // Unbounded: presence changes come at the pace of connections opening
     // and closing, and the announcer only reads room peers for each.
     presence: mpsc::UnboundedSender<PresenceChange>,
+    // Sent under the `subscribers` lock, so the bus hears each user's
+    // first-open and last-close in the order they happened. Unbounded: one
+    // message per stream opening or closing.
+    interest: Option<mpsc::UnboundedSender<Interest>>,
 }
 
 /// One stream's end of the hub; unsubscribes when dropped.
@@ -98,18 +130,36 @@ pub struct Subscription {
     pub events: mpsc::Receiver<HubEvent>,
     /// Woken when an event was dropped because `events` was full.
     pub lagged: Arc<Notify>,
+    /// Answered when the bus brings the user's changes here.
+    registered: Option<oneshot::Receiver<()>>,
 }
 
 impl Hub {
     /// A hub, and the presence changes it receives, for the announcer.
     pub fn new() -> (Hub, mpsc::UnboundedReceiver<PresenceChange>) {
+        Hub::with_interest(None)
+    }
+
+    /// [`Hub::new`], telling `interest` (a message bus) which users hold
+    /// streams here.
+    pub fn with_interest(
+        interest: Option<mpsc::UnboundedSender<Interest>>,
+    ) -> (Hub, mpsc::UnboundedReceiver<PresenceChange>) {
         let (presence, changes) = mpsc::unbounded_channel();
         let hub = Hub {
             subscribers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             presence,
+            interest,
         };
         (hub, changes)
+    }
+
+    fn tell_bus(&self, interest: Interest) {
+        if let Some(bus) = &self.interest {
+            // Fails only once the bus task has stopped, at shutdown.
+            let _ = bus.send(interest);
+        }
     }
 
     /// Makes every stream catch up from the store, as after an overflow.
@@ -122,22 +172,39 @@ impl Hub {
     }
 
     /// Starts receiving the user's events. Register before reading the
-    /// store, so nothing committed afterwards can be missed.
+    /// store (and, with a bus, await [`Subscription::registered`]), so
+    /// nothing committed afterwards can be missed.
     pub fn subscribe(self: &Arc<Self>, user: User) -> Subscription {
         let (queue, events) = mpsc::channel(STREAM_QUEUE);
         let lagged = Arc::new(Notify::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().entry(user).or_default().push(Subscriber {
-            id,
-            queue,
-            lagged: lagged.clone(),
-        });
+        let mut registered = None;
+        {
+            let mut subscribers = self.lock();
+            let streams = subscribers.entry(user).or_default();
+            if streams.is_empty() {
+                self.tell_bus(Interest::Watch(user));
+            }
+            streams.push(Subscriber {
+                id,
+                queue,
+                lagged: lagged.clone(),
+            });
+            if self.interest.is_some() {
+                // Every stream waits, not only the first: the first's
+                // `Watch` may still be on its way.
+                let (answer, answered) = oneshot::channel();
+                self.tell_bus(Interest::Barrier(answer));
+                registered = Some(answered);
+            }
+        }
         Subscription {
             hub: self.clone(),
             user,
             id,
             events,
             lagged,
+            registered,
         }
     }
 
@@ -205,7 +272,25 @@ impl ChangeSink for Hub {
             Change::Presence { user, online, at } => {
                 let _ = self.presence.send(PresenceChange { user, online, at });
             }
+            Change::HighWater { user, version } => self.send(user, HubEvent::HighWater { version }),
             Change::Resync => self.resync_all(),
+        }
+    }
+}
+
+impl Subscription {
+    /// Waits (at most [`BUS_PATIENCE`]) until the bus brings the user's
+    /// changes here; at once without a bus.
+    pub async fn registered(&mut self) {
+        let Some(registered) = self.registered.take() else {
+            return;
+        };
+        if tokio::time::timeout(BUS_PATIENCE, registered)
+            .await
+            .is_err()
+        {
+            metrics::counter!("notify_bus_registration_timeouts_total").increment(1);
+            tracing::warn!(user = %self.user, "the bus did not confirm this user's subscription in time; relying on its reconnect");
         }
     }
 }
@@ -217,6 +302,7 @@ impl Drop for Subscription {
             streams.retain(|stream| stream.id != self.id);
             if streams.is_empty() {
                 subscribers.remove(&self.user);
+                self.hub.tell_bus(Interest::Unwatch(self.user));
             }
         }
     }

@@ -9,9 +9,11 @@
 //!   mapping of core errors to status codes; the api token.
 //! - `stream`: one user's event stream, catch-up then live, as domain events.
 //! - `hub`: in-process fan-out of committed changes to open streams.
+//! - `bus`: fan-out between cores over NATS, when `--bus` names one.
 //! - `presence`: who is online here, and telling room peers.
 //! - `sweeps`: expiry and retention in the background.
 
+pub mod bus;
 pub mod command;
 pub mod error;
 pub mod hub;
@@ -35,7 +37,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::contract::proto::{self, notification_service_server::NotificationServiceServer};
 pub use error::CoreError;
-use hub::Hub;
+use hub::{Hub, Interest};
 pub use notifications::Notifications;
 use presence::Presence;
 use service::{Api, ApiToken};
@@ -63,6 +65,9 @@ pub struct CoreConfig {
     /// READ, archived, replaced and expired notifications older than this
     /// are deleted.
     pub retention: Duration,
+    /// `nats://host:port`: changes travel between cores over NATS instead
+    /// of PostgreSQL's LISTEN/NOTIFY.
+    pub bus: Option<String>,
 }
 
 /// The shortest `--presence-ttl`: entries are refreshed three times per TTL,
@@ -85,6 +90,19 @@ impl CoreConfig {
                 humantime::format_duration(self.retention)
             );
         }
+        if let Some(bus) = &self.bus {
+            if !is_postgres(&self.database_url) {
+                bail!(
+                    "--bus needs a PostgreSQL --database-url (postgres://…): with SQLite one core \
+                     holds every stream, and there is nothing to fan out between cores"
+                );
+            }
+            let parsed = url::Url::parse(bus)
+                .map_err(|error| anyhow::anyhow!("--bus {bus:?} is not a URL: {error}"))?;
+            if parsed.scheme() != "nats" || parsed.host_str().is_none() {
+                bail!("--bus must be nats://host:port, got {bus:?}");
+            }
+        }
         Ok(())
     }
 }
@@ -106,13 +124,52 @@ pub async fn open_store(
             .with_context(|| format!("cannot open {url}"))?;
         return Ok(Arc::new(store));
     }
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+    if is_postgres(url) {
         let store = PgStore::open(url, pg, hub)
             .await
             .context("cannot open the PostgreSQL database")?;
         return Ok(Arc::new(store));
     }
     bail!("unsupported --database-url {url:?}: expected sqlite://FILE or postgres://…")
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
+}
+
+/// Opens the store, and with `--bus` the bus: the store hands its notices
+/// to the bus after commit, and the bus brings this core's users' changes
+/// back to the hub through the store. With a bus, also the publisher's
+/// task, which on `token` sends what it holds and ends.
+async fn open_fanout(
+    config: &CoreConfig,
+    hub: Arc<Hub>,
+    interest: Option<tokio::sync::mpsc::UnboundedReceiver<Interest>>,
+    token: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn Store>, Option<tokio::task::JoinHandle<()>>)> {
+    let (Some(url), Some(interest)) = (&config.bus, interest) else {
+        let store = open_store(
+            &config.database_url,
+            config.synchronous,
+            config.postgres.clone(),
+            hub,
+        )
+        .await?;
+        return Ok((store, None));
+    };
+    let bus = bus::Bus::connect(url, hub.clone()).await?;
+    let (outbox, publisher) = bus.outbox(token.clone());
+    let store = PgStore::open_with_outbox(
+        &config.database_url,
+        config.postgres.clone(),
+        hub.clone(),
+        Some(outbox),
+    )
+    .await
+    .context("cannot open the PostgreSQL database")?;
+    bus::watch(&bus, store.clone(), hub, interest, token.clone());
+    tracing::info!(bus = %url, "changes travel between cores over NATS");
+    Ok((Arc::new(store), Some(publisher)))
 }
 
 /// Serves the core on `listener` (and `/metrics` on `metrics_listener`)
@@ -124,16 +181,19 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (hub, presence_changes) = Hub::new();
+    let (interest, interest_changes) = match config.bus {
+        Some(_) => {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            (Some(sender), Some(receiver))
+        }
+        None => (None, None),
+    };
+    let (hub, presence_changes) = Hub::with_interest(interest);
     let hub = Arc::new(hub);
-    let store = open_store(
-        &config.database_url,
-        config.synchronous,
-        config.postgres.clone(),
-        hub.clone(),
-    )
-    .await?;
     let token = CancellationToken::new();
+    let bus_token = CancellationToken::new();
+    let (store, publisher) =
+        open_fanout(&config, hub.clone(), interest_changes, &bus_token).await?;
     let presence = Presence::start(
         store.clone(),
         hub.clone(),
@@ -189,6 +249,18 @@ pub async fn run(
         _ = async { token.cancelled().await; tokio::time::sleep(DRAIN_GRACE).await } => {
             tracing::warn!(grace = ?DRAIN_GRACE, "calls still open after the grace period; stopping anyway");
         }
+    }
+    // The last calls' notices, and their marks, go out before the process
+    // ends: other cores' streams of those users hear of them now.
+    bus_token.cancel();
+    if let Some(publisher) = publisher
+        && tokio::time::timeout(bus::FLUSH_GRACE, publisher)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "the bus did not take the last notices in time; other cores' streams read them at their next change"
+        );
     }
     // This core's presence entries stay behind and expire after the TTL:
     // users whose connections move elsewhere within it are announced to

@@ -121,7 +121,8 @@ pub(super) async fn open(
     // either queued by the hub or read back by the first catch-up, so a
     // live-only stream misses nothing committed once it has answered.
     let start = core.store.user_state(request.user).await?;
-    let subscription = core.hub.subscribe(request.user);
+    let mut subscription = core.hub.subscribe(request.user);
+    subscription.registered().await;
     let (out, receiver) = mpsc::channel(OUTBOUND_QUEUE);
     tokio::spawn(async move {
         metrics::gauge!("notify_open_streams").increment(1.0);
@@ -478,6 +479,7 @@ impl<'a> Stream<'a> {
                 };
                 self.send_event(event, None).await
             }
+            HubEvent::HighWater { version } => self.resync_if_ahead(version).await,
         }
     }
 

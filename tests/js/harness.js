@@ -322,6 +322,77 @@ export class OwnPostgres {
   }
 }
 
+/** A free loopback port (free when asked; the caller binds it next). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves once something accepts connections on 127.0.0.1:`port`. */
+async function listening(port, timeout = 10_000) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const socket = net.connect(port, "127.0.0.1");
+      socket.once("connect", () => { socket.destroy(); resolve(true); });
+      socket.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on port ${port}`);
+    await sleep(50);
+  }
+}
+
+/**
+ * A throwaway `nats-server` (Debian's package) on a free loopback port,
+ * which a test may kill and start again on the same port; `null` when
+ * there is none and none is required (NOTIFY_REQUIRE_NATS).
+ */
+export class Nats {
+  static async start() {
+    const bin = process.env.NATS_SERVER ?? "/usr/sbin/nats-server";
+    if (!existsSync(bin)) {
+      if (process.env.NOTIFY_REQUIRE_NATS) throw new Error(`no nats-server at ${bin}`);
+      return null;
+    }
+    const nats = new Nats();
+    nats.bin = bin;
+    nats.port = await freePort();
+    nats.url = `nats://127.0.0.1:${nats.port}`;
+    await nats.resume();
+    return nats;
+  }
+
+  /** Starts it (again) on its port. */
+  async resume() {
+    this.child = spawn(this.bin, ["-a", "127.0.0.1", "-p", String(this.port)], {
+      stdio: ["ignore", "ignore", process.env.TEST_LOG ? "inherit" : "ignore"],
+    });
+    await listening(this.port);
+  }
+
+  /** Kills it at once (SIGKILL): connections drop without a goodbye. */
+  async kill() {
+    await stopProcess(this.child);
+  }
+
+  async stop() {
+    if (this.child) await stopProcess(this.child);
+  }
+}
+
+/**
+ * The buses the multi-node tests run on: PostgreSQL's LISTEN/NOTIFY, and
+ * NATS when a nats-server is there (each test starts its own).
+ */
+export const BUSES = ["listen", "nats"];
+
 /**
  * A fresh database on the test PostgreSQL server (scripts/test starts one),
  * or null when there is none and none is required.

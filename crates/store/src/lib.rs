@@ -37,7 +37,7 @@ pub use model::{
 };
 pub use object_id::{new_object_id, parse_object_id};
 pub use peers::PeerView;
-pub use postgres::{PgOptions, PgStore};
+pub use postgres::{PgOptions, PgStore, high_water_notice};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Why a store call failed.
@@ -84,6 +84,17 @@ impl From<sqlx::Error> for StoreError {
 pub trait ChangeSink: Send + Sync + 'static {
     /// Called once per change.
     fn publish(&self, change: Change);
+}
+
+/// Where a PostgreSQL store hands its change notices when a message bus,
+/// not LISTEN/NOTIFY, carries them between cores: each after its commit,
+/// in commit order for this core. A notice is small (ids, versions and
+/// counts, never a payload) and is read back with [`PgStore::deliver`] on
+/// the cores that receive it. Implementations must not block.
+pub trait Outbox: Send + Sync + 'static {
+    /// Called once per notice: whose change it is, the user's version it
+    /// took, and the notice itself.
+    fn send(&self, user: User, version: i64, notice: String);
 }
 
 /// The storage behind the core. Implementations commit before they return.

@@ -568,6 +568,14 @@ pub enum Change {
         /// When (ms since the epoch); the `lastSeenAt` of an offline change.
         at: i64,
     },
+    /// The user's changes went up to `version` by now: a stream behind it
+    /// missed one (the bus lost a message) and catches up from the store.
+    HighWater {
+        /// Whose changes.
+        user: User,
+        /// The user's latest version the sender knew of.
+        version: i64,
+    },
     /// Changes may have been missed (the database feed reconnected): every
     /// stream should catch up from the store.
     Resync,

@@ -16,6 +16,9 @@
 //!   commit order. If the listening connection drops, the core reconnects
 //!   and asks every open stream to catch up from the table by version, so
 //!   a lost NOTIFY never loses a notification.
+//!   With a message bus ([`PgStore::open_with_outbox`]) the same notices go
+//!   to the bus after commit instead, and the cores that receive them hand
+//!   them to [`PgStore::deliver`], which reads the rows the same way.
 //! - Presence: entries per core, changed under the user's row lock, so the
 //!   first entry and the removal of the last are announced once; their
 //!   leases are measured on the database's clock.
@@ -40,7 +43,7 @@ use crate::reads::{
     ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
     presence_entries, read_by_category, view_pages,
 };
-use crate::{ChangeSink, Store, StoreError};
+use crate::{ChangeSink, Outbox, Store, StoreError};
 
 const CHANNEL: &str = "notify_changes";
 
@@ -276,13 +279,17 @@ enum Notice {
         online: bool,
         at: i64,
     },
+    /// The user's changes went up to `version` (sent over a bus, which may
+    /// lose messages, so a stream behind it catches up).
+    HighWater { role: i64, user: i64, version: i64 },
 }
 
 impl Notice {
     fn user(&self) -> Option<User> {
         let (Notice::Created { role, user, .. }
         | Notice::Marked { role, user, .. }
-        | Notice::Presence { role, user, .. }) = self;
+        | Notice::Presence { role, user, .. }
+        | Notice::HighWater { role, user, .. }) = self;
         Some(User {
             role: Role::from_code(*role)?,
             id: *user,
@@ -291,6 +298,56 @@ impl Notice {
 
     fn payload(&self) -> String {
         serde_json::to_string(self).expect("a notice is plain data")
+    }
+}
+
+/// The notice a bus carries to say the user's changes went up to `version`
+/// ([`Change::HighWater`] where it is delivered).
+pub fn high_water_notice(user: User, version: i64) -> String {
+    Notice::HighWater {
+        role: user.role.code(),
+        user: user.id,
+        version,
+    }
+    .payload()
+}
+
+/// How a committed change's notice reaches every core: `pg_notify` inside
+/// the transaction (delivered only if it commits), or a bus's [`Outbox`]
+/// right after the commit. Presence always goes by NOTIFY (see
+/// [`PgStore::open_with_outbox`]).
+#[derive(Clone)]
+struct Fanout {
+    outbox: Option<Arc<dyn Outbox>>,
+}
+
+impl Fanout {
+    /// The in-transaction half: NOTIFY, unless a bus carries the notices.
+    async fn before_commit(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        notices: &[Notice],
+    ) -> Result<(), sqlx::Error> {
+        if self.outbox.is_some() {
+            return Ok(());
+        }
+        notify_all(tx, notices.iter().map(Notice::payload).collect()).await
+    }
+
+    /// The after-commit half: hands the notices to the bus, if there is one.
+    fn after_commit(&self, notices: Vec<Notice>) {
+        let Some(outbox) = &self.outbox else { return };
+        for notice in notices {
+            let version = match &notice {
+                Notice::Created { version, .. }
+                | Notice::Marked { version, .. }
+                | Notice::HighWater { version, .. } => *version,
+                Notice::Presence { .. } => continue,
+            };
+            if let Some(user) = notice.user() {
+                outbox.send(user, version, notice.payload());
+            }
+        }
     }
 }
 
@@ -326,6 +383,9 @@ pub struct PgStore {
     epoch: Arc<str>,
     /// The group writer of this core's creates ([`group_creates`]).
     creates: mpsc::Sender<CreateJob>,
+    fanout: Fanout,
+    /// Where changes read back from notices go ([`PgStore::deliver`]).
+    sink: Arc<dyn ChangeSink>,
 }
 
 /// Create calls one transaction takes at most (each up to 1,000
@@ -354,6 +414,21 @@ impl PgStore {
         options: PgOptions,
         sink: Arc<dyn ChangeSink>,
     ) -> Result<PgStore, StoreError> {
+        PgStore::open_with_outbox(url, options, sink, None).await
+    }
+
+    /// [`PgStore::open`], with the notices of creates and status changes
+    /// handed to `outbox` after commit instead of NOTIFY, when a bus
+    /// carries them; the bus hands what it receives to [`PgStore::deliver`].
+    /// Presence changes still go by NOTIFY: they are rare, and NOTIFY
+    /// delivers them in commit order, which keeps a user's online and
+    /// offline from arriving swapped.
+    pub async fn open_with_outbox(
+        url: &str,
+        options: PgOptions,
+        sink: Arc<dyn ChangeSink>,
+        outbox: Option<Arc<dyn Outbox>>,
+    ) -> Result<PgStore, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(options.acquire_timeout)
@@ -370,15 +445,25 @@ impl PgStore {
         // can be notified before this core hears notifications.
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
-        tokio::spawn(listen(pool.clone(), sink, listener));
+        tokio::spawn(listen(pool.clone(), sink.clone(), listener));
+        let fanout = Fanout { outbox };
         let (creates, waiting) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(group_creates(pool.clone(), waiting));
+        tokio::spawn(group_creates(pool.clone(), fanout.clone(), waiting));
         Ok(PgStore {
             reads: Arc::new(Reads::new(pool.clone(), &READS)),
             pool,
             epoch: epoch.into(),
             creates,
+            fanout,
+            sink,
         })
+    }
+
+    /// Reads back the rows that notices received from a bus name and
+    /// publishes them to the sink, in order, as the LISTEN side does.
+    pub async fn deliver(&self, notices: &[String]) -> Result<(), StoreError> {
+        publish_batch(&self.pool, &self.sink, notices, "nats").await?;
+        Ok(())
     }
 }
 
@@ -442,8 +527,10 @@ impl PgStore {
             version,
             ids: (updated.len() <= IDS_PER_NOTICE).then(|| updated.clone()),
         };
-        notify_all(&mut tx, vec![notice.payload()]).await?;
+        let notices = vec![notice];
+        self.fanout.before_commit(&mut tx, &notices).await?;
         tx.commit().await?;
+        self.fanout.after_commit(notices);
         Ok(MarkOutcome {
             updated,
             unread,
@@ -498,7 +585,7 @@ async fn follow_changes(pool: &PgPool, sink: &Arc<dyn ChangeSink>, mut listener:
                 None => break,
             }
         }
-        if let Err(error) = publish_batch(pool, sink, &batch).await {
+        if let Err(error) = publish_batch(pool, sink, &batch, "listen").await {
             tracing::warn!(%error, "could not read notified rows; resyncing");
             sink.publish(Change::Resync);
         }
@@ -509,10 +596,13 @@ async fn follow_changes(pool: &PgPool, sink: &Arc<dyn ChangeSink>, mut listener:
 /// query for the created ones, one for the marked ones), and publishes them
 /// in order. A notice whose rows are gone (erased, or changed again since)
 /// is skipped: streams see the gap in versions and catch up from the table.
+/// Counts what arrived `via` each way, by kind: the share of all changes a
+/// core receives is what fan-out costs it.
 async fn publish_batch(
     pool: &PgPool,
     sink: &Arc<dyn ChangeSink>,
     payloads: &[String],
+    via: &'static str,
 ) -> Result<(), sqlx::Error> {
     let notices: Vec<Notice> = payloads
         .iter()
@@ -524,6 +614,16 @@ async fn publish_batch(
             }
         })
         .collect();
+    for notice in &notices {
+        let kind = match notice {
+            Notice::Created { .. } => "created",
+            Notice::Marked { .. } => "marked",
+            Notice::Presence { .. } => "presence",
+            Notice::HighWater { .. } => "high_water",
+        };
+        metrics::counter!("notify_fanout_notices_received_total", "via" => via, "kind" => kind)
+            .increment(1);
+    }
     let created: Vec<&str> = notices
         .iter()
         .filter_map(|notice| match notice {
@@ -614,6 +714,7 @@ async fn publish_batch(
             Notice::Presence { online, at, .. } => {
                 sink.publish(Change::Presence { user, online, at })
             }
+            Notice::HighWater { version, .. } => sink.publish(Change::HighWater { user, version }),
         }
     }
     Ok(())
@@ -642,12 +743,12 @@ async fn notify_all(
 /// creates scale. If the server refuses a statement of the group before
 /// its COMMIT, each call is tried alone, so one bad call cannot sink the
 /// others; an outage fails the group's calls at once.
-async fn group_creates(pool: PgPool, mut waiting: mpsc::Receiver<CreateJob>) {
+async fn group_creates(pool: PgPool, fanout: Fanout, mut waiting: mpsc::Receiver<CreateJob>) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while waiting.recv_many(&mut jobs, MAX_GROUP).await > 0 {
         let started = std::time::Instant::now();
         let batches: Vec<&[NewNotification]> = jobs.iter().map(|j| j.batch.as_slice()).collect();
-        let result = create_group(&pool, &batches).await;
+        let result = create_group(&pool, &fanout, &batches).await;
         metrics::histogram!("notify_commit_seconds").record(started.elapsed());
         metrics::histogram!("notify_commit_batch_requests").record(jobs.len() as f64);
         match result {
@@ -667,7 +768,7 @@ async fn group_creates(pool: PgPool, mut waiting: mpsc::Receiver<CreateJob>) {
             {
                 tracing::warn!(error = %failure.error, calls = jobs.len(), "group of creates failed; trying each alone");
                 for job in jobs.drain(..) {
-                    let alone = create_group(&pool, &[job.batch.as_slice()]).await;
+                    let alone = create_group(&pool, &fanout, &[job.batch.as_slice()]).await;
                     let answer = alone
                         .map(|mut answers| answers.pop().unwrap_or_default())
                         .map_err(|failure| StoreError::from(failure.error));
@@ -690,6 +791,7 @@ async fn group_creates(pool: PgPool, mut waiting: mpsc::Receiver<CreateJob>) {
 /// same seq. Answers each call's notifications, in call order.
 async fn create_group(
     pool: &PgPool,
+    fanout: &Fanout,
     batches: &[&[NewNotification]],
 ) -> Result<Vec<Vec<Created>>, GroupFailure> {
     let before = |error| GroupFailure {
@@ -714,7 +816,10 @@ async fn create_group(
             insert_rows(&mut tx, &rows, plan.fresh()).await?;
             replace(&mut tx, &rows, now).await?;
             save_counters(&mut tx, &counters).await?;
-            let notices = rows.iter().map(|row| {
+        }
+        let notices: Vec<Notice> = rows
+            .iter()
+            .map(|row| {
                 let n = &row.notification;
                 Notice::Created {
                     role: n.recipient.role.code(),
@@ -725,18 +830,18 @@ async fn create_group(
                     version: n.version,
                     replaced: row.replaced.clone(),
                 }
-                .payload()
-            });
-            notify_all(&mut tx, notices.collect()).await?;
-        }
-        Ok::<_, sqlx::Error>((plan, rows))
+            })
+            .collect();
+        fanout.before_commit(&mut tx, &notices).await?;
+        Ok::<_, sqlx::Error>((plan, rows, notices))
     }
     .await;
-    let (plan, rows) = staged.map_err(before)?;
+    let (plan, rows, notices) = staged.map_err(before)?;
     tx.commit().await.map_err(|error| GroupFailure {
         error,
         committing: true,
     })?;
+    fanout.after_commit(notices);
     Ok(plan.answers(&rows))
 }
 
@@ -1312,22 +1417,20 @@ impl Store for PgStore {
         for row in &counters {
             let user = decode_user(row)?;
             let ids = changed.remove(&user).unwrap_or_default();
-            notices.push(
-                Notice::Marked {
-                    role: user.role.code(),
-                    user: user.id,
-                    update: update.clone(),
-                    at: now,
-                    unread: row.try_get(2)?,
-                    by_category: Some(by_category.remove(&user).unwrap_or_default()),
-                    version: next(&user),
-                    ids: (ids.len() <= IDS_PER_NOTICE).then_some(ids),
-                }
-                .payload(),
-            );
+            notices.push(Notice::Marked {
+                role: user.role.code(),
+                user: user.id,
+                update: update.clone(),
+                at: now,
+                unread: row.try_get(2)?,
+                by_category: Some(by_category.remove(&user).unwrap_or_default()),
+                version: next(&user),
+                ids: (ids.len() <= IDS_PER_NOTICE).then_some(ids),
+            });
         }
-        notify_all(&mut tx, notices).await?;
+        self.fanout.before_commit(&mut tx, &notices).await?;
         tx.commit().await?;
+        self.fanout.after_commit(notices);
         Ok(expired.len())
     }
 
