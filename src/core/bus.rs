@@ -104,6 +104,8 @@ impl Bus {
                             metrics::counter!("notify_bus_slow_consumer_total").increment(1);
                             hub.resync_all();
                         }
+                        // Each failed reconnect attempt: said once above.
+                        Event::ClientError(error) => tracing::debug!(%error, "bus client error"),
                         other => tracing::warn!(event = %other, "bus event"),
                     }
                 }

@@ -792,6 +792,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lost_last_change_is_read_back_when_its_high_water_mark_arrives() {
+        let f = fixture().await;
+        let mut reader = f.open(live_only()).await;
+        f.lose_next(1);
+        let lost = f.create().await;
+        // No later change shows the gap; the bus's mark does. One at the
+        // stream's own version changes nothing.
+        f.core.hub.send(USER, HubEvent::HighWater { version: 0 });
+        f.core.hub.send(
+            USER,
+            HubEvent::HighWater {
+                version: lost.version,
+            },
+        );
+        let (seq, count) = reader.notification().await;
+        assert_eq!(seq, lost.seq, "the lost one, read back");
+        assert!(unread(1)(&count), "{count:?}");
+        f.core.hub.send(
+            USER,
+            HubEvent::HighWater {
+                version: lost.version,
+            },
+        );
+        f.create().await;
+        assert_eq!(reader.notification().await.0, 2, "nothing twice");
+    }
+
+    #[tokio::test]
     async fn a_missed_read_is_read_back_with_the_count_as_it_is_now() {
         let f = fixture().await;
         let mut reader = f.open(live_only()).await;
