@@ -21,6 +21,10 @@
 //!   stream here catches up from the store, and the publisher sends marks
 //!   for every user it changed in the last [`RECENT`], since messages it
 //!   handed the client before the drop may be gone.
+//! - Losing the publisher: a core killed between a commit and its publish
+//!   sends neither the notice nor its mark. So every [`VERSION_SWEEP`] each
+//!   core also reads the versions of the users it holds streams of, and
+//!   streams behind theirs catch up: the bound for that rare case.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +43,12 @@ use super::hub::{Hub, Interest};
 /// How often the publisher sends high-water marks: the bound on how long a
 /// lost bus message can hold back a live delivery.
 pub const HIGH_WATER_TICK: Duration = Duration::from_secs(1);
+
+/// How often a core reads the versions of the users it holds streams of.
+pub const VERSION_SWEEP: Duration = Duration::from_secs(10);
+
+/// Users whose versions one statement of the sweep reads.
+const SWEEP_CHUNK: usize = 5_000;
 
 /// How long a stopping core waits for the bus to take its last notices.
 pub const FLUSH_GRACE: Duration = Duration::from_secs(2);
@@ -262,6 +272,7 @@ pub fn watch(
     token: CancellationToken,
 ) {
     let (deliveries, delivering) = mpsc::channel(DELIVER_QUEUE);
+    tokio::spawn(sweep_versions(store.clone(), hub.clone(), token.clone()));
     tokio::spawn(deliver(store, hub, delivering, token.clone()));
     tokio::spawn(follow_interest(
         bus.client.clone(),
@@ -344,6 +355,33 @@ async fn forward(mut subscriber: async_nats::Subscriber, deliveries: mpsc::Sende
         };
         if deliveries.send(notice).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Every [`VERSION_SWEEP`], a mark for each user with streams here from
+/// the store itself: streams behind it missed a change whose notice and
+/// mark never left their core.
+async fn sweep_versions(store: PgStore, hub: Arc<Hub>, token: CancellationToken) {
+    let mut tick = tokio::time::interval(VERSION_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for users in hub.users().chunks(SWEEP_CHUNK) {
+            match store.versions(users).await {
+                Ok(versions) => {
+                    for (user, version) in versions {
+                        hub.send(user, super::hub::HubEvent::HighWater { version });
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the versions of this core's users")
+                }
+            }
         }
     }
 }

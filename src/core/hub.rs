@@ -171,6 +171,11 @@ impl Hub {
         }
     }
 
+    /// The users with streams here now.
+    pub fn users(&self) -> Vec<User> {
+        self.lock().keys().copied().collect()
+    }
+
     /// Starts receiving the user's events. Register before reading the
     /// store (and, with a bus, await [`Subscription::registered`]), so
     /// nothing committed afterwards can be missed.

@@ -4,7 +4,9 @@
 //   and every notice over LISTEN/NOTIFY;
 // - nats-server killed for 5 s while notifications are created on both
 //   cores: both keep answering, and every socket gets every acknowledged
-//   notification soon after NATS is back.
+//   notification soon after NATS is back;
+// - a core whose notices never reach the others (two buses that do not
+//   know each other): its creates still reach every socket, by the sweep.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Core, Bridge, Nats, token, connect, until, events, sleep, postgresDatabase } from "./harness.js";
@@ -171,5 +173,28 @@ test("nats-server killed for 5 s under load: both cores keep serving, every sock
   } finally {
     for (const socket of sockets) socket.close();
     for (const process of [bridge, coreA, coreB, nats]) await process.stop();
+  }
+});
+
+test("a core whose notices never reach the others' bus: its creates still reach their sockets, by the version sweep", async (t) => {
+  const databaseUrl = postgresDatabase();
+  const natsA = await Nats.start();
+  const natsB = await Nats.start();
+  if (!databaseUrl || !natsA || !natsB) return t.skip("no PostgreSQL or no nats-server");
+  // Two buses that do not know each other: what core B publishes never
+  // reaches core A, as when B dies between a commit and its publish.
+  const coreA = await Core.start(["--bus", natsA.url], { databaseUrl });
+  const coreB = await Core.start(["--bus", natsB.url], { databaseUrl });
+  const bridge = await Bridge.start(coreA);
+  const socket = await connect(bridge, { auth: { token: token({ vendor: 9600 }) } });
+  try {
+    await until(socket, () => events(socket, "unreadCount").length, "ready");
+    const created = await coreB.create({ vendorId: 9600 });
+    // The sweep runs every 10 s; a loaded machine gets 10 more.
+    await until(socket, () => events(socket, "notification").some((n) => n.id === created.id), "the notification, by the sweep", 20_000);
+    await until(socket, () => events(socket, "unreadCount").some((u) => u.data.count === 1), "unread 1");
+  } finally {
+    socket.close();
+    for (const process of [bridge, coreA, coreB, natsA, natsB]) await process.stop();
   }
 });

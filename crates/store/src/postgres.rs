@@ -180,6 +180,9 @@ const LOCK_USER: &str = "SELECT unread, version FROM users WHERE role = $1 AND i
 const LOCK_USERS: &str = "SELECT role, id, last_seq, unread, version FROM users \
      WHERE (role, id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[])) \
      ORDER BY role, id FOR UPDATE";
+/// Several users' versions: `users_pkey`.
+const VERSIONS: &str = "SELECT role, id, version FROM users \
+     WHERE (role, id) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))";
 /// A user's counters: `users_pkey`.
 const USER_STATE: &str = "SELECT last_seq, unread, version FROM users WHERE role = $1 AND id = $2";
 /// When a user was last seen: `users_pkey`.
@@ -457,6 +460,20 @@ impl PgStore {
             fanout,
             sink,
         })
+    }
+
+    /// The users' latest versions (users without a row have none).
+    pub async fn versions(&self, users: &[User]) -> Result<Vec<(User, i64)>, StoreError> {
+        let rows = sqlx::query(VERSIONS)
+            .bind(users.iter().map(|u| u.role.code()).collect::<Vec<_>>())
+            .bind(users.iter().map(|u| u.id).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut versions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            versions.push((decode_user(row)?, row.try_get(2)?));
+        }
+        Ok(versions)
     }
 
     /// Reads back the rows that notices received from a bus name and
@@ -1742,6 +1759,7 @@ mod plans {
         ("LOCK_USER", LOCK_USER, &["users_pkey"]),
         ("LOCK_USERS", LOCK_USERS, &["users_pkey"]),
         ("USER_STATE", USER_STATE, &["users_pkey"]),
+        ("VERSIONS", VERSIONS, &["users_pkey"]),
         ("LAST_SEEN", LAST_SEEN, &["users_pkey"]),
         ("WENT_OFFLINE", WENT_OFFLINE, &["users_pkey"]),
         ("PRESENCE_ENTRIES", PRESENCE_ENTRIES, &["presence_user"]),
