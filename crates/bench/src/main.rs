@@ -14,6 +14,7 @@ mod lifecycle;
 mod list;
 mod load;
 mod report;
+mod scaleout;
 mod scenario;
 mod sio;
 mod stack;
@@ -144,6 +145,29 @@ enum Scenario {
         seconds: f64,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// gRPC only: several cores on one PostgreSQL database over each bus
+    /// (LISTEN/NOTIFY, NATS): creates/s flat out, create→receive at a
+    /// steady rate, and the share of the changes each core receives when
+    /// each holds the streams of a disjoint part of the users. Starts its
+    /// own PostgreSQL and nats-server.
+    Scaleout {
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "listen,nats")]
+        buses: Vec<scaleout::Bus>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        cores: Vec<usize>,
+        /// Users with a stream open, dealt round the cores.
+        #[arg(long, default_value_t = 1_000)]
+        users: u64,
+        /// Clients in the flat-out phase.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Notifications per second in the steady phase.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
     },
     /// gRPC only: ListOffline on random users and pages of a large store
     /// (users × per-user notifications), from 1 reader, then 16.
@@ -330,6 +354,31 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
                     backends::table(&rows),
                 )],
                 &json!({ "backends": rows }),
+            )?;
+            Ok(())
+        }
+        Scenario::Scaleout {
+            buses,
+            cores,
+            users,
+            clients,
+            seconds,
+            rate,
+        } => {
+            let plan = scaleout::Plan {
+                users,
+                clients,
+                seconds,
+                rate,
+            };
+            let rows = scaleout::run(programs, &buses, &cores, plan).await?;
+            output.write(
+                "scaleout",
+                &[(
+                    format!("cores on one PostgreSQL, by bus: {clients} clients flat out, then {rate}/s steady, {users} streams ({seconds} s each)"),
+                    scaleout::table(&rows),
+                )],
+                &json!({ "scaleout": rows }),
             )?;
             Ok(())
         }

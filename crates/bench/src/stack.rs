@@ -176,6 +176,21 @@ impl Core {
         )
     }
 
+    /// Starts a core on `database_url` with `extra` flags (such as `--bus`).
+    pub fn start_with_flags(
+        programs: &Programs,
+        database_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Core> {
+        Self::start_in(
+            programs,
+            programs.temp_dir()?,
+            Some(database_url),
+            &programs.synchronous,
+            extra,
+        )
+    }
+
     /// Stops this core (kill -9) and starts another on the same SQLite
     /// file with `extra` flags.
     pub fn reopen(self, programs: &Programs, extra: &[&str]) -> anyhow::Result<Core> {
