@@ -5,8 +5,10 @@
 //!   idempotency keys, inserts and updates the counters in one transaction.
 //!   Rows locked across every core keep seqs gapless and unique.
 //! - Group commit: the creates waiting on a core at once go in one
-//!   transaction ([`group_creates`]): PostgreSQL serializes the commits of
-//!   transactions that NOTIFY, so many calls per commit is what scales.
+//!   transaction, and so do its marks, receipts and archives
+//!   ([`write_in_groups`]): PostgreSQL serializes the commits of
+//!   transactions that NOTIFY, and each commit waits for its WAL flush, so
+//!   many calls per commit is what scales.
 //! - Versions: every create and status change also takes the user's next
 //!   version under that lock, so each user's changes are ordered across
 //!   every core.
@@ -384,21 +386,114 @@ pub struct PgStore {
     pool: PgPool,
     reads: Arc<Reads<Postgres>>,
     epoch: Arc<str>,
-    /// The group writer of this core's creates ([`group_creates`]).
-    creates: mpsc::Sender<CreateJob>,
+    /// The group writers of this core's creates and of its status changes
+    /// ([`write_in_groups`]).
+    creates: mpsc::Sender<Waiting<Creates>>,
+    changes: mpsc::Sender<Waiting<Changes>>,
     fanout: Fanout,
     /// Where changes read back from notices go ([`PgStore::deliver`]).
     sink: Arc<dyn ChangeSink>,
 }
 
-/// Create calls one transaction takes at most (each up to 1,000
+/// Calls one transaction takes at most (a create call up to 1,000
 /// notifications).
 const MAX_GROUP: usize = 64;
 
-/// A create call waiting for the group writer.
-struct CreateJob {
-    batch: Vec<NewNotification>,
-    reply: oneshot::Sender<Result<Vec<Created>, StoreError>>,
+/// What commits a group of calls in one transaction, for [`write_in_groups`].
+#[async_trait]
+trait GroupWriter: Send + Sync + 'static {
+    /// One call's work.
+    type Job: Send + Sync;
+    /// One call's answer.
+    type Answer: Send;
+    /// Commits the jobs in one transaction; answers each, in order.
+    async fn commit(&self, jobs: &[&Self::Job]) -> Result<Vec<Self::Answer>, GroupFailure>;
+}
+
+/// A call waiting for a group writer, and where its answer goes.
+type Waiting<W> = (
+    <W as GroupWriter>::Job,
+    oneshot::Sender<Result<<W as GroupWriter>::Answer, StoreError>>,
+);
+
+/// Hands `job` to the group writer behind `writer` and waits for its answer.
+async fn in_group<W: GroupWriter>(
+    writer: &mpsc::Sender<Waiting<W>>,
+    job: W::Job,
+) -> Result<W::Answer, StoreError> {
+    let (reply, answer) = oneshot::channel();
+    writer
+        .send((job, reply))
+        .await
+        .map_err(|_| StoreError::Closed)?;
+    answer.await.map_err(|_| StoreError::Closed)?
+}
+
+/// Creates: each job one call's notifications ([`create_group`]).
+struct Creates {
+    pool: PgPool,
+    fanout: Fanout,
+}
+
+#[async_trait]
+impl GroupWriter for Creates {
+    type Job = Vec<NewNotification>;
+    type Answer = Vec<Created>;
+    async fn commit(&self, jobs: &[&Self::Job]) -> Result<Vec<Self::Answer>, GroupFailure> {
+        let batches: Vec<&[NewNotification]> = jobs.iter().map(|job| job.as_slice()).collect();
+        create_group(&self.pool, &self.fanout, &batches).await
+    }
+}
+
+/// Marks, receipts and archives: each job one user's change
+/// ([`change_in`]), the group's users locked in order first.
+struct Changes {
+    pool: PgPool,
+    fanout: Fanout,
+}
+
+#[async_trait]
+impl GroupWriter for Changes {
+    type Job = (User, OwnedChange);
+    type Answer = MarkOutcome;
+    async fn commit(&self, jobs: &[&Self::Job]) -> Result<Vec<Self::Answer>, GroupFailure> {
+        let before = |error| GroupFailure {
+            error,
+            committing: false,
+        };
+        let now = now_millis();
+        let mut tx = self.pool.begin().await.map_err(before)?;
+        let staged = async {
+            // Every user's row first, in order, as creates take them: two
+            // cores' groups never wait for each other in a circle. A user
+            // without a row has nothing to change, and gets none.
+            let mut users: Vec<User> = jobs.iter().map(|(user, _)| *user).collect();
+            users.sort();
+            users.dedup();
+            sqlx::query(LOCK_USERS)
+                .bind(users.iter().map(|u| u.role.code()).collect::<Vec<_>>())
+                .bind(users.iter().map(|u| u.id).collect::<Vec<_>>())
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            let mut notices = Vec::new();
+            for (user, change) in jobs {
+                let (outcome, notice) = change_in(&mut tx, *user, change.borrowed(), now).await?;
+                outcomes.push(outcome);
+                notices.extend(notice);
+            }
+            self.fanout.before_commit(&mut tx, &notices).await?;
+            Ok::<_, sqlx::Error>((outcomes, notices))
+        }
+        .await;
+        let (outcomes, notices) = staged.map_err(before)?;
+        tx.commit().await.map_err(|error| GroupFailure {
+            error,
+            committing: true,
+        })?;
+        self.fanout.after_commit(notices);
+        Ok(outcomes)
+    }
 }
 
 /// Why a group of creates failed, and whether it got as far as COMMIT:
@@ -451,12 +546,23 @@ impl PgStore {
         tokio::spawn(listen(pool.clone(), sink.clone(), listener));
         let fanout = Fanout { outbox };
         let (creates, waiting) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(group_creates(pool.clone(), fanout.clone(), waiting));
+        let writer = Creates {
+            pool: pool.clone(),
+            fanout: fanout.clone(),
+        };
+        tokio::spawn(write_in_groups(writer, waiting));
+        let (changes, waiting) = mpsc::channel(4 * MAX_GROUP);
+        let writer = Changes {
+            pool: pool.clone(),
+            fanout: fanout.clone(),
+        };
+        tokio::spawn(write_in_groups(writer, waiting));
         Ok(PgStore {
             reads: Arc::new(Reads::new(pool.clone(), &READS)),
             pool,
             epoch: epoch.into(),
             creates,
+            changes,
             fanout,
             sink,
         })
@@ -485,77 +591,87 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// One change of a user's existing notifications: under the user's row
-    /// lock, the changed rows and the counter take the user's next version
-    /// together, and the notice goes out with the commit.
+    /// One change of a user's existing notifications in a transaction of
+    /// its own ([`change_in`]); the notice goes out with the commit.
     async fn change_rows(
         &self,
         user: User,
         change: RowChange<'_>,
     ) -> Result<MarkOutcome, StoreError> {
-        let now = now_millis();
-        let nothing = MarkOutcome {
-            updated: Vec::new(),
-            unread: 0,
-            by_category: None,
-            version: 0,
-            updated_at: now,
-        };
         let mut tx = self.pool.begin().await?;
-        // Lock the user's row only if it exists: a user without one has no
-        // notifications to change, and a change must not create rows (any
-        // id a caller names would otherwise leave one behind).
-        let locked: Option<(i64, i64)> = sqlx::query_as(LOCK_USER)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((_, version)) = locked else {
-            tx.rollback().await?;
-            return Ok(nothing);
-        };
-        let version = version + 1;
-        // Under the user's lock: none of these rows can change meanwhile.
-        let updated = change.apply(&mut tx, user, version, now).await?;
-        if updated.is_empty() {
-            tx.rollback().await?;
-            return Ok(nothing);
-        }
-        let unread: i64 = sqlx::query_scalar(
-            "UPDATE users SET version = $1 WHERE role = $2 AND id = $3 RETURNING unread",
-        )
-        .bind(version)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let by_category = if change.counts() {
-            Some(read_by_category::<Postgres>(&mut *tx, &READS, user).await?)
-        } else {
-            None
-        };
-        let notice = Notice::Marked {
-            role: user.role.code(),
-            user: user.id,
-            update: change.update(now),
-            at: now,
-            unread,
-            by_category: by_category.clone(),
-            version,
-            ids: (updated.len() <= IDS_PER_NOTICE).then(|| updated.clone()),
-        };
-        let notices = vec![notice];
+        let (outcome, notice) = change_in(&mut tx, user, change, now_millis()).await?;
+        let notices: Vec<Notice> = notice.into_iter().collect();
         self.fanout.before_commit(&mut tx, &notices).await?;
         tx.commit().await?;
         self.fanout.after_commit(notices);
-        Ok(MarkOutcome {
-            updated,
-            unread,
-            by_category,
-            version,
-            updated_at: now,
-        })
+        Ok(outcome)
     }
+}
+
+/// One change of a user's existing notifications inside `tx`: under the
+/// user's row lock, the changed rows and the counter take the user's next
+/// version together. Answers what changed and the notice to send, if any.
+async fn change_in(
+    tx: &mut Transaction<'_, Postgres>,
+    user: User,
+    change: RowChange<'_>,
+    now: i64,
+) -> Result<(MarkOutcome, Option<Notice>), sqlx::Error> {
+    let nothing = MarkOutcome {
+        updated: Vec::new(),
+        unread: 0,
+        by_category: None,
+        version: 0,
+        updated_at: now,
+    };
+    // Lock the user's row only if it exists: a user without one has no
+    // notifications to change, and a change must not create rows (any id a
+    // caller names would otherwise leave one behind).
+    let locked: Option<(i64, i64)> = sqlx::query_as(LOCK_USER)
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((_, version)) = locked else {
+        return Ok((nothing, None));
+    };
+    let version = version + 1;
+    // Under the user's lock: none of these rows can change meanwhile.
+    let updated = change.apply(tx, user, version, now).await?;
+    if updated.is_empty() {
+        return Ok((nothing, None));
+    }
+    let unread: i64 = sqlx::query_scalar(
+        "UPDATE users SET version = $1 WHERE role = $2 AND id = $3 RETURNING unread",
+    )
+    .bind(version)
+    .bind(user.role.code())
+    .bind(user.id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let by_category = if change.counts() {
+        Some(read_by_category::<Postgres>(&mut **tx, &READS, user).await?)
+    } else {
+        None
+    };
+    let notice = Notice::Marked {
+        role: user.role.code(),
+        user: user.id,
+        update: change.update(now),
+        at: now,
+        unread,
+        by_category: by_category.clone(),
+        version,
+        ids: (updated.len() <= IDS_PER_NOTICE).then(|| updated.clone()),
+    };
+    let outcome = MarkOutcome {
+        updated,
+        unread,
+        by_category,
+        version,
+        updated_at: now,
+    };
+    Ok((outcome, Some(notice)))
 }
 
 /// Follows `notify_changes` for as long as the pool lives, starting with
@@ -754,24 +870,25 @@ async fn notify_all(
     Ok(())
 }
 
-/// Takes every create call waiting (up to [`MAX_GROUP`]), commits them in
-/// one transaction, and answers each: PostgreSQL serializes the commits of
-/// transactions that NOTIFY, so one commit for many calls is what lets
-/// creates scale. If the server refuses a statement of the group before
-/// its COMMIT, each call is tried alone, so one bad call cannot sink the
-/// others; an outage fails the group's calls at once.
-async fn group_creates(pool: PgPool, fanout: Fanout, mut waiting: mpsc::Receiver<CreateJob>) {
+/// Takes every call waiting (up to [`MAX_GROUP`]), commits them in one
+/// transaction, and answers each: PostgreSQL serializes the commits of
+/// transactions that NOTIFY, and every commit waits for its WAL flush, so
+/// one commit for many calls is what lets writes scale. If the server
+/// refuses a statement of the group before its COMMIT, each call is tried
+/// alone, so one bad call cannot sink the others; an outage fails the
+/// group's calls at once.
+async fn write_in_groups<W: GroupWriter>(writer: W, mut waiting: mpsc::Receiver<Waiting<W>>) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while waiting.recv_many(&mut jobs, MAX_GROUP).await > 0 {
         let started = std::time::Instant::now();
-        let batches: Vec<&[NewNotification]> = jobs.iter().map(|j| j.batch.as_slice()).collect();
-        let result = create_group(&pool, &fanout, &batches).await;
+        let group: Vec<&W::Job> = jobs.iter().map(|(job, _)| job).collect();
+        let result = writer.commit(&group).await;
         metrics::histogram!("notify_commit_seconds").record(started.elapsed());
         metrics::histogram!("notify_commit_batch_requests").record(jobs.len() as f64);
         match result {
             Ok(answers) => {
-                for (job, answer) in jobs.drain(..).zip(answers) {
-                    let _ = job.reply.send(Ok(answer));
+                for ((_, reply), answer) in jobs.drain(..).zip(answers) {
+                    let _ = reply.send(Ok(answer));
                 }
             }
             // Only the server refusing a statement can be one call's
@@ -783,19 +900,22 @@ async fn group_creates(pool: PgPool, fanout: Fanout, mut waiting: mpsc::Receiver
                     && jobs.len() > 1
                     && matches!(failure.error, sqlx::Error::Database(_)) =>
             {
-                tracing::warn!(error = %failure.error, calls = jobs.len(), "group of creates failed; trying each alone");
-                for job in jobs.drain(..) {
-                    let alone = create_group(&pool, &fanout, &[job.batch.as_slice()]).await;
-                    let answer = alone
-                        .map(|mut answers| answers.pop().unwrap_or_default())
-                        .map_err(|failure| StoreError::from(failure.error));
-                    let _ = job.reply.send(answer);
+                tracing::warn!(error = %failure.error, calls = jobs.len(), "group of writes failed; trying each alone");
+                for (job, reply) in jobs.drain(..) {
+                    let alone = writer.commit(&[&job]).await;
+                    let answer = match alone {
+                        Ok(answers) => answers.into_iter().next().ok_or_else(|| {
+                            StoreError::Corrupt("a group of one answered nothing".into())
+                        }),
+                        Err(failure) => Err(StoreError::from(failure.error)),
+                    };
+                    let _ = reply.send(answer);
                 }
             }
             Err(failure) => {
                 let error = StoreError::from(failure.error);
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(error.clone()));
+                for (_, reply) in jobs.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
@@ -1121,6 +1241,22 @@ enum RowChange<'a> {
     },
 }
 
+/// A [`RowChange`] of named rows (at most 1,000: bounded work, unlike a
+/// mark-all) that a group writer holds until its turn.
+enum OwnedChange {
+    Mark(Vec<String>, Status),
+    Archive(Vec<String>, bool),
+}
+
+impl OwnedChange {
+    fn borrowed(&self) -> RowChange<'_> {
+        match self {
+            OwnedChange::Mark(ids, status) => RowChange::Mark(ids, *status),
+            OwnedChange::Archive(ids, archived) => RowChange::Archive(ids, *archived),
+        }
+    }
+}
+
 impl RowChange<'_> {
     /// What the change did, made at `now`.
     fn update(&self, now: i64) -> Update {
@@ -1291,12 +1427,7 @@ impl Store for PgStore {
     /// Handed to this core's group writer, which commits the creates
     /// waiting together in one transaction ([`group_creates`]).
     async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<Created>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.creates
-            .send(CreateJob { batch, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        in_group::<Creates>(&self.creates, batch).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
@@ -1353,7 +1484,7 @@ impl Store for PgStore {
         ids: Vec<String>,
         status: Status,
     ) -> Result<MarkOutcome, StoreError> {
-        self.change_rows(user, RowChange::Mark(&ids, status)).await
+        in_group::<Changes>(&self.changes, (user, OwnedChange::Mark(ids, status))).await
     }
 
     async fn archive(
@@ -1362,8 +1493,7 @@ impl Store for PgStore {
         ids: Vec<String>,
         archived: bool,
     ) -> Result<MarkOutcome, StoreError> {
-        self.change_rows(user, RowChange::Archive(&ids, archived))
-            .await
+        in_group::<Changes>(&self.changes, (user, OwnedChange::Archive(ids, archived))).await
     }
 
     async fn mark_all(
@@ -1373,6 +1503,8 @@ impl Store for PgStore {
         category: Option<String>,
         up_to_seq: Option<i64>,
     ) -> Result<MarkOutcome, StoreError> {
+        // A transaction of its own: one may change a whole inbox, and the
+        // marks and receipts of other users should not wait behind it.
         let change = RowChange::MarkAll(status, category.as_deref(), up_to_seq);
         self.change_rows(user, change).await
     }

@@ -1521,3 +1521,64 @@ async fn an_action_is_taken_once_and_reads_the_notification(b: Backend) {
     );
     assert_counts_match_lists(&b, user, &["return"]).await;
 }
+
+/// PostgreSQL refuses a NUL in text (the API refuses it earlier; here it
+/// stands for any call whose statement the server refuses). Calls made at
+/// once share group commits: only the refused one fails, the others are
+/// stored, their seqs gapless, and their marks applied.
+#[tokio::test]
+async fn a_call_the_server_refuses_fails_alone_in_its_group() {
+    let Some(b) = postgres().await else { return };
+    let user = User::vendor(4242);
+    const CALLS: i64 = 32;
+    const BAD: i64 = 7;
+    let mut creates = Vec::new();
+    for n in 0..CALLS {
+        let store = b.store.clone();
+        let mut one = new(user, n);
+        if n == BAD {
+            one.kind = "order\u{0}paid".into();
+        }
+        creates.push(tokio::spawn(async move { store.create(vec![one]).await }));
+    }
+    let mut ids = Vec::new();
+    for (n, call) in creates.into_iter().enumerate() {
+        match call.await.unwrap() {
+            Ok(created) if n as i64 != BAD => ids.push(created[0].notification.id.clone()),
+            Err(_) if n as i64 == BAD => {}
+            other => panic!("create {n}: {other:?}"),
+        }
+    }
+    let mut seqs: Vec<i64> = b
+        .store
+        .after_seq(user, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.seq)
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..CALLS).collect::<Vec<i64>>(),
+        "the others, gapless"
+    );
+
+    let mut marks = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let store = b.store.clone();
+        let mut named = vec![id.clone()];
+        if n as i64 == BAD {
+            named.push("bad\u{0}id".into());
+        }
+        marks.push(tokio::spawn(async move {
+            store.mark(user, named, Status::Read).await
+        }));
+    }
+    for (n, call) in marks.into_iter().enumerate() {
+        let outcome = call.await.unwrap();
+        assert_eq!(outcome.is_err(), n as i64 == BAD, "mark {n}: {outcome:?}");
+    }
+    let unread = b.store.unread_counts(user).await.unwrap().unread;
+    assert_eq!(unread, 1, "every mark but the refused one applied");
+}
