@@ -436,20 +436,22 @@ impl Probe {
         }
     }
 
-    /// Sends a numbered probe and waits (at most the hub's patience) for it
-    /// to come back, skipping stale ones from rounds that timed out.
+    /// Sends a numbered probe and waits (at most the hub's patience, the
+    /// send included: it waits too while the bus is away) for it to come
+    /// back, skipping stale ones from rounds that timed out.
     async fn round_trip(&mut self, client: &Client) {
         self.sent += 1;
         let number = self.sent.to_string();
-        if client
-            .publish(self.subject.clone(), number.clone().into())
-            .await
-            .is_err()
-        {
-            return;
-        }
+        let (subject, replies) = (&self.subject, &mut self.replies);
         let back = async {
-            while let Some(message) = self.replies.next().await {
+            if client
+                .publish(subject.clone(), number.clone().into())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Some(message) = replies.next().await {
                 if message.payload.as_ref() == number.as_bytes() {
                     return;
                 }

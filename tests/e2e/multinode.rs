@@ -1,6 +1,8 @@
 //! Several cores on one PostgreSQL database: cross-core fan-out, gapless
 //! seqs under contention, presence across cores (and its expiry when a core
-//! is killed), and a PostgreSQL restart under load.
+//! is killed), and a PostgreSQL restart under load. The cases that involve
+//! the fan-out run on each bus: LISTEN/NOTIFY, and NATS (`--bus`, a
+//! `nats-server` of the case's own).
 
 use std::time::Duration;
 
@@ -13,6 +15,49 @@ use crate::{assert_all_stored, presence_events, read_notifications, simple};
 fn core_on(url: &str, extra: &[&str]) -> CoreProcess {
     CoreProcess::start_on(url, extra, tempfile::tempdir().unwrap())
 }
+
+/// How a case's cores reach each other: LISTEN/NOTIFY, or a `nats-server`
+/// of the case's own.
+struct Bus(Option<notify_testkit::nats::OwnNats>);
+
+impl Bus {
+    /// A core on `url` on this bus, with `extra` flags.
+    fn core(&self, url: &str, extra: &[&str]) -> CoreProcess {
+        let bus = self.0.as_ref().map(|nats| nats.url());
+        let mut flags: Vec<&str> = extra.to_vec();
+        if let Some(bus) = &bus {
+            flags.extend(["--bus", bus]);
+        }
+        core_on(url, &flags)
+    }
+}
+
+/// Runs `case` once on each bus, as `case::listen` and `case::nats`.
+macro_rules! on_each_bus {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn listen() {
+                super::$case(super::Bus(None)).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                let Some(nats) = notify_testkit::nats::OwnNats::for_test() else {
+                    return;
+                };
+                super::$case(super::Bus(Some(nats))).await
+            }
+        }
+    )*};
+}
+
+on_each_bus!(
+    four_cores_give_gapless_seqs_and_each_sees_the_others_creates,
+    a_user_on_two_cores_is_offline_once_when_both_streams_close,
+    the_presence_of_a_killed_core_expires_and_peers_hear_it_once,
+    a_postgres_restart_under_load_loses_nothing_acknowledged,
+);
 
 async fn stream(
     client: &mut Client,
@@ -33,13 +78,12 @@ async fn stream(
         .into_inner()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_cores_give_gapless_seqs_and_each_sees_the_others_creates() {
+async fn four_cores_give_gapless_seqs_and_each_sees_the_others_creates(bus: Bus) {
     let Some(admin) = postgres_admin_url() else {
         return;
     };
     let url = create_database(&admin).await;
-    let cores: Vec<CoreProcess> = (0..4).map(|_| core_on(&url, &[])).collect();
+    let cores: Vec<CoreProcess> = (0..4).map(|_| bus.core(&url, &[])).collect();
     let mut watcher = cores[0].client().await;
     let mut live = stream(&mut watcher, (Some(7), None), Some(0), false).await;
     let mut tasks = Vec::new();
@@ -78,13 +122,12 @@ async fn four_cores_give_gapless_seqs_and_each_sees_the_others_creates() {
     assert_eq!(received, (1..=800).collect::<Vec<i64>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_on_two_cores_is_offline_once_when_both_streams_close() {
+async fn a_user_on_two_cores_is_offline_once_when_both_streams_close(bus: Bus) {
     let Some(admin) = postgres_admin_url() else {
         return;
     };
     let url = create_database(&admin).await;
-    let (a, b) = (core_on(&url, &[]), core_on(&url, &[]));
+    let (a, b) = (bus.core(&url, &[]), bus.core(&url, &[]));
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
     for (vendor, customer) in [(Some(5), None), (None, Some(12))] {
         on_a.join_room(proto::RoomRequest {
@@ -117,14 +160,13 @@ async fn a_user_on_two_cores_is_offline_once_when_both_streams_close() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_presence_of_a_killed_core_expires_and_peers_hear_it_once() {
+async fn the_presence_of_a_killed_core_expires_and_peers_hear_it_once(bus: Bus) {
     let Some(admin) = postgres_admin_url() else {
         return;
     };
     let url = create_database(&admin).await;
     let ttl = ["--presence-ttl", "2s"];
-    let (mut a, b) = (core_on(&url, &ttl), core_on(&url, &ttl));
+    let (mut a, b) = (bus.core(&url, &ttl), bus.core(&url, &ttl));
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
     for (vendor, customer) in [(Some(5), None), (None, Some(12))] {
         on_b.join_room(proto::RoomRequest {
@@ -160,8 +202,7 @@ async fn the_presence_of_a_killed_core_expires_and_peers_hear_it_once() {
     assert!(members.iter().all(|m| !m.online), "{members:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_restart_under_load_loses_nothing_acknowledged() {
+async fn a_postgres_restart_under_load_loses_nothing_acknowledged(bus: Bus) {
     if postgres_admin_url().is_none() {
         return;
     }
@@ -169,7 +210,7 @@ async fn a_postgres_restart_under_load_loses_nothing_acknowledged() {
     // the other tests.
     let server = OwnPostgres::start().expect("a PostgreSQL server of our own");
     let url = create_database(&server.url).await;
-    let core = core_on(&url, &["--db-acquire-timeout", "1s"]);
+    let core = bus.core(&url, &["--db-acquire-timeout", "1s"]);
     let client = core.client().await;
     let mut watcher = client.clone();
     let mut live = stream(&mut watcher, (Some(4), None), Some(0), false).await;
