@@ -243,3 +243,39 @@ fn sigterm_during_a_long_poll_stops_cleanly() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_bus_is_refused_without_postgres_or_a_nats_url_and_named_when_unreachable() {
+    // Nothing listens on port 1; the checks come before any connection.
+    let postgres = "postgres://nobody@127.0.0.1:1/notify";
+    for (database, bus, says) in [
+        (
+            "sqlite",
+            "nats://127.0.0.1:1",
+            "--bus needs a PostgreSQL --database-url",
+        ),
+        (
+            postgres,
+            "http://127.0.0.1:1",
+            "--bus must be nats://host:port",
+        ),
+        (postgres, "not a url", "--bus \"not a url\" is not a URL"),
+        (
+            postgres,
+            "nats://127.0.0.1:1",
+            "cannot connect to --bus nats://127.0.0.1:1",
+        ),
+    ] {
+        let (code, stderr) = if database == "sqlite" {
+            refused(&["core", "--bus", bus])
+        } else {
+            let args = ["core", "--database-url", database, "--bus", bus];
+            let mut all = args.to_vec();
+            all.extend(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+            exits(&all)
+        };
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(says), "{bus}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
