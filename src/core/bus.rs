@@ -175,8 +175,7 @@ impl Outbox for BusOutbox {
         if self.queue.try_send((user, version, notice)).is_err() {
             metrics::counter!("notify_bus_dropped_total").increment(1);
             let mut dropped = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
-            let latest = dropped.entry(user).or_insert(version);
-            *latest = (*latest).max(version);
+            raise(&mut dropped, user, version);
         }
     }
 }
@@ -256,6 +255,7 @@ async fn send_marks(
     recent.retain(|_, (_, at)| now.duration_since(*at) < RECENT);
 }
 
+/// Keeps the higher of the user's versions.
 fn raise(versions: &mut HashMap<User, i64>, user: User, version: i64) {
     let latest = versions.entry(user).or_insert(version);
     *latest = (*latest).max(version);

@@ -9,7 +9,7 @@
 //   know each other): its creates still reach every socket, by the sweep.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, Nats, token, connect, until, events, sleep, postgresDatabase } from "./harness.js";
+import { Core, Bridge, Nats, BUSES, token, connect, until, events, sleep, postgresDatabase } from "./harness.js";
 
 /** The value of `name` with every label of `labels` (0 when absent). */
 async function labelled(core, name, labels) {
@@ -45,7 +45,7 @@ async function eventually(check, what, timeout = 15_000) {
 const USERS_PER_CORE = 5;
 const PER_USER = 8;
 
-for (const bus of ["listen", "nats"]) {
+for (const bus of BUSES) {
   test(`four cores, each holding a quarter of the users: the notices each receives (${bus})`, async (t) => {
     const databaseUrl = postgresDatabase();
     const nats = bus === "nats" ? await Nats.start() : null;

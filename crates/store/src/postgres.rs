@@ -467,14 +467,8 @@ impl GroupWriter for Changes {
             // Every user's row first, in order, as creates take them: two
             // cores' groups never wait for each other in a circle. A user
             // without a row has nothing to change, and gets none.
-            let mut users: Vec<User> = jobs.iter().map(|(user, _)| *user).collect();
-            users.sort();
-            users.dedup();
-            sqlx::query(LOCK_USERS)
-                .bind(users.iter().map(|u| u.role.code()).collect::<Vec<_>>())
-                .bind(users.iter().map(|u| u.id).collect::<Vec<_>>())
-                .fetch_all(&mut *tx)
-                .await?;
+            let users: Vec<User> = jobs.iter().map(|(user, _)| *user).collect();
+            lock_existing_users(&mut tx, &users).await?;
             let mut outcomes = Vec::with_capacity(jobs.len());
             let mut notices = Vec::new();
             for (user, change) in jobs {
@@ -496,7 +490,7 @@ impl GroupWriter for Changes {
     }
 }
 
-/// Why a group of creates failed, and whether it got as far as COMMIT:
+/// Why a group of writes failed, and whether it got as far as COMMIT:
 /// after a failed COMMIT nobody knows whether it committed, so the calls
 /// are not retried (a retry could store them twice).
 struct GroupFailure {
@@ -988,11 +982,7 @@ async fn lock_users(
     tx: &mut Transaction<'_, Postgres>,
     users: &[User],
 ) -> Result<HashMap<User, UserState>, sqlx::Error> {
-    let mut sorted = users.to_vec();
-    sorted.sort();
-    sorted.dedup();
-    let roles: Vec<i64> = sorted.iter().map(|u| u.role.code()).collect();
-    let ids: Vec<i64> = sorted.iter().map(|u| u.id).collect();
+    let (roles, ids) = in_lock_order(users);
     sqlx::query(
         "INSERT INTO users (role, id) SELECT * FROM unnest($1::bigint[], $2::bigint[]) \
          ON CONFLICT DO NOTHING",
@@ -1001,9 +991,39 @@ async fn lock_users(
     .bind(&ids)
     .execute(&mut **tx)
     .await?;
+    lock_rows(tx, &roles, &ids).await
+}
+
+/// [`lock_users`] for the users that have a row; creates none.
+async fn lock_existing_users(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &[User],
+) -> Result<HashMap<User, UserState>, sqlx::Error> {
+    let (roles, ids) = in_lock_order(users);
+    lock_rows(tx, &roles, &ids).await
+}
+
+/// The users' roles and ids, sorted and without repeats: the order every
+/// transaction locks them in.
+fn in_lock_order(users: &[User]) -> (Vec<i64>, Vec<i64>) {
+    let mut sorted = users.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    (
+        sorted.iter().map(|u| u.role.code()).collect(),
+        sorted.iter().map(|u| u.id).collect(),
+    )
+}
+
+/// Locks the existing rows of users given in lock order; their counters.
+async fn lock_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    roles: &[i64],
+    ids: &[i64],
+) -> Result<HashMap<User, UserState>, sqlx::Error> {
     let rows = sqlx::query(LOCK_USERS)
-        .bind(&roles)
-        .bind(&ids)
+        .bind(roles)
+        .bind(ids)
         .fetch_all(&mut **tx)
         .await?;
     let mut counters = HashMap::with_capacity(rows.len());
@@ -1425,7 +1445,7 @@ async fn went_offline(
 #[async_trait]
 impl Store for PgStore {
     /// Handed to this core's group writer, which commits the creates
-    /// waiting together in one transaction ([`group_creates`]).
+    /// waiting together in one transaction ([`write_in_groups`]).
     async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<Created>, StoreError> {
         in_group::<Creates>(&self.creates, batch).await
     }

@@ -41,7 +41,6 @@ impl OwnNats {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        nats.port = port;
         Ok(nats)
     }
 
