@@ -70,6 +70,40 @@ pub async fn next_presence_event(
     }
 }
 
+/// `stream` once its opening state has arrived (10 s at most). The state
+/// lists the room peers online as the stream opened; only changes after it
+/// come as `userOnline`/`userOffline` events. A test that makes a change
+/// before the state arrived could find it in the state instead.
+pub async fn after_state(
+    mut stream: tonic::Streaming<proto::UserEvent>,
+) -> tonic::Streaming<proto::UserEvent> {
+    use proto::user_event::Event;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream's state within 10 s")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(Event::State(_)) = message.event {
+            return stream;
+        }
+    }
+}
+
+/// The next presence event (waiting as `next_presence_event` does), then
+/// `quiet` with no other: the one announcement a change should make. The
+/// wait for the event is bounded by patience, not by a window, so a loaded
+/// machine delays the test instead of failing it.
+pub async fn only_presence_event(
+    stream: &mut tonic::Streaming<proto::UserEvent>,
+    quiet: std::time::Duration,
+) -> proto::user_event::Event {
+    let event = next_presence_event(stream).await;
+    let more = presence_events(stream, quiet).await;
+    assert!(more.is_empty(), "after {event:?}, also {more:?}");
+    event
+}
+
 /// Every acknowledged notification reads back exactly as it was returned.
 pub async fn assert_all_stored(client: &mut harness::Client, acked: &[proto::Notification]) {
     for notification in acked {
