@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use notify::bridge::auth::Verifier;
 use notify::bridge::limits::Limits;
 use notify::core::presence;
 use notify::telemetry::{self, LogFormat};
@@ -112,7 +113,9 @@ struct BridgeArgs {
     )]
     core_url: String,
     #[command(flatten)]
-    jwt_secret: JwtSecretArgs,
+    jwt_secret: BridgeSecretArgs,
+    #[command(flatten)]
+    provider: ProviderArgs,
     #[command(flatten)]
     api_token: ApiTokenArgs,
     /// HTTP/2 connections to the core; users' streams are spread over them.
@@ -258,6 +261,53 @@ struct JwtSecretArgs {
     jwt_secret_file: Option<PathBuf>,
 }
 
+/// The bridge's HS256 secret: optional when the identity provider's keys
+/// are given.
+#[derive(clap::Args)]
+#[group(multiple = false)]
+struct BridgeSecretArgs {
+    /// HS256 secret that client tokens are signed with (32 random bytes or
+    /// more); needed unless --jwt-public-key or --jwks-file is given. Prefer
+    /// the environment variable or --jwt-secret-file: every local user can
+    /// read a process's command line.
+    #[arg(long, env = "NOTIFY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// A file holding the HS256 secret (a trailing newline is ignored).
+    #[arg(long, env = "NOTIFY_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+}
+
+/// The platform's identity provider, whose tokens the bridge trusts besides
+/// (or instead of) its own.
+#[derive(clap::Args)]
+struct ProviderArgs {
+    /// The identity provider's public key, PEM: RSA (RS256), P-256 (ES256)
+    /// or Ed25519 (EdDSA).
+    #[arg(long, env = "NOTIFY_JWT_PUBLIC_KEY", conflicts_with = "jwks_file")]
+    jwt_public_key: Option<PathBuf>,
+    /// The identity provider's keys as a JWKS document; re-read when the
+    /// file changes, the token's `kid` choosing the key.
+    #[arg(long, env = "NOTIFY_JWKS_FILE")]
+    jwks_file: Option<PathBuf>,
+    /// The `iss` the provider's tokens must carry.
+    #[arg(long, env = "NOTIFY_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// An `aud` the provider's tokens must carry.
+    #[arg(long, env = "NOTIFY_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+impl From<ProviderArgs> for notify::bridge::auth::ProviderConfig {
+    fn from(args: ProviderArgs) -> Self {
+        notify::bridge::auth::ProviderConfig {
+            public_key: args.jwt_public_key,
+            jwks_file: args.jwks_file,
+            issuer: args.jwt_issuer,
+            audience: args.jwt_audience,
+        }
+    }
+}
+
 impl JwtSecretArgs {
     fn read(self) -> anyhow::Result<String> {
         read_secret("--jwt-secret", self.jwt_secret, self.jwt_secret_file)?
@@ -380,24 +430,34 @@ async fn run_core(args: CoreArgs) -> anyhow::Result<()> {
 
 async fn run_bridge(args: BridgeArgs) -> anyhow::Result<()> {
     let stop = notify::shutdown::signal();
-    let jwt_secret = args.jwt_secret.read()?;
-    if jwt_secret == DEV_JWT_SECRET {
-        anyhow::bail!(
-            "--jwt-secret is the public development secret of `notify dev`: anyone can sign \
-             tokens with it; use a long random secret (openssl rand -hex 32)"
-        );
+    let jwt_secret = read_secret(
+        "--jwt-secret",
+        args.jwt_secret.jwt_secret,
+        args.jwt_secret.jwt_secret_file,
+    )?;
+    if let Some(jwt_secret) = &jwt_secret {
+        if jwt_secret == DEV_JWT_SECRET {
+            anyhow::bail!(
+                "--jwt-secret is the public development secret of `notify dev`: anyone can sign \
+                 tokens with it; use a long random secret (openssl rand -hex 32)"
+            );
+        }
+        if jwt_secret.len() < 32 {
+            tracing::warn!(
+                "--jwt-secret is shorter than 32 bytes; use a long random secret in production"
+            );
+        }
     }
-    if jwt_secret.len() < 32 {
-        tracing::warn!(
-            "--jwt-secret is shorter than 32 bytes; use a long random secret in production"
-        );
-    }
+    let jwt = Verifier::new(
+        jwt_secret.as_deref().map(str::as_bytes),
+        &args.provider.into(),
+    )?;
     telemetry::metrics_handle();
     let (listener, metrics) =
         notify::bridge::bind(&args.listen, Some(args.metrics_listen.as_deref())).await?;
     let config = notify::bridge::BridgeConfig {
         core_url: args.core_url,
-        jwt_secret,
+        jwt: std::sync::Arc::new(jwt),
         api_token: args.api_token.read()?,
         core_connections: args.core_connections,
         limits: args.limits.into(),
@@ -444,7 +504,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         let result = notify::bridge::run(
             notify::bridge::BridgeConfig {
                 core_url,
-                jwt_secret: DEV_JWT_SECRET.into(),
+                jwt: std::sync::Arc::new(Verifier::new(
+                    Some(DEV_JWT_SECRET.as_bytes()),
+                    &Default::default(),
+                )?),
                 api_token: None,
                 core_connections: 1,
                 limits: Default::default(),

@@ -59,7 +59,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use admission::Feeds;
-use auth::Jwt;
+use auth::Verifier;
 use core_client::CoreClient;
 use handshake::Handshakes;
 use limits::Limits;
@@ -89,8 +89,9 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub struct BridgeConfig {
     /// `http://host:port` of the core.
     pub core_url: String,
-    /// HS256 secret for client tokens.
-    pub jwt_secret: String,
+    /// Who signs client tokens: the bridge's secret, the platform's
+    /// identity provider, or both.
+    pub jwt: Arc<Verifier>,
     /// Sent to the core as `authorization: Bearer` when set.
     pub api_token: Option<String>,
     /// HTTP/2 connections to the core.
@@ -101,7 +102,7 @@ pub struct BridgeConfig {
 
 /// Shared by every handler.
 pub struct Bridge {
-    jwt: Jwt,
+    jwt: Arc<Verifier>,
     core: CoreClient,
     feeds: Arc<Feeds>,
     receipts: Receipts,
@@ -124,7 +125,7 @@ pub async fn run(
     )?;
     let token = CancellationToken::new();
     let bridge = Arc::new(Bridge {
-        jwt: Jwt::new(config.jwt_secret.as_bytes()),
+        jwt: config.jwt.clone(),
         core: core.clone(),
         feeds: Arc::default(),
         receipts: Receipts::start(core.clone()),

@@ -124,6 +124,78 @@ fn an_empty_or_missing_secret_file_is_refused() {
     }
 }
 
+#[test]
+fn the_bridge_refuses_missing_or_unusable_identity_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_key = dir.path().join("not-a-key.pem");
+    std::fs::write(
+        &not_a_key,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let symmetric_only = dir.path().join("oct.json");
+    std::fs::write(
+        &symmetric_only,
+        r#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#,
+    )
+    .unwrap();
+    let not_a_key = not_a_key.to_str().unwrap();
+    let symmetric_only = symmetric_only.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["bridge"],
+            "give --jwt-secret, --jwt-public-key or --jwks-file",
+        ),
+        (
+            vec!["bridge", "--jwt-public-key", not_a_key],
+            "--jwt-public-key",
+        ),
+        (
+            vec!["bridge", "--jwt-public-key", "/nonexistent/key.pem"],
+            "--jwt-public-key /nonexistent/key.pem",
+        ),
+        (
+            vec!["bridge", "--jwks-file", symmetric_only],
+            "no RS256, ES256 or EdDSA signing key",
+        ),
+        (
+            vec![
+                "bridge",
+                "--jwt-secret-file",
+                "/dev/null",
+                "--jwt-issuer",
+                "x",
+            ],
+            "--jwt-secret must not be empty",
+        ),
+    ] {
+        let mut all = args.clone();
+        all.extend(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+        let (code, stderr) = exits(&all);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-secret-of-at-least-thirty-two-bytes!").unwrap();
+    let (code, stderr) = exits(&[
+        "bridge",
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+        "--jwt-issuer",
+        "https://id.example",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--jwt-issuer and --jwt-audience need"),
+        "{stderr}"
+    );
+}
+
 /// Started with a closed log pipe (`notify … 2>&1 | head -c 50`, once
 /// `head` has exited): the logs written at shutdown fail, and the process
 /// still stops cleanly with 0, for the core and the bridge alike.

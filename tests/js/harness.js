@@ -133,14 +133,16 @@ export class Core {
 
 /** A bridge process in front of `core`; restartable on the same port. */
 export class Bridge {
-  static async start(core, extra = []) {
+  /** `secret: false` starts it without the HS256 secret (identity provider keys in `extra`). */
+  static async start(core, extra = [], { secret = true } = {}) {
     const bridge = new Bridge();
     // The secret from a file, as the README's production setup passes it
     // (the Python tests pass it inline).
     bridge.dir = mkdtempSync(join(tmpdir(), "notify-bridge-"));
     const secretFile = join(bridge.dir, "jwt-secret");
     writeFileSync(secretFile, `${SECRET}\n`, { mode: 0o600 });
-    bridge.args = ["--core-url", `http://${core.addr}`, "--jwt-secret-file", secretFile, ...extra];
+    const secretArgs = secret ? ["--jwt-secret-file", secretFile] : [];
+    bridge.args = ["--core-url", `http://${core.addr}`, ...secretArgs, ...extra];
     await bridge.spawn("127.0.0.1:0");
     return bridge;
   }

@@ -42,6 +42,18 @@ class Stack:
             "notify bridge ready",
         )
         self.url = f"http://{fields['http']}"
+        self.others = []
+
+    def another_bridge(self, args):
+        """One more bridge in front of the core, with `args` in place of the
+        secret; returns its URL."""
+        process, fields = _start(
+            ["bridge", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+             "--core-url", f"http://{self.core_addr}", *args],
+            "notify bridge ready",
+        )
+        self.others.append(process)
+        return f"http://{fields['http']}"
 
     def token(self, role, user_id):
         return subprocess.check_output(
@@ -57,7 +69,7 @@ class Stack:
         return json.loads(output)
 
     def stop(self):
-        for process in (self.bridge, self.core):
+        for process in (*self.others, self.bridge, self.core):
             process.kill()
             process.wait()
 

@@ -1,7 +1,11 @@
 """The bridge through python-socketio, the other official client family."""
 
+import base64
+import hashlib
+import hmac
 import json
 import queue
+import subprocess
 import re
 import time
 
@@ -11,15 +15,15 @@ import socketio
 ISO_MS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 
 
-def client_for(stack, role, user_id, transports=("websocket",)):
+def client_for(stack, role, user_id, transports=("websocket",), token=None, url=None):
     client = socketio.Client(reconnection=False)
     received = queue.Queue()
     for event in ("offlineNotifications", "notification", "unreadCount", "appError",
                   "userIsOffline", "userIsOnline", "notificationUpdated"):
         client.on(event, (lambda name: lambda data: received.put((name, data)))(event),
                   namespace="/notification")
-    client.connect(stack.url, namespaces=["/notification"], transports=list(transports),
-                   auth={"token": stack.token(role, user_id)}, wait_timeout=10)
+    client.connect(url or stack.url, namespaces=["/notification"], transports=list(transports),
+                   auth={"token": token or stack.token(role, user_id)}, wait_timeout=10)
     return client, received
 
 
@@ -129,6 +133,64 @@ def test_refused_without_a_valid_token(stack):
     envelope = json.loads(error["message"])
     assert envelope["error"] is True and envelope["statusCode"] == 401
     assert "invalid token" in envelope["message"]
+
+
+def openssl(*args, data=None):
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True).stdout
+
+
+def b64url(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_a_token_from_the_identity_provider_opens_the_inbox(stack, tmp_path, transport):
+    """An EdDSA key made here with openssl: its tokens open the user's inbox
+    on a bridge with --jwt-public-key; another key's, and the public key
+    used as an HS256 secret, are refused."""
+    key, other = tmp_path / "key.pem", tmp_path / "other.pem"
+    for path in (key, other):
+        openssl("genpkey", "-algorithm", "ed25519", "-out", str(path))
+    public = tmp_path / "public.pem"
+    openssl("pkey", "-in", str(key), "-pubout", "-out", str(public))
+    url = stack.another_bridge(["--jwt-public-key", str(public), "--jwt-issuer", "https://id.example"])
+
+    def token(header, signer):
+        claims = {"sub": "8101", "role": "customer", "exp": int(time.time()) + 600,
+                  "iss": "https://id.example"}
+        body = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        return f"{body}.{b64url(signer(body.encode()))}"
+
+    def ed25519(path):
+        def sign(body):
+            # Ed25519 signs the whole message at once: from a file, not a pipe.
+            message = tmp_path / "message"
+            message.write_bytes(body)
+            return openssl("pkeyutl", "-sign", "-rawin", "-inkey", str(path), "-in", str(message))
+        return sign
+
+    created = stack.grpc("CreateNotification", {"customerId": 8101, "type": "order:shipped",
+                                                 "channel": "PUSH", "content": {"order": 1}})
+    good = token({"alg": "EdDSA", "typ": "JWT"}, ed25519(key))
+    client, received = client_for(stack, "customer", 8101, (transport,), token=good, url=url)
+    try:
+        offline = next_event(received, "offlineNotifications")
+        assert [item["id"] for item in offline["data"]["items"]] == [created["id"]]
+    finally:
+        client.disconnect()
+
+    confused = token({"alg": "HS256", "typ": "JWT"},
+                     lambda body: hmac.new(public.read_bytes(), body, hashlib.sha256).digest())
+    for forged, says in [(token({"alg": "EdDSA", "typ": "JWT"}, ed25519(other)), "bad signature"),
+                         (confused, "HS256 tokens are not accepted")]:
+        refused = socketio.Client(reconnection=False)
+        errors = []
+        refused.on("connect_error", errors.append, namespace="/notification")
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            refused.connect(url, namespaces=["/notification"], transports=[transport],
+                            auth={"token": forged}, wait_timeout=10)
+        [error] = errors
+        assert says in json.loads(error["message"])["message"]
 
 
 def test_archive_and_mark_all_reach_both_tabs_with_counts_by_category(stack):
