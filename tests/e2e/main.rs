@@ -70,14 +70,26 @@ pub async fn next_presence_event(
     }
 }
 
-/// `stream` once its opening state has arrived (10 s at most). The state
-/// lists the room peers online as the stream opened; only changes after it
-/// come as `userOnline`/`userOffline` events. A test that makes a change
-/// before the state arrived could find it in the state instead.
-pub async fn after_state(
-    mut stream: tonic::Streaming<proto::UserEvent>,
+/// A stream watching the room peers of `user`: opened with `sync`, and
+/// returned once its opening state has arrived (10 s at most). The state
+/// lists the peers online as the stream opened; only changes after it come
+/// as `userOnline`/`userOffline` events, so a test that changed presence
+/// before the state arrived could find the change in the state instead.
+pub async fn observer(
+    client: &mut harness::Client,
+    (vendor_id, customer_id): (Option<i64>, Option<i64>),
 ) -> tonic::Streaming<proto::UserEvent> {
     use proto::user_event::Event;
+    let mut stream = client
+        .stream_user_events(proto::StreamUserEventsRequest {
+            vendor_id,
+            customer_id,
+            sync: true,
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+        .into_inner();
     loop {
         let message = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
             .await

@@ -138,7 +138,7 @@ async fn a_user_on_two_cores_is_offline_once_when_both_streams_close(bus: Bus) {
         .await
         .unwrap();
     }
-    let mut peer = crate::after_state(stream(&mut on_b, (None, Some(12)), None, false).await).await;
+    let mut peer = crate::observer(&mut on_b, (None, Some(12))).await;
     let first = stream(&mut on_a, (Some(5), None), None, true).await;
     let second = stream(&mut on_b, (Some(5), None), None, true).await;
     let window = Duration::from_millis(1500);
@@ -177,7 +177,7 @@ async fn the_presence_of_a_killed_core_expires_and_peers_hear_it_once(bus: Bus) 
         .await
         .unwrap();
     }
-    let mut peer = crate::after_state(stream(&mut on_b, (None, Some(12)), None, false).await).await;
+    let mut peer = crate::observer(&mut on_b, (None, Some(12))).await;
     let _doomed = stream(&mut on_a, (Some(5), None), None, true).await;
     let event = only_presence_event(&mut peer, Duration::from_millis(1500)).await;
     assert!(matches!(event, Event::UserOnline(_)), "{event:?}");
@@ -309,7 +309,7 @@ async fn entries_expired_while_a_core_stalled_are_written_again() {
     let (a, b) = (core_on(&url, &ttl), core_on(&url, &ttl));
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
     room_of(&mut on_b, "order:5", &[(Some(5), None), (None, Some(12))]).await;
-    let mut peer = crate::after_state(stream(&mut on_b, (None, Some(12)), None, false).await).await;
+    let mut peer = crate::observer(&mut on_b, (None, Some(12))).await;
     let _connected = stream(&mut on_a, (Some(5), None), None, true).await;
     assert!(matches!(
         crate::next_presence_event(&mut peer).await,
@@ -356,7 +356,7 @@ async fn a_core_with_a_clock_a_minute_ahead_expires_nobody_early() {
     );
     let (mut on_a, mut on_ahead) = (a.client().await, ahead.client().await);
     room_of(&mut on_a, "order:6", &[(Some(6), None), (None, Some(12))]).await;
-    let mut peer = crate::after_state(stream(&mut on_a, (None, Some(12)), None, false).await).await;
+    let mut peer = crate::observer(&mut on_a, (None, Some(12))).await;
     let _connected = stream(&mut on_a, (Some(6), None), None, true).await;
     assert!(matches!(
         crate::next_presence_event(&mut peer).await,
@@ -400,7 +400,7 @@ async fn a_rolling_restart_announces_nobody() {
         &[(Some(8), None), (Some(9), None), (None, Some(12))],
     )
     .await;
-    let mut peer = crate::after_state(stream(&mut on_b, (None, Some(12)), None, false).await).await;
+    let mut peer = crate::observer(&mut on_b, (None, Some(12))).await;
     let _moving = stream(&mut on_a, (Some(8), None), None, true).await;
     let _leaving = stream(&mut on_a, (Some(9), None), None, true).await;
     for _ in 0..2 {

@@ -59,9 +59,9 @@ async fn two_streams_one_online_and_the_last_close_one_offline_per_peer() {
     join(&mut client, "order:882", None, Some(12)).await;
     join(&mut client, "order:882", None, Some(13)).await;
     join(&mut client, "order:999", None, Some(14)).await;
-    let mut peer12 = crate::after_state(open(&mut client, None, Some(12), false).await).await;
-    let mut peer13 = crate::after_state(open(&mut client, None, Some(13), false).await).await;
-    let mut stranger = crate::after_state(open(&mut client, None, Some(14), false).await).await;
+    let mut peer12 = crate::observer(&mut client, (None, Some(12))).await;
+    let mut peer13 = crate::observer(&mut client, (None, Some(13))).await;
+    let mut stranger = crate::observer(&mut client, (None, Some(14))).await;
 
     let first = open(&mut client, Some(5), None, true).await;
     let second = open(&mut client, Some(5), None, true).await;
@@ -108,7 +108,7 @@ async fn observer_streams_do_not_count_as_online() {
     let mut client = core.client().await;
     join(&mut client, "order:1", Some(5), None).await;
     join(&mut client, "order:1", None, Some(12)).await;
-    let mut peer = crate::after_state(open(&mut client, None, Some(12), false).await).await;
+    let mut peer = crate::observer(&mut client, (None, Some(12))).await;
     let observer = open(&mut client, Some(5), None, false).await;
     assert!(
         presence_events(&mut peer, Duration::from_millis(500))
@@ -141,7 +141,7 @@ async fn a_restart_within_the_ttl_announces_only_those_who_left() {
     join(&mut client, "order:3", Some(31), None).await;
     join(&mut client, "order:3", Some(32), None).await;
     join(&mut client, "order:3", None, Some(12)).await;
-    let mut peer = crate::after_state(open(&mut client, None, Some(12), false).await).await;
+    let mut peer = crate::observer(&mut client, (None, Some(12))).await;
     let _staying = open(&mut client, Some(31), None, true).await;
     let _leaving = open(&mut client, Some(32), None, true).await;
     for _ in 0..2 {
@@ -154,7 +154,7 @@ async fn a_restart_within_the_ttl_announces_only_those_who_left() {
     core.start_again();
     // Everyone's connection comes back at once but vendor 32's.
     let mut client = core.client().await;
-    let mut peer = crate::after_state(open(&mut client, None, Some(12), false).await).await;
+    let mut peer = crate::observer(&mut client, (None, Some(12))).await;
     let _back = open(&mut client, Some(31), None, true).await;
     // Past vendor 32's expiry, a TTL more in which vendor 31 must not go.
     let event = crate::only_presence_event(&mut peer, Duration::from_secs(3)).await;
