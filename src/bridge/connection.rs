@@ -11,8 +11,8 @@ use socketioxide::extract::{SocketRef, State, TryData};
 use super::admission::Admission;
 use super::auth::TokenError;
 use super::events::{
-    on_archive, on_complete_action, on_mark_all_as_read, on_mark_as_read, on_offline_page,
-    on_unknown_event,
+    on_archive, on_complete_action, on_get_preferences, on_mark_all_as_read, on_mark_as_read,
+    on_offline_page, on_set_preferences, on_unknown_event,
 };
 use super::handshake::PendingHandshake;
 use super::paging;
@@ -83,6 +83,8 @@ pub(super) async fn on_connect(socket: SocketRef, io: SocketIo, State(bridge): S
     socket.on("markAllAsRead", on_mark_all_as_read);
     socket.on("archive", on_archive);
     socket.on("completeAction", on_complete_action);
+    socket.on("getPreferences", on_get_preferences);
+    socket.on("setPreferences", on_set_preferences);
     socket.on_fallback(on_unknown_event);
     // Join before the disconnect handler exists, so its Leave cannot come
     // first. A client gone before this handler ran had no disconnect

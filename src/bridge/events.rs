@@ -18,8 +18,8 @@ use super::core_client::unary;
 use super::emit::emit;
 use super::paging::{next_page_start, offline_page, remember_page};
 use super::payload::{
-    AppError, Envelope, NotificationJson, Updated, archive_request, complete_action_request,
-    mark_all_request, mark_request, page_request,
+    AppError, Envelope, NotificationJson, PreferencesJson, Updated, archive_request,
+    complete_action_request, mark_all_request, mark_request, page_request, preferences_request,
 };
 use super::rate::{SharedRateLimit, Verdict};
 use crate::contract::proto;
@@ -141,7 +141,7 @@ pub(super) async fn on_unknown_event(socket: SocketRef, Event(event): Event, ack
             ack,
             Err(AppError::bad_input(format!(
                 "unknown event {shown:?}: use offlineNotifications, markAsRead, \
-                 markAllAsRead, archive or completeAction"
+                 markAllAsRead, archive, completeAction, getPreferences or setPreferences"
             ))),
         );
     }
@@ -273,6 +273,51 @@ pub(super) async fn on_complete_action(
             .await?
             .into_inner();
         Ok(Envelope::ok(NotificationJson::from(&done)))
+    };
+    serve(&socket, ack, work).await;
+}
+
+pub(super) async fn on_get_preferences(
+    socket: SocketRef,
+    ack: AckSender,
+    State(bridge): State<Arc<Bridge>>,
+) {
+    let work = async {
+        let user = user_of(&socket)?;
+        let rules = bridge
+            .core
+            .for_user(user)
+            .get_preferences(unary(proto::GetPreferencesRequest {
+                vendor_id: user.vendor_id(),
+                customer_id: user.customer_id(),
+            }))
+            .await?
+            .into_inner();
+        Ok(Envelope::ok(PreferencesJson::from(&rules)))
+    };
+    serve(&socket, ack, work).await;
+}
+
+pub(super) async fn on_set_preferences(
+    socket: SocketRef,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(bridge): State<Arc<Bridge>>,
+) {
+    let work = async {
+        let user = user_of(&socket)?;
+        let rules = preferences_request(payload)?;
+        let rules = bridge
+            .core
+            .for_user(user)
+            .set_preferences(unary(proto::SetPreferencesRequest {
+                vendor_id: user.vendor_id(),
+                customer_id: user.customer_id(),
+                rules,
+            }))
+            .await?
+            .into_inner();
+        Ok(Envelope::ok(PreferencesJson::from(&rules)))
     };
     serve(&socket, ack, work).await;
 }

@@ -371,6 +371,118 @@ pub fn complete_action_request(
     Ok((id, action_id))
 }
 
+/// One preference rule as the socket spells it:
+/// `{"category":"marketing","channel":"PUSH","enabled":false}`.
+#[derive(Debug, Serialize)]
+pub struct RuleJson {
+    /// The category.
+    pub category: String,
+    /// `PUSH`, `IN_APP`, `EMAIL` or `SMS`.
+    pub channel: &'static str,
+    /// False: that pair is off.
+    pub enabled: bool,
+}
+
+/// What `getPreferences` and `setPreferences` answer: the pairs off now.
+#[derive(Debug, Serialize)]
+pub struct PreferencesJson {
+    /// By category, then channel.
+    pub rules: Vec<RuleJson>,
+}
+
+impl From<&proto::PreferencesResponse> for PreferencesJson {
+    fn from(response: &proto::PreferencesResponse) -> Self {
+        PreferencesJson {
+            rules: response
+                .rules
+                .iter()
+                .map(|rule| RuleJson {
+                    category: rule.category.clone(),
+                    channel: Channel::from_code(i64::from(rule.channel))
+                        .unwrap_or(Channel::Push)
+                        .name(),
+                    enabled: rule.enabled.unwrap_or(false),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The `setPreferences` payload: `{"rules":[{"category":"marketing",
+/// "channel":"PUSH","enabled":false}]}`, the user being the socket's. The
+/// shapes are checked here, the rules themselves by the core (its errors
+/// name `rules[i].…` alike). Every error is a 400.
+pub fn preferences_request(
+    payload: Result<Value, impl std::fmt::Display>,
+) -> Result<Vec<proto::PreferenceRule>, AppError> {
+    let payload = object(payload)?;
+    let Some(Value::Array(rules)) = payload.get("rules") else {
+        return Err(AppError::bad_input("rules: required, a list of rules"));
+    };
+    if rules.is_empty() || rules.len() > validate::MAX_RULES {
+        return Err(AppError::bad_input(format!(
+            "rules: must list 1 to {} rules, got {}",
+            validate::MAX_RULES,
+            rules.len()
+        )));
+    }
+    rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            let bad = |field: &str, reason: String| {
+                AppError::bad_input(format!("rules[{index}].{field}: {reason}"))
+            };
+            if !rule.is_object() {
+                return Err(AppError::bad_input(format!(
+                    "rules[{index}]: must be an object, got {rule}"
+                )));
+            }
+            let category = match rule.get("category") {
+                Some(Value::String(text)) => text.clone(),
+                None | Some(Value::Null) => return Err(bad("category", "required".into())),
+                Some(other) => {
+                    return Err(bad("category", format!("must be a string, got {other}")));
+                }
+            };
+            let channel = match rule.get("channel").and_then(Value::as_str) {
+                Some(name) => [Channel::Push, Channel::InApp, Channel::Email, Channel::Sms]
+                    .into_iter()
+                    .find(|c| c.name() == name)
+                    .ok_or_else(|| {
+                        bad(
+                            "channel",
+                            format!("unknown {name:?}; use PUSH, IN_APP, EMAIL or SMS"),
+                        )
+                    })?,
+                None => {
+                    return Err(bad(
+                        "channel",
+                        "required: PUSH, IN_APP, EMAIL or SMS".into(),
+                    ));
+                }
+            };
+            let enabled = match rule.get("enabled") {
+                Some(Value::Bool(enabled)) => *enabled,
+                None | Some(Value::Null) => {
+                    return Err(bad("enabled", "required: true or false".into()));
+                }
+                Some(other) => {
+                    return Err(bad(
+                        "enabled",
+                        format!("must be true or false, got {other}"),
+                    ));
+                }
+            };
+            Ok(proto::PreferenceRule {
+                category,
+                channel: channel.code() as i32,
+                enabled: Some(enabled),
+            })
+        })
+        .collect()
+}
+
 /// An optional `category` field, checked.
 fn category_field(payload: &Value) -> Result<Option<String>, AppError> {
     Ok(match optional_str(payload, "category")? {
@@ -648,6 +760,7 @@ mod tests {
                 id: "accept".into(),
                 at: "2025-06-20T10:28:00.000Z".into(),
             }),
+            suppressed: false,
         };
         let json = serde_json::to_value(NotificationJson::from(&n)).unwrap();
         assert_eq!(

@@ -4,7 +4,7 @@
 //! A Struct carries every number as a double, so an integral double within
 //! ±2^53 is written back as a JSON integer: 63 stays 63, not 63.0.
 
-use notify_store::{ActionTaken, Notification, User, format_millis};
+use notify_store::{ActionTaken, NewNotification, Notification, Rule, User, format_millis};
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 use serde_json::{Map, Number, Value as Json};
@@ -125,6 +125,38 @@ pub fn notification(n: &Notification) -> proto::Notification {
             })
             .collect(),
         action_taken: n.action_taken.as_ref().map(action_taken),
+        suppressed: false,
+    }
+}
+
+/// A notification not stored because its recipient turned its category off
+/// on its channel: the request's fields, marked suppressed (no id, no seq,
+/// no status).
+pub fn suppressed(n: &NewNotification) -> proto::Notification {
+    proto::Notification {
+        vendor_id: n.recipient.vendor_id(),
+        customer_id: n.recipient.customer_id(),
+        r#type: n.kind.clone(),
+        channel: n.channel.code() as i32,
+        content: Some(json_text_to_struct(&n.content)),
+        priority: n.priority,
+        category: n.category.clone(),
+        suppressed: true,
+        ..Default::default()
+    }
+}
+
+/// A user's preferences: the pairs turned off.
+pub fn preferences(rules: &[Rule]) -> proto::PreferencesResponse {
+    proto::PreferencesResponse {
+        rules: rules
+            .iter()
+            .map(|rule| proto::PreferenceRule {
+                category: rule.category.clone(),
+                channel: rule.channel.code() as i32,
+                enabled: Some(rule.enabled),
+            })
+            .collect(),
     }
 }
 

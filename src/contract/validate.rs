@@ -2,7 +2,9 @@
 //! spells it, so `INVALID_ARGUMENT: type: must not be empty` tells the
 //! caller what to fix.
 
-use notify_store::{Action, Channel, PageStart, Status, User, View, is_category, parse_object_id};
+use notify_store::{
+    Action, Channel, PageStart, Rule, Status, User, View, is_category, parse_object_id,
+};
 use prost_types::Struct;
 
 use super::convert::{ContentError, struct_to_json};
@@ -352,6 +354,46 @@ pub fn category(text: &str) -> Result<Option<String>, FieldError> {
         ));
     }
     Ok(Some(text.to_owned()))
+}
+
+/// Most rules of one SetPreferences call.
+pub const MAX_RULES: usize = 100;
+
+/// `rules` of SetPreferences: 1 ..= [`MAX_RULES`], each a category, a
+/// channel named (no default here: a switch must say which) and `enabled`
+/// given.
+pub fn rules(rules: &[crate::contract::proto::PreferenceRule]) -> Result<Vec<Rule>, FieldError> {
+    if rules.is_empty() || rules.len() > MAX_RULES {
+        return Err(FieldError::new(
+            "rules",
+            format!("must list 1 to {MAX_RULES} rules, got {}", rules.len()),
+        ));
+    }
+    rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| {
+            let entry = format!("rules[{index}]");
+            let category = category(&rule.category)
+                .map_err(|e| e.within(&entry))?
+                .ok_or_else(|| FieldError::new(format!("{entry}.category"), "required"))?;
+            if rule.channel == 0 {
+                return Err(FieldError::new(
+                    format!("{entry}.channel"),
+                    "required: PUSH, IN_APP, EMAIL or SMS",
+                ));
+            }
+            let channel = channel(rule.channel).map_err(|e| e.within(&entry))?;
+            let enabled = rule.enabled.ok_or_else(|| {
+                FieldError::new(format!("{entry}.enabled"), "required: true or false")
+            })?;
+            Ok(Rule {
+                category,
+                channel,
+                enabled,
+            })
+        })
+        .collect()
 }
 
 /// The longest an `expiresAt` may lie ahead.

@@ -2,7 +2,7 @@
 //! its gRPC request by `TryFrom`, which validates every field and names the
 //! first bad one. Past this point nothing is proto and nothing is unchecked.
 
-use notify_store::{ListQuery, NewNotification, PageStart, Status, User, default_category};
+use notify_store::{ListQuery, NewNotification, PageStart, Rule, Status, User, default_category};
 
 use crate::contract::proto;
 use crate::contract::validate::{self, FieldError};
@@ -12,6 +12,17 @@ use crate::contract::validate::{self, FieldError};
 pub struct Create {
     /// In the order the reply lists them.
     pub notifications: Vec<NewNotification>,
+    /// Sent whatever the recipients' preferences.
+    pub critical: bool,
+}
+
+/// Change a user's preferences.
+#[derive(Clone, Debug)]
+pub struct SetPreferences {
+    /// Whose.
+    pub user: User,
+    /// Applied in order.
+    pub rules: Vec<Rule>,
 }
 
 /// A page of one of a user's lists (the unread inbox for ListOffline).
@@ -167,6 +178,7 @@ impl TryFrom<&proto::CreateNotificationRequest> for Create {
         let fields = create_fields!(request);
         Ok(Create {
             notifications: vec![fields.check(recipient)?],
+            critical: request.critical,
         })
     }
 }
@@ -193,7 +205,27 @@ impl TryFrom<&proto::CreateNotificationsRequest> for Create {
                     ..template.clone()
                 })
                 .collect(),
+            critical: request.critical,
         })
+    }
+}
+
+impl TryFrom<&proto::SetPreferencesRequest> for SetPreferences {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::SetPreferencesRequest) -> Result<SetPreferences, FieldError> {
+        Ok(SetPreferences {
+            user: validate::recipient(request.vendor_id, request.customer_id)?,
+            rules: validate::rules(&request.rules)?,
+        })
+    }
+}
+
+impl TryFrom<&proto::GetPreferencesRequest> for User {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::GetPreferencesRequest) -> Result<User, FieldError> {
+        validate::recipient(request.vendor_id, request.customer_id)
     }
 }
 

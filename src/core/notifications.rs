@@ -4,15 +4,18 @@
 
 use std::sync::Arc;
 
+use std::collections::HashSet;
+
 use notify_store::{
-    ActionRefused, Created, MarkOutcome, Notification, OfflinePage, RoomMember, Store,
-    UnreadCounts, User,
+    ActionRefused, Created, MAX_MUTED_PER_USER, MarkOutcome, NewNotification, Notification,
+    OfflinePage, PreferencesRefused, RoomMember, Rule, Store, UnreadCounts, User,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::command::{
     Archive, CompleteAction, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
+    SetPreferences,
 };
 use super::error::CoreError;
 use super::hub::Hub;
@@ -29,6 +32,15 @@ pub struct Notifications {
     pub(super) presence: Arc<Presence>,
     /// Cancelled when the core shuts down; open streams end on it.
     pub(super) shutdown: CancellationToken,
+}
+
+/// What became of one notification of a create.
+#[derive(Clone, Debug)]
+pub enum Sent {
+    /// Stored (or found stored, on a repeated idempotency key).
+    Stored(Created),
+    /// Not stored: the recipient turned its category off on its channel.
+    Suppressed(NewNotification),
 }
 
 /// One page of one of a user's lists, placed among all its pages, with the
@@ -59,11 +71,40 @@ impl Notifications {
         }
     }
 
-    /// Stores the notifications in one transaction (all or none). A repeat
-    /// of an idempotency key answers with the stored one, not fresh.
-    pub async fn create(&self, command: Create) -> Result<Vec<Created>, CoreError> {
-        let expected = command.notifications.len();
-        let created = self.store.create(command.notifications).await?;
+    /// Stores the notifications in one transaction (all or none), but for
+    /// recipients who turned the category off on the channel (unless the
+    /// command is critical): those are answered as suppressed and stored
+    /// nowhere. A repeat of an idempotency key answers with the stored one,
+    /// not fresh.
+    pub async fn create(&self, command: Create) -> Result<Vec<Sent>, CoreError> {
+        let Create {
+            notifications,
+            critical,
+        } = command;
+        let muted: HashSet<User> = match notifications.first() {
+            // Every notification of one command shares category and
+            // channel: one read covers the batch.
+            Some(first) if !critical => {
+                let users: Vec<User> = notifications.iter().map(|n| n.recipient).collect();
+                self.store
+                    .muted(&users, &first.category, first.channel)
+                    .await?
+                    .into_iter()
+                    .collect()
+            }
+            _ => HashSet::new(),
+        };
+        let (skipped, kept): (Vec<_>, Vec<_>) = notifications
+            .into_iter()
+            .enumerate()
+            .partition(|(_, n)| muted.contains(&n.recipient));
+        let expected = kept.len();
+        let (places, kept): (Vec<usize>, Vec<NewNotification>) = kept.into_iter().unzip();
+        let created = if kept.is_empty() {
+            Vec::new()
+        } else {
+            self.store.create(kept).await?
+        };
         if created.len() != expected {
             return Err(CoreError::Internal(format!(
                 "the store answered {} notifications for {expected}",
@@ -72,7 +113,33 @@ impl Notifications {
         }
         let fresh = created.iter().filter(|c| c.fresh).count();
         metrics::counter!("notify_notifications_created_total").increment(fresh as u64);
-        Ok(created)
+        metrics::counter!("notify_notifications_suppressed_total").increment(skipped.len() as u64);
+        let mut sent: Vec<(usize, Sent)> = places
+            .into_iter()
+            .zip(created.into_iter().map(Sent::Stored))
+            .chain(skipped.into_iter().map(|(at, n)| (at, Sent::Suppressed(n))))
+            .collect();
+        sent.sort_unstable_by_key(|(at, _)| *at);
+        Ok(sent.into_iter().map(|(_, sent)| sent).collect())
+    }
+
+    /// The pairs the user turned off.
+    pub async fn preferences(&self, user: User) -> Result<Vec<Rule>, CoreError> {
+        Ok(self.store.preferences(user).await?)
+    }
+
+    /// Applies the rules; answers the pairs off after.
+    pub async fn set_preferences(&self, command: SetPreferences) -> Result<Vec<Rule>, CoreError> {
+        match self
+            .store
+            .set_preferences(command.user, command.rules)
+            .await?
+        {
+            Ok(rules) => Ok(rules),
+            Err(PreferencesRefused::TooMany) => Err(CoreError::FailedPrecondition(format!(
+                "rules: at most {MAX_MUTED_PER_USER} category × channel pairs may be off per user"
+            ))),
+        }
     }
 
     /// One notification by canonical id.

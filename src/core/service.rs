@@ -14,9 +14,10 @@ use tonic::{Request, Response, Status};
 
 use super::command::{
     Archive, CompleteAction, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
+    SetPreferences,
 };
 use super::error::CoreError;
-use super::notifications::Notifications;
+use super::notifications::{Notifications, Sent};
 use super::stream::{Event, StreamEvent, StreamState};
 use crate::contract::convert;
 use crate::contract::proto::{self, notification_service_server::NotificationService};
@@ -53,6 +54,14 @@ fn status(error: CoreError) -> Status {
         CoreError::Invalid(error) => invalid(error),
         CoreError::FailedPrecondition(why) => Status::failed_precondition(why),
         CoreError::Internal(reason) => Status::internal(reason),
+    }
+}
+
+/// What became of one notification of a create, as the reply lists it.
+fn reply_item(sent: &Sent) -> proto::Notification {
+    match sent {
+        Sent::Stored(created) => convert::notification(&created.notification),
+        Sent::Suppressed(new) => convert::suppressed(new),
     }
 }
 
@@ -99,10 +108,10 @@ impl NotificationService for Api {
     ) -> Reply<proto::Notification> {
         let _timer = Timer::start("CreateNotification");
         let create: Create = command(request.get_ref())?;
-        let created = self.core.create(create).await.map_err(status)?;
-        let notification = created
+        let sent = self.core.create(create).await.map_err(status)?;
+        let notification = sent
             .first()
-            .map(|c| convert::notification(&c.notification))
+            .map(reply_item)
             .ok_or_else(|| Status::internal("the store returned no notification"))?;
         Ok(Response::new(notification))
     }
@@ -113,13 +122,35 @@ impl NotificationService for Api {
     ) -> Reply<proto::CreateNotificationsResponse> {
         let _timer = Timer::start("CreateNotifications");
         let create: Create = command(request.get_ref())?;
-        let created = self.core.create(create).await.map_err(status)?;
+        let sent = self.core.create(create).await.map_err(status)?;
+        let suppressed = sent
+            .iter()
+            .filter(|s| matches!(s, Sent::Suppressed(_)))
+            .count();
         Ok(Response::new(proto::CreateNotificationsResponse {
-            items: created
-                .iter()
-                .map(|c| convert::notification(&c.notification))
-                .collect(),
+            items: sent.iter().map(reply_item).collect(),
+            suppressed: suppressed as i64,
         }))
+    }
+
+    async fn set_preferences(
+        &self,
+        request: Request<proto::SetPreferencesRequest>,
+    ) -> Reply<proto::PreferencesResponse> {
+        let _timer = Timer::start("SetPreferences");
+        let set: SetPreferences = command(request.get_ref())?;
+        let rules = self.core.set_preferences(set).await.map_err(status)?;
+        Ok(Response::new(convert::preferences(&rules)))
+    }
+
+    async fn get_preferences(
+        &self,
+        request: Request<proto::GetPreferencesRequest>,
+    ) -> Reply<proto::PreferencesResponse> {
+        let _timer = Timer::start("GetPreferences");
+        let user: notify_store::User = command(request.get_ref())?;
+        let rules = self.core.preferences(user).await.map_err(status)?;
+        Ok(Response::new(convert::preferences(&rules)))
     }
 
     async fn get_notification(

@@ -31,7 +31,7 @@ use crate::{simple, to_json, to_struct};
 /// tonic's default limit on a received message.
 const MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
-/// The sixteen RPCs of `notify.v1.NotificationService`.
+/// The eighteen RPCs of `notify.v1.NotificationService`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rpc {
     CreateNotification,
@@ -50,6 +50,8 @@ enum Rpc {
     JoinRoom,
     LeaveRoom,
     ListRoomMembers,
+    SetPreferences,
+    GetPreferences,
 }
 
 impl Rpc {
@@ -76,6 +78,8 @@ enum Req {
     Join(proto::RoomRequest),
     Leave(proto::RoomRequest),
     Members(proto::ListRoomMembersRequest),
+    SetPreferences(proto::SetPreferencesRequest),
+    GetPreferences(proto::GetPreferencesRequest),
     Raw(Rpc, Vec<u8>),
 }
 
@@ -98,6 +102,8 @@ impl Req {
             Req::Join(_) => Rpc::JoinRoom,
             Req::Leave(_) => Rpc::LeaveRoom,
             Req::Members(_) => Rpc::ListRoomMembers,
+            Req::SetPreferences(_) => Rpc::SetPreferences,
+            Req::GetPreferences(_) => Rpc::GetPreferences,
             Req::Raw(rpc, _) => *rpc,
         }
     }
@@ -119,6 +125,8 @@ impl Req {
             Req::Stream(m) => m.encode_to_vec(),
             Req::Join(m) | Req::Leave(m) => m.encode_to_vec(),
             Req::Members(m) => m.encode_to_vec(),
+            Req::SetPreferences(m) => m.encode_to_vec(),
+            Req::GetPreferences(m) => m.encode_to_vec(),
             Req::Raw(_, bytes) => bytes.clone(),
         }
     }
@@ -1640,6 +1648,8 @@ fn cases(ids: &Ids) -> Vec<Case> {
         Rpc::JoinRoom,
         Rpc::LeaveRoom,
         Rpc::ListRoomMembers,
+        Rpc::SetPreferences,
+        Rpc::GetPreferences,
     ] {
         let (name, field) = match rpc {
             Rpc::CreateNotification => ("create: empty message", "vendorId"),
@@ -1658,6 +1668,8 @@ fn cases(ids: &Ids) -> Vec<Case> {
             Rpc::JoinRoom => ("join: empty message", "room"),
             Rpc::LeaveRoom => ("leave: empty message", "room"),
             Rpc::ListRoomMembers => ("members: empty message", "room"),
+            Rpc::SetPreferences => ("preferences: empty message", "vendorId"),
+            Rpc::GetPreferences => ("get preferences: empty message", "vendorId"),
         };
         t.bad(name, empty(rpc), field);
     }
@@ -1728,6 +1740,71 @@ fn cases(ids: &Ids) -> Vec<Case> {
         "members: room sent as a number",
         Req::Raw(Rpc::ListRoomMembers, int(1, 881)),
         "room",
+    );
+
+    t.category("preferences");
+    let rule = |category: &str, channel: i32, enabled: Option<bool>| proto::PreferenceRule {
+        category: category.to_owned(),
+        channel,
+        enabled,
+    };
+    let set = |rules: Vec<proto::PreferenceRule>| {
+        Req::SetPreferences(proto::SetPreferencesRequest {
+            vendor_id: Some(5),
+            customer_id: None,
+            rules,
+        })
+    };
+    t.bad("preferences: no rules", set(vec![]), "rules");
+    t.bad(
+        "preferences: 101 rules",
+        set(vec![rule("marketing", 1, Some(false)); 101]),
+        "rules",
+    );
+    t.bad(
+        "preferences: category missing",
+        set(vec![rule("", 1, Some(false))]),
+        "rules[0].category",
+    );
+    t.bad(
+        "preferences: category with capitals",
+        set(vec![
+            rule("marketing", 1, Some(false)),
+            rule("Sale", 1, Some(false)),
+        ]),
+        "rules[1].category",
+    );
+    t.bad(
+        "preferences: channel unspecified",
+        set(vec![rule("marketing", 0, Some(false))]),
+        "rules[0].channel",
+    );
+    t.bad(
+        "preferences: channel unknown",
+        set(vec![rule("marketing", 99, Some(false))]),
+        "rules[0].channel",
+    );
+    t.bad(
+        "preferences: enabled missing",
+        set(vec![rule("marketing", 1, None)]),
+        "rules[0].enabled",
+    );
+    t.bad(
+        "preferences: both recipients",
+        Req::SetPreferences(proto::SetPreferencesRequest {
+            vendor_id: Some(5),
+            customer_id: Some(12),
+            rules: vec![rule("marketing", 1, Some(false))],
+        }),
+        "vendorId",
+    );
+    t.bad(
+        "get preferences: a negative id",
+        Req::GetPreferences(proto::GetPreferencesRequest {
+            vendor_id: None,
+            customer_id: Some(-3),
+        }),
+        "customerId",
     );
 
     t.category("accepted, changing nothing");
@@ -2147,7 +2224,7 @@ fn the_table_has_at_least_100_refused_cases_and_covers_every_rpc() {
     let names: BTreeSet<_> = cases.iter().map(|c| c.name).collect();
     assert_eq!(names.len(), cases.len(), "case names must be unique");
     let rpcs: BTreeSet<_> = cases.iter().map(|c| c.request.rpc()).collect();
-    assert_eq!(rpcs.len(), 16, "every RPC has cases");
+    assert_eq!(rpcs.len(), 18, "every RPC has cases");
 }
 
 #[test]

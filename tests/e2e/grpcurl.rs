@@ -328,3 +328,81 @@ async fn grpcurl_collapses_updates_and_completes_an_action() {
     .await;
     assert!(bad.contains("actions[0].url"), "{bad}");
 }
+
+/// Preferences through grpcurl's JSON, on both stores: a pair turned off,
+/// a create of it answered `suppressed` with nothing stored, a critical one
+/// sent anyway, a batch counting what it skipped, and a rule without
+/// `enabled` refused naming it.
+#[tokio::test]
+async fn grpcurl_sets_preferences_and_creates_skip_the_muted() {
+    let mut cores = vec![CoreProcess::start()];
+    if let Some(admin) = crate::harness::postgres_admin_url() {
+        let url = crate::harness::create_database(&admin).await;
+        cores.push(CoreProcess::start_on(
+            &url,
+            &[],
+            tempfile::tempdir().unwrap(),
+        ));
+    }
+    for core in &cores {
+        let set = call(
+            core,
+            "SetPreferences",
+            r#"{"customerId":12,"rules":[{"category":"marketing","channel":"PUSH","enabled":false}]}"#,
+        )
+        .await;
+        let off = serde_json::json!({"rules":[{"category":"marketing","channel":"PUSH","enabled":false}]});
+        assert_eq!(set, off);
+        assert_eq!(
+            call(core, "GetPreferences", r#"{"customerId":12}"#).await,
+            off
+        );
+        assert_eq!(
+            call(core, "GetPreferences", r#"{"customerId":13}"#).await,
+            serde_json::json!({}),
+            "nobody else's"
+        );
+
+        let sale =
+            r#"{"customerId":12,"type":"marketing:sale","channel":"PUSH","content":{"off":20}}"#;
+        let skipped = call(core, "CreateNotification", sale).await;
+        assert_eq!(skipped["suppressed"], true);
+        assert!(
+            skipped.get("id").is_none() && skipped.get("seq").is_none(),
+            "{skipped}"
+        );
+        let critical = call(
+            core,
+            "CreateNotification",
+            r#"{"customerId":12,"type":"marketing:sale","channel":"PUSH","content":{"off":20},"critical":true}"#,
+        )
+        .await;
+        assert_eq!(critical["seq"], "1", "{critical}");
+        assert!(critical.get("suppressed").is_none());
+
+        let batch = call(
+            core,
+            "CreateNotifications",
+            r#"{"recipients":[{"customerId":12},{"customerId":13}],"type":"marketing:sale","content":{}}"#,
+        )
+        .await;
+        assert_eq!(batch["suppressed"], "1", "{batch}");
+        assert_eq!(batch["items"][0]["suppressed"], true);
+        assert_eq!(batch["items"][1]["seq"], "1");
+        let counts = call(core, "GetUnreadCounts", r#"{"customerId":12}"#).await;
+        assert_eq!(counts["count"], "1", "only the critical one: {counts}");
+
+        let refused = call_refused(
+            core,
+            "SetPreferences",
+            r#"{"customerId":12,"rules":[{"category":"marketing","channel":"EMAIL"}]}"#,
+        )
+        .await;
+        assert!(refused.contains("InvalidArgument"), "{refused}");
+        assert!(refused.contains("rules[0].enabled: required"), "{refused}");
+        assert_eq!(
+            call(core, "GetPreferences", r#"{"customerId":12}"#).await,
+            off
+        );
+    }
+}

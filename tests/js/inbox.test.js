@@ -345,6 +345,56 @@ test("action buttons show their completed state in both tabs; a collapsed update
   }
 });
 
+test("the settings panel turns a category off on a channel; what it stops never shows, at desk and phone width", async () => {
+  for (const [name, viewport, vendor] of [["desk", { width: 1280, height: 900 }, 41], ["phone", { width: 390, height: 844 }, 42]]) {
+    const context = await browser.newContext({ viewport });
+    try {
+      const page = await context.newPage();
+      const problems = [];
+      page.on("pageerror", (error) => problems.push(error.message));
+      await page.goto(`${bridge.url}/#token=${token({ vendor })}`);
+      await eventually(async () => (await stateOf(page)) === "live", "live state");
+      await page.locator("#preferences-toggle").click();
+      assert.equal(await page.locator("#preferences-toggle").getAttribute("aria-expanded"), "true");
+      const box = page.getByRole("checkbox", { name: "marketing by push" });
+      await eventually(async () => (await box.count()) === 1, "the marketing row");
+      assert.ok(await box.isChecked(), "on until turned off");
+      await box.click();
+      await eventually(async () => /marketing by push is off/.test(await page.locator("#announcer").textContent()), "saved");
+      assert.ok(!(await box.isChecked()));
+      const stored = (await core.call("GetPreferences", { vendorId: vendor })).rules;
+      assert.deepEqual(stored.map(({ category, channel, enabled }) => ({ category, channel, enabled })),
+        [{ category: "marketing", channel: "PUSH", enabled: false }]);
+
+      // A category of one's own, turned off by e-mail.
+      await page.locator("#new-category").fill("review");
+      await page.locator("#add-category button").click();
+      await page.getByRole("checkbox", { name: "review by e-mail" }).click();
+      await eventually(async () => /review by e-mail is off/.test(await page.locator("#announcer").textContent()), "saved");
+
+      const sale = await core.create({ vendorId: vendor, type: "marketing:sale", channel: "PUSH", content: toStruct({ message: "Flash sale: 20% off" }) });
+      assert.equal(sale.suppressed, true);
+      await core.create({ vendorId: vendor, type: "order:shipped", channel: "PUSH", content: toStruct({ message: "Order #77 has shipped" }) });
+      await eventually(async () => (await page.locator("#list > li").count()) === 1, "only the order");
+      assert.equal(await page.locator("#list > li .message").first().textContent(), "Order #77 has shipped");
+
+      // A second tab opening the panel reads the same settings.
+      const second = await context.newPage();
+      await second.goto(`${bridge.url}/#token=${token({ vendor })}`);
+      await eventually(async () => (await stateOf(second)) === "live", "second tab live");
+      await second.locator("#preferences-toggle").click();
+      const secondBox = second.getByRole("checkbox", { name: "marketing by push" });
+      await eventually(async () => (await secondBox.count()) === 1 && !(await secondBox.isChecked()), "off in the second tab too");
+      assert.ok(!(await second.getByRole("checkbox", { name: "review by e-mail" }).isChecked()));
+      assert.ok(await second.getByRole("checkbox", { name: "review by push" }).isChecked());
+      await page.screenshot({ path: join(shots, `inbox-preferences-${name}.png`), fullPage: true });
+      assert.deepEqual(problems, []);
+    } finally {
+      await context.close();
+    }
+  }
+});
+
 test("sign in by pasting a token; a bad token is refused with the reason", async () => {
   const context = await browser.newContext();
   const page = await context.newPage();

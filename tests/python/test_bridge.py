@@ -272,3 +272,32 @@ def test_collapsed_updates_and_an_action_reach_both_tabs(stack):
     finally:
         websocket.disconnect()
         polling.disconnect()
+
+
+def test_preferences_set_on_one_tab_suppress_creates_for_both(stack):
+    """setPreferences through python-socketio's ack; getPreferences in a
+    second tab reads it; a create of that pair is suppressed (grpcurl),
+    another channel is delivered to both tabs."""
+    first, first_events = client_for(stack, "vendor", 8201)
+    second, second_events = client_for(stack, "vendor", 8201, ("polling",))
+    try:
+        answer = first.call("setPreferences",
+                            {"rules": [{"category": "review", "channel": "PUSH", "enabled": False}]},
+                            namespace="/notification", timeout=10)
+        assert answer["statusCode"] == 200
+        assert answer["data"]["rules"] == [{"category": "review", "channel": "PUSH", "enabled": False}]
+        read = second.call("getPreferences", None, namespace="/notification", timeout=10)
+        assert read["data"] == answer["data"]
+        bad = second.call("setPreferences", {"rules": [{"category": "review", "channel": "PUSH"}]},
+                          namespace="/notification", timeout=10)
+        assert bad["statusCode"] == 400 and "rules[0].enabled" in bad["message"]
+
+        body = {"vendorId": 8201, "type": "review:new", "channel": "PUSH", "content": {"stars": 5}}
+        assert stack.grpc("CreateNotification", body)["suppressed"] is True
+        delivered = stack.grpc("CreateNotification", {**body, "channel": "IN_APP"})
+        for events in (first_events, second_events):
+            live = next_event(events, "notification")
+            assert live["id"] == delivered["id"], "the suppressed one never arrives"
+    finally:
+        first.disconnect()
+        second.disconnect()

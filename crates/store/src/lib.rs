@@ -22,6 +22,7 @@ mod model;
 mod object_id;
 mod peers;
 mod postgres;
+mod preferences;
 mod reads;
 mod sqlite;
 
@@ -38,6 +39,7 @@ pub use model::{
 pub use object_id::{new_object_id, parse_object_id};
 pub use peers::PeerView;
 pub use postgres::{PgOptions, PgStore, high_water_notice};
+pub use preferences::{MAX_MUTED_PER_USER, PreferencesRefused, Rule};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Why a store call failed.
@@ -243,6 +245,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes expired entries of any node; users left with none go offline.
     async fn expire_presence(&self) -> Result<(), StoreError>;
+
+    /// The category × channel pairs the user turned off (every other pair
+    /// is on), ordered by category and channel.
+    async fn preferences(&self, user: User) -> Result<Vec<Rule>, StoreError>;
+
+    /// Applies `rules` in order (a later one for the same pair wins) in one
+    /// transaction, and answers the pairs off after; a result past
+    /// [`MAX_MUTED_PER_USER`] is refused and nothing changes.
+    async fn set_preferences(
+        &self,
+        user: User,
+        rules: Vec<Rule>,
+    ) -> Result<Result<Vec<Rule>, PreferencesRefused>, StoreError>;
+
+    /// Those of `users` who turned `category` off on `channel`.
+    async fn muted(
+        &self,
+        users: &[User],
+        category: &str,
+        channel: Channel,
+    ) -> Result<Vec<User>, StoreError>;
 }
 
 #[cfg(test)]

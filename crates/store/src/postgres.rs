@@ -37,10 +37,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::create::{Holders, Numbered, Plan, replacements};
 use crate::model::{
-    ActionRefused, ByCategory, Change, ChangePosition, ChangedPage, Created, ListQuery,
+    ActionRefused, ByCategory, Change, ChangePosition, ChangedPage, Channel, Created, ListQuery,
     MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, Role, RoomMember, Status,
     UnreadCounts, Update, User, UserState, check_action, now_millis,
 };
+use crate::preferences::{self, PreferencesRefused, Rule};
 use crate::reads::{
     ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
     presence_entries, read_by_category, view_pages,
@@ -238,6 +239,10 @@ const READS: ReadSql = ReadSql {
     room_members: ROOM_MEMBERS,
     room_peers: ROOM_PEERS,
     online_peers: ONLINE_PEERS,
+    muted_among: "SELECT role, user_id FROM muted \
+         WHERE (role, user_id) IN (SELECT (key ->> 0)::bigint, (key ->> 1)::bigint \
+         FROM jsonb_array_elements($3::jsonb) AS key) \
+         AND category = $1 AND channel = $2",
 };
 
 /// Ids a status-change notice carries itself; more would not fit NOTIFY's
@@ -1644,6 +1649,7 @@ impl Store for PgStore {
             "DELETE FROM inbox_counts WHERE role = $1 AND user_id = $2",
             "DELETE FROM room_members WHERE role = $1 AND user_id = $2",
             "DELETE FROM presence WHERE role = $1 AND user_id = $2",
+            preferences::ERASE_MUTED,
             // A change of the user's notifications: streams that hear of a
             // later one read back what is left.
             "UPDATE users SET version = version + 1 WHERE role = $1 AND id = $2",
@@ -1784,6 +1790,55 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
+    }
+
+    async fn preferences(&self, user: User) -> Result<Vec<Rule>, StoreError> {
+        self.reads.preferences(user).await
+    }
+
+    /// Under the user's row lock: two changes of one user's preferences
+    /// apply one after the other.
+    async fn set_preferences(
+        &self,
+        user: User,
+        rules: Vec<Rule>,
+    ) -> Result<Result<Vec<Rule>, PreferencesRefused>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_users(&mut tx, &[user]).await?;
+        let current: Vec<(String, i64)> = sqlx::query_as(preferences::LIST_MUTED)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let plan = match preferences::plan(current, &rules) {
+            Ok(plan) => plan,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        for (sql, pairs) in [
+            (preferences::MUTE, &plan.mute),
+            (preferences::UNMUTE, &plan.unmute),
+        ] {
+            for (category, channel) in pairs {
+                sqlx::query(sql)
+                    .bind(user.role.code())
+                    .bind(user.id)
+                    .bind(category)
+                    .bind(channel)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Ok(preferences::rules(plan.after)))
+    }
+
+    async fn muted(
+        &self,
+        users: &[User],
+        category: &str,
+        channel: Channel,
+    ) -> Result<Vec<User>, StoreError> {
+        self.reads.muted(users, category, channel).await
     }
 
     async fn expire_presence(&self) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@ use crate::model::{
     OfflinePage, PageStart, Role, RoomMember, Status, UnreadCounts, User, UserState, View,
     now_millis, page_offset,
 };
+use crate::preferences::{self, Rule};
 
 /// A notification's columns, in the order [`decode`] reads them.
 macro_rules! columns {
@@ -179,6 +180,9 @@ pub(crate) struct ReadSql {
     pub room_peers: &'static str,
     /// `$1, $2` user: role, user id of each peer online.
     pub online_peers: &'static str,
+    /// `$1` category, `$2` channel, `$3` users as JSON text (`[[role, id],
+    /// …]`): role, user id of those who turned that pair off.
+    pub muted_among: &'static str,
 }
 
 /// The reads of one store: its pool of readers and its statements.
@@ -383,6 +387,45 @@ where
         let rows = sqlx::query(sql)
             .bind(user.role.code())
             .bind(user.id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(decode_user)
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// The pairs the user turned off, as rules.
+    pub(crate) async fn preferences(&self, user: User) -> Result<Vec<Rule>, StoreError> {
+        let rows = sqlx::query(preferences::LIST_MUTED)
+            .bind(user.role.code())
+            .bind(user.id)
+            .fetch_all(&self.pool)
+            .await?;
+        let muted = rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(preferences::rules(muted))
+    }
+
+    /// Those of `users` who turned `category` off on `channel`: one read
+    /// for a whole batch of recipients, on the table's primary key.
+    pub(crate) async fn muted(
+        &self,
+        users: &[User],
+        category: &str,
+        channel: Channel,
+    ) -> Result<Vec<User>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<[i64; 2]> = users.iter().map(|u| [u.role.code(), u.id]).collect();
+        let keys = serde_json::to_string(&keys).expect("integers serialize");
+        let rows = sqlx::query(self.sql.muted_among)
+            .bind(category)
+            .bind(channel.code())
+            .bind(keys.as_str())
             .fetch_all(&self.pool)
             .await?;
         Ok(rows

@@ -21,10 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::create::{Holders, Numbered, Plan, replacements};
 use crate::model::{
-    ActionRefused, ActionTaken, ByCategory, Change, ChangePosition, ChangedPage, Created,
+    ActionRefused, ActionTaken, ByCategory, Change, ChangePosition, ChangedPage, Channel, Created,
     ListQuery, MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, RoomMember,
     Status, UnreadCounts, Update, User, UserState, check_action, now_millis,
 };
+use crate::preferences::{self, PreferencesRefused, Rule};
 use crate::reads::{
     ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
     presence_entries, read_by_category, read_state, view_pages,
@@ -184,6 +185,9 @@ const READS: ReadSql = ReadSql {
     room_members: ROOM_MEMBERS,
     room_peers: ROOM_PEERS,
     online_peers: ONLINE_PEERS,
+    muted_among: "SELECT role, user_id FROM muted \
+         WHERE (role, user_id) IN (SELECT value ->> 0, value ->> 1 FROM json_each($3)) \
+         AND category = $1 AND channel = $2",
 };
 
 /// Tuning for [`SqliteStore::open`].
@@ -222,6 +226,10 @@ pub struct SqliteStore {
 
 enum WriteOp {
     Create(Vec<NewNotification>),
+    Preferences {
+        user: User,
+        rules: Vec<Rule>,
+    },
     Mark {
         user: User,
         ids: Vec<String>,
@@ -278,6 +286,7 @@ enum Outcome {
     Action(Box<Result<Notification, ActionRefused>>),
     Marked(MarkOutcome),
     Refreshed(Vec<User>),
+    Preferences(Result<Vec<Rule>, PreferencesRefused>),
     Counted(u64),
     Done,
 }
@@ -545,6 +554,10 @@ async fn apply(
             }
             WriteOp::Erase { user } => {
                 outcomes.push(Outcome::Counted(erase(&mut tx, *user).await?));
+            }
+            WriteOp::Preferences { user, rules } => {
+                let set = set_preferences(&mut tx, *user, rules).await?;
+                outcomes.push(Outcome::Preferences(set));
             }
             WriteOp::CompleteAction {
                 user,
@@ -1223,6 +1236,7 @@ async fn erase(tx: &mut Transaction<'_, Sqlite>, user: User) -> Result<u64, sqlx
         "DELETE FROM inbox_counts WHERE role = $1 AND user_id = $2",
         "DELETE FROM room_members INDEXED BY room_members_user WHERE role = $1 AND user_id = $2",
         "DELETE FROM presence INDEXED BY presence_user WHERE role = $1 AND user_id = $2",
+        preferences::ERASE_MUTED,
         // A change of the user's notifications: streams that hear of a
         // later one read back what is left.
         "UPDATE users SET version = version + 1 WHERE role = $1 AND id = $2",
@@ -1234,6 +1248,39 @@ async fn erase(tx: &mut Transaction<'_, Sqlite>, user: User) -> Result<u64, sqlx
             .await?;
     }
     Ok(deleted)
+}
+
+/// Applies `rules` to the user's pairs turned off; see
+/// [`Store::set_preferences`].
+async fn set_preferences(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: User,
+    rules: &[Rule],
+) -> Result<Result<Vec<Rule>, PreferencesRefused>, sqlx::Error> {
+    let current: Vec<(String, i64)> = sqlx::query_as(preferences::LIST_MUTED)
+        .bind(user.role.code())
+        .bind(user.id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let plan = match preferences::plan(current, rules) {
+        Ok(plan) => plan,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    for (sql, pairs) in [
+        (preferences::MUTE, &plan.mute),
+        (preferences::UNMUTE, &plan.unmute),
+    ] {
+        for (category, channel) in pairs {
+            sqlx::query(sql)
+                .bind(user.role.code())
+                .bind(user.id)
+                .bind(category)
+                .bind(channel)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(Ok(preferences::rules(plan.after)))
 }
 
 /// What a change that changed nothing answers.
@@ -1374,6 +1421,7 @@ fn unexpected(outcome: Outcome) -> StoreError {
         Outcome::Action(_) => "action",
         Outcome::Marked(_) => "marked",
         Outcome::Refreshed(_) => "refreshed",
+        Outcome::Preferences(_) => "preferences",
         Outcome::Counted(_) => "counted",
         Outcome::Done => "done",
     };
@@ -1591,6 +1639,30 @@ impl Store for SqliteStore {
 
     async fn expire_presence(&self) -> Result<(), StoreError> {
         self.write(WriteOp::ExpirePresence).await.map(drop)
+    }
+
+    async fn preferences(&self, user: User) -> Result<Vec<Rule>, StoreError> {
+        self.reads.preferences(user).await
+    }
+
+    async fn set_preferences(
+        &self,
+        user: User,
+        rules: Vec<Rule>,
+    ) -> Result<Result<Vec<Rule>, PreferencesRefused>, StoreError> {
+        match self.write(WriteOp::Preferences { user, rules }).await? {
+            Outcome::Preferences(set) => Ok(set),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn muted(
+        &self,
+        users: &[User],
+        category: &str,
+        channel: Channel,
+    ) -> Result<Vec<User>, StoreError> {
+        self.reads.muted(users, category, channel).await
     }
 }
 

@@ -168,7 +168,84 @@ suite!(
     erasure_deletes_everything_and_seqs_go_on,
     a_collapse_key_replaces_the_unread_one_and_the_count_does_not_grow,
     an_action_is_taken_once_and_reads_the_notification,
+    preferences_turn_pairs_off_and_on_and_say_who_muted,
 );
+
+fn rule(category: &str, channel: Channel, enabled: bool) -> notify_store::Rule {
+    notify_store::Rule {
+        category: category.into(),
+        channel,
+        enabled,
+    }
+}
+
+async fn preferences_turn_pairs_off_and_on_and_say_who_muted(b: Backend) {
+    let (a, c, quiet) = (User::vendor(61), User::customer(61), User::customer(62));
+    assert!(b.store.preferences(a).await.unwrap().is_empty(), "all on");
+    let set = b
+        .store
+        .set_preferences(
+            a,
+            vec![
+                rule("marketing", Channel::Push, false),
+                rule("marketing", Channel::Email, false),
+                rule("order", Channel::Sms, false),
+                rule("order", Channel::Sms, true),
+            ],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        set,
+        vec![
+            rule("marketing", Channel::Push, false),
+            rule("marketing", Channel::Email, false),
+        ],
+        "ordered by category, then channel; the later rule wins"
+    );
+    assert_eq!(b.store.preferences(a).await.unwrap(), set);
+    b.store
+        .set_preferences(c, vec![rule("marketing", Channel::Push, false)])
+        .await
+        .unwrap()
+        .unwrap();
+    let muted = b
+        .store
+        .muted(&[a, quiet, c], "marketing", Channel::Push)
+        .await
+        .unwrap();
+    let mut muted = muted;
+    muted.sort_unstable();
+    assert_eq!(muted, vec![a, c]);
+    assert!(
+        b.store
+            .muted(&[a, c], "marketing", Channel::InApp)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Back on: the pair leaves the list.
+    let set = b
+        .store
+        .set_preferences(a, vec![rule("marketing", Channel::Push, true)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(set, vec![rule("marketing", Channel::Email, false)]);
+    // Past the limit: refused whole, nothing changes.
+    let many: Vec<_> = (0..=notify_store::MAX_MUTED_PER_USER)
+        .map(|n| rule(&format!("c{n}"), Channel::Push, false))
+        .collect();
+    assert_eq!(
+        b.store.set_preferences(a, many).await.unwrap(),
+        Err(notify_store::PreferencesRefused::TooMany)
+    );
+    assert_eq!(b.store.preferences(a).await.unwrap(), set);
+    // Erasure takes them too.
+    b.store.erase_user(c).await.unwrap();
+    assert!(b.store.preferences(c).await.unwrap().is_empty());
+}
 
 async fn seqs_are_gapless_under_concurrency(b: Backend) {
     let user = User::vendor(7);

@@ -17,6 +17,8 @@ const view = {
   byCategory: {}, // unread per category, as the last unreadCount said
   unread: 0,
   newestSeq: 0, // the highest seq this page has seen: "mark all" stops there
+  muted: new Set(), // "category/CHANNEL" pairs the user turned off
+  settingCategories: new Set(["general", "marketing", "order"]), // rows of the settings grid
 };
 
 // The connect-time page is the unread inbox of every category.
@@ -42,6 +44,8 @@ function showSignIn(reason) {
   $("sign-out").hidden = true;
   $("mark-all").hidden = true;
   $("archive-read").hidden = true;
+  $("preferences-toggle").hidden = true;
+  $("preferences").hidden = true;
   if (reason) setState("refused", `Refused: ${reason}`);
   else setState("signed-out", "Signed out");
   $("token").focus();
@@ -83,6 +87,7 @@ function start(token) {
   $("sign-out").hidden = false;
   $("mark-all").hidden = false;
   $("archive-read").hidden = false;
+  $("preferences-toggle").hidden = false;
   view.loaded = false;
   render();
   setState("connecting", "Connecting…");
@@ -312,6 +317,88 @@ function render(freshId) {
 
 // The category tabs: every category with unread ones, with its count,
 // and the one shown even when it has none left.
+// ---- preferences -----------------------------------------------------------
+
+// A grid of categories by channel, ticked while on. Every pair is on until
+// the user turns it off; getPreferences answers the pairs turned off, and
+// setPreferences (one rule per click) answers them again after the change.
+const CHANNELS = { PUSH: "push", IN_APP: "in app", EMAIL: "e-mail", SMS: "SMS" };
+
+$("preferences-toggle").addEventListener("click", async () => {
+  const panel = $("preferences");
+  panel.hidden = !panel.hidden;
+  $("preferences-toggle").setAttribute("aria-expanded", String(!panel.hidden));
+  if (!panel.hidden) await loadPreferences();
+});
+
+async function loadPreferences() {
+  try {
+    const answer = await view.socket.timeout(10_000).emitWithAck("getPreferences");
+    if (answer.error) return showError(answer.message, answer.statusCode);
+    showPreferences(answer.data.rules);
+  } catch {
+    showError("the settings did not load; try again", 504);
+  }
+}
+
+function showPreferences(rules) {
+  view.muted = new Set(rules.map((rule) => `${rule.category}/${rule.channel}`));
+  for (const rule of rules) view.settingCategories.add(rule.category);
+  renderPreferences();
+}
+
+function renderPreferences() {
+  const categories = [...new Set([...view.settingCategories, ...Object.keys(view.byCategory)])].sort();
+  $("preferences-rows").replaceChildren(...categories.map((category) => {
+    const row = document.createElement("tr");
+    const name = document.createElement("th");
+    name.scope = "row";
+    name.className = "category";
+    name.textContent = category;
+    row.append(name);
+    for (const [channel, label] of Object.entries(CHANNELS)) {
+      const cell = document.createElement("td");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.checked = !view.muted.has(`${category}/${channel}`);
+      box.dataset.category = category;
+      box.dataset.channel = channel;
+      box.setAttribute("aria-label", `${category} by ${label}`);
+      box.addEventListener("change", () => setPreference(category, channel, box.checked));
+      cell.append(box);
+      row.append(cell);
+    }
+    return row;
+  }));
+}
+
+async function setPreference(category, channel, enabled) {
+  for (const box of document.querySelectorAll("#preferences-rows input")) box.disabled = true;
+  try {
+    const answer = await view.socket.timeout(10_000).emitWithAck("setPreferences", {
+      rules: [{ category, channel, enabled }],
+    });
+    if (answer.error) showError(answer.message, answer.statusCode);
+    else {
+      showPreferences(answer.data.rules);
+      announce(`${category} by ${CHANNELS[channel]} is ${enabled ? "on" : "off"}`);
+    }
+  } catch {
+    showError("the setting was not saved; try again", 504);
+  }
+  renderPreferences();
+}
+
+$("add-category").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = $("new-category");
+  const category = input.value.trim();
+  if (!/^[a-z0-9_-]{1,64}$/.test(category)) return;
+  view.settingCategories.add(category);
+  input.value = "";
+  renderPreferences();
+});
+
 function renderTabs() {
   const categories = Object.keys(view.byCategory);
   if (view.category !== null && !categories.includes(view.category)) categories.push(view.category);
