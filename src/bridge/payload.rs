@@ -761,6 +761,7 @@ mod tests {
                 at: "2025-06-20T10:28:00.000Z".into(),
             }),
             suppressed: false,
+            send_at: String::new(),
         };
         let json = serde_json::to_value(NotificationJson::from(&n)).unwrap();
         assert_eq!(

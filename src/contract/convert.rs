@@ -126,6 +126,7 @@ pub fn notification(n: &Notification) -> proto::Notification {
             .collect(),
         action_taken: n.action_taken.as_ref().map(action_taken),
         suppressed: false,
+        send_at: n.send_at.map(format_millis).unwrap_or_default(),
     }
 }
 

@@ -402,10 +402,22 @@ pub const MAX_EXPIRY_AHEAD_MS: i64 = 366 * 24 * 3600 * 1000;
 /// `expiresAt`: ISO 8601 UTC (RFC 3339, `Z` or `+00:00`), after `now` and
 /// at most a year ahead; empty means never. Answers ms since the epoch.
 pub fn expires_at(text: &str, now: i64) -> Result<Option<i64>, FieldError> {
+    future_time("expiresAt", text, now)
+}
+
+/// `sendAt`: as [`expires_at`] (UTC, in the future, at most a year
+/// ahead); empty means now.
+pub fn send_at(text: &str, now: i64) -> Result<Option<i64>, FieldError> {
+    future_time("sendAt", text, now)
+}
+
+/// An ISO 8601 UTC time after `now` and at most a year ahead, in ms since
+/// the epoch; empty is `None`.
+fn future_time(field: &str, text: &str, now: i64) -> Result<Option<i64>, FieldError> {
     if text.is_empty() {
         return Ok(None);
     }
-    let bad = |reason: String| FieldError::new("expiresAt", reason);
+    let bad = |reason: String| FieldError::new(field, reason);
     let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|_| {
             bad(format!(

@@ -14,6 +14,8 @@ pub struct Create {
     pub notifications: Vec<NewNotification>,
     /// Sent whatever the recipients' preferences.
     pub critical: bool,
+    /// When to send them (ms since the epoch); `None`: now.
+    pub send_at: Option<i64>,
 }
 
 /// Change a user's preferences.
@@ -156,6 +158,7 @@ impl CreateFields<'_> {
     fn check(&self, recipient: User) -> Result<NewNotification, FieldError> {
         let kind = validate::kind(self.kind)?;
         Ok(NewNotification {
+            id: None,
             recipient,
             channel: validate::channel(self.channel)?,
             content: validate::content(self.content)?,
@@ -170,14 +173,27 @@ impl CreateFields<'_> {
     }
 }
 
+/// `sendAt`, checked; a notification must not expire before it is sent.
+fn send_at(text: &str, notification: &NewNotification) -> Result<Option<i64>, FieldError> {
+    let send_at = validate::send_at(text, notify_store::now_millis())?;
+    if let (Some(send_at), Some(expires_at)) = (send_at, notification.expires_at)
+        && expires_at <= send_at
+    {
+        return Err(FieldError::new("expiresAt", "must be after sendAt"));
+    }
+    Ok(send_at)
+}
+
 impl TryFrom<&proto::CreateNotificationRequest> for Create {
     type Error = FieldError;
 
     fn try_from(request: &proto::CreateNotificationRequest) -> Result<Create, FieldError> {
         let recipient = validate::recipient(request.vendor_id, request.customer_id)?;
         let fields = create_fields!(request);
+        let notification = fields.check(recipient)?;
         Ok(Create {
-            notifications: vec![fields.check(recipient)?],
+            send_at: send_at(&request.send_at, &notification)?,
+            notifications: vec![notification],
             critical: request.critical,
         })
     }
@@ -198,6 +214,7 @@ impl TryFrom<&proto::CreateNotificationsRequest> for Create {
         // The recipient is filled in per entry below.
         let template = fields.check(User::vendor(1))?;
         Ok(Create {
+            send_at: send_at(&request.send_at, &template)?,
             notifications: recipients
                 .into_iter()
                 .map(|recipient| NewNotification {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::collections::HashSet;
 
 use notify_store::{
-    ActionRefused, Created, MAX_MUTED_PER_USER, MarkOutcome, NewNotification, Notification,
-    OfflinePage, PreferencesRefused, RoomMember, Rule, Store, UnreadCounts, User,
+    ActionRefused, CancelRefused, Created, MAX_MUTED_PER_USER, MarkOutcome, NewNotification,
+    Notification, OfflinePage, PreferencesRefused, RoomMember, Rule, Store, UnreadCounts, User,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,15 @@ impl Notifications {
         let Create {
             notifications,
             critical,
+            send_at,
         } = command;
+        if let Some(send_at) = send_at {
+            // Preferences apply when it goes out (see `sweeps`).
+            let pending = self.store.schedule(notifications, send_at).await?;
+            let fresh = pending.iter().filter(|c| c.fresh).count();
+            metrics::counter!("notify_notifications_scheduled_total").increment(fresh as u64);
+            return Ok(pending.into_iter().map(Sent::Stored).collect());
+        }
         let muted: HashSet<User> = match notifications.first() {
             // Every notification of one command shares category and
             // channel: one read covers the batch.
@@ -121,6 +129,19 @@ impl Notifications {
             .collect();
         sent.sort_unstable_by_key(|(at, _)| *at);
         Ok(sent.into_iter().map(|(_, sent)| sent).collect())
+    }
+
+    /// Cancels a pending notification.
+    pub async fn cancel(&self, id: &str) -> Result<Notification, CoreError> {
+        match self.store.cancel(id).await? {
+            Ok(cancelled) => Ok(cancelled),
+            Err(CancelRefused::NotFound) => {
+                Err(CoreError::NotFound(format!("no notification {id}")))
+            }
+            Err(CancelRefused::NotPending) => Err(CoreError::FailedPrecondition(format!(
+                "id: {id} is not pending: it was sent already"
+            ))),
+        }
     }
 
     /// The pairs the user turned off.

@@ -133,6 +133,16 @@ impl NotificationService for Api {
         }))
     }
 
+    async fn cancel_notification(
+        &self,
+        request: Request<proto::CancelNotificationRequest>,
+    ) -> Reply<proto::Notification> {
+        let _timer = Timer::start("CancelNotification");
+        let id = validate::id("id", &request.get_ref().id).map_err(invalid)?;
+        let cancelled = self.core.cancel(&id).await.map_err(status)?;
+        Ok(Response::new(convert::notification(&cancelled)))
+    }
+
     async fn set_preferences(
         &self,
         request: Request<proto::SetPreferencesRequest>,

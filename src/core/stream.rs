@@ -678,6 +678,7 @@ mod tests {
 
         async fn create_under(&self, collapse_key: Option<&str>) -> Arc<Notification> {
             let new = NewNotification {
+                id: None,
                 recipient: USER,
                 kind: "order".to_owned(),
                 channel: Channel::InApp,

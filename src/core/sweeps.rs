@@ -1,17 +1,22 @@
-//! The core's background sweeps: expiry (a few times a second, so an open
-//! inbox hears of an expired notification well within 2 s of its
-//! `expiresAt`) and retention (old READ, archived, replaced and expired
+//! The core's background sweeps: scheduled sends (five times a second, so
+//! a notification goes out well within 1 s of its `sendAt`, and right after
+//! a start for those that fell due while the core was down), expiry (a few
+//! times a second, so an open inbox hears of an expired notification well
+//! within 2 s of its `expiresAt`) and retention (old READ, archived, replaced and expired
 //! notifications deleted). Both read by their own index, due or old rows
 //! first, in bounded batches, so neither scans anybody's history nor holds
 //! the writer long. With several cores each sweeps; the store makes a row
 //! expire once whichever core gets it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_store::{Store, now_millis};
+use notify_store::{Channel, NewNotification, Store, StoreError, User, now_millis};
 use tokio_util::sync::CancellationToken;
 
+/// How often the send sweep looks for scheduled notifications due.
+pub const SEND_PERIOD: Duration = Duration::from_millis(200);
 /// How often the expiry sweep looks for due notifications.
 pub const EXPIRY_PERIOD: Duration = Duration::from_millis(250);
 /// Rows one sweep statement takes; a full batch is followed at once by the next.
@@ -21,6 +26,11 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Starts both sweeps; they end with `shutdown`.
 pub fn start(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
+    let sender = store.clone();
+    tokio::spawn(every(SEND_PERIOD, shutdown.clone(), move || {
+        let store = sender.clone();
+        async move { drain("send", || send_due(store.as_ref())).await }
+    }));
     let expiry = store.clone();
     tokio::spawn(every(EXPIRY_PERIOD, shutdown.clone(), move || {
         let store = expiry.clone();
@@ -74,4 +84,39 @@ where
             }
         }
     }
+}
+
+/// Sends one batch of the scheduled notifications due: each recipient's
+/// preferences as they are now decide (one read per category and channel
+/// among them), and the store creates the rest and drops the muted in one
+/// transaction. Answers how many were due.
+async fn send_due(store: &dyn Store) -> Result<usize, StoreError> {
+    let due = store.due(now_millis(), BATCH).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut groups: HashMap<(&str, Channel), Vec<User>> = HashMap::new();
+    for n in &due {
+        groups
+            .entry((n.category.as_str(), n.channel))
+            .or_default()
+            .push(n.recipient);
+    }
+    let mut muted: HashSet<(User, &str, Channel)> = HashSet::new();
+    for ((category, channel), users) in &groups {
+        for user in store.muted(users, category, *channel).await? {
+            muted.insert((user, category, *channel));
+        }
+    }
+    let count = due.len();
+    let (drop, send): (Vec<NewNotification>, Vec<NewNotification>) = due
+        .iter()
+        .cloned()
+        .partition(|n| muted.contains(&(n.recipient, n.category.as_str(), n.channel)));
+    let drop: Vec<String> = drop.into_iter().filter_map(|n| n.id).collect();
+    metrics::counter!("notify_notifications_suppressed_total").increment(drop.len() as u64);
+    let created = store.send_due(send, drop).await?;
+    let fresh = created.iter().filter(|c| c.fresh).count();
+    metrics::counter!("notify_notifications_created_total").increment(fresh as u64);
+    Ok(count)
 }

@@ -31,7 +31,7 @@ use crate::{simple, to_json, to_struct};
 /// tonic's default limit on a received message.
 const MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
-/// The eighteen RPCs of `notify.v1.NotificationService`.
+/// The nineteen RPCs of `notify.v1.NotificationService`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rpc {
     CreateNotification,
@@ -52,6 +52,7 @@ enum Rpc {
     ListRoomMembers,
     SetPreferences,
     GetPreferences,
+    CancelNotification,
 }
 
 impl Rpc {
@@ -80,6 +81,7 @@ enum Req {
     Members(proto::ListRoomMembersRequest),
     SetPreferences(proto::SetPreferencesRequest),
     GetPreferences(proto::GetPreferencesRequest),
+    Cancel(proto::CancelNotificationRequest),
     Raw(Rpc, Vec<u8>),
 }
 
@@ -104,6 +106,7 @@ impl Req {
             Req::Members(_) => Rpc::ListRoomMembers,
             Req::SetPreferences(_) => Rpc::SetPreferences,
             Req::GetPreferences(_) => Rpc::GetPreferences,
+            Req::Cancel(_) => Rpc::CancelNotification,
             Req::Raw(rpc, _) => *rpc,
         }
     }
@@ -127,6 +130,7 @@ impl Req {
             Req::Members(m) => m.encode_to_vec(),
             Req::SetPreferences(m) => m.encode_to_vec(),
             Req::GetPreferences(m) => m.encode_to_vec(),
+            Req::Cancel(m) => m.encode_to_vec(),
             Req::Raw(_, bytes) => bytes.clone(),
         }
     }
@@ -1650,6 +1654,7 @@ fn cases(ids: &Ids) -> Vec<Case> {
         Rpc::ListRoomMembers,
         Rpc::SetPreferences,
         Rpc::GetPreferences,
+        Rpc::CancelNotification,
     ] {
         let (name, field) = match rpc {
             Rpc::CreateNotification => ("create: empty message", "vendorId"),
@@ -1670,6 +1675,7 @@ fn cases(ids: &Ids) -> Vec<Case> {
             Rpc::ListRoomMembers => ("members: empty message", "room"),
             Rpc::SetPreferences => ("preferences: empty message", "vendorId"),
             Rpc::GetPreferences => ("get preferences: empty message", "vendorId"),
+            Rpc::CancelNotification => ("cancel: empty message", "id"),
         };
         t.bad(name, empty(rpc), field);
     }
@@ -1805,6 +1811,52 @@ fn cases(ids: &Ids) -> Vec<Case> {
             customer_id: Some(-3),
         }),
         "customerId",
+    );
+
+    t.category("scheduled sends");
+    for (name, send_at) in [
+        ("create: sendAt not a time", "tomorrow at nine"),
+        ("create: sendAt in the past", "2020-01-01T00:00:00.000Z"),
+        ("create: sendAt two years ahead", "2099-01-01T00:00:00Z"),
+        ("create: sendAt not in UTC", "2030-01-01T09:00:00+02:00"),
+    ] {
+        t.bad(name, create(|r| r.send_at = send_at.to_owned()), "sendAt");
+    }
+    t.bad(
+        "bulk: sendAt without a zone",
+        bulk(|r| r.send_at = "2030-01-01T09:00:00".into()),
+        "sendAt",
+    );
+    t.bad(
+        "create: expiresAt before sendAt",
+        create(|r| {
+            r.send_at = "2030-01-02T09:00:00Z".into();
+            r.expires_at = "2030-01-01T09:00:00Z".into();
+        }),
+        "expiresAt",
+    );
+    t.bad(
+        "cancel: a malformed id",
+        Req::Cancel(proto::CancelNotificationRequest {
+            id: "not-an-id".into(),
+        }),
+        "id",
+    );
+    t.row(
+        "cancel: an unknown id",
+        Req::Cancel(proto::CancelNotificationRequest {
+            id: "68553796000745d4620985ff".into(),
+        }),
+        Code::NotFound,
+        "no notification",
+    );
+    t.row(
+        "cancel: a sent one",
+        Req::Cancel(proto::CancelNotificationRequest {
+            id: ids.unread.clone(),
+        }),
+        Code::FailedPrecondition,
+        "not pending",
     );
 
     t.category("accepted, changing nothing");
@@ -2224,7 +2276,7 @@ fn the_table_has_at_least_100_refused_cases_and_covers_every_rpc() {
     let names: BTreeSet<_> = cases.iter().map(|c| c.name).collect();
     assert_eq!(names.len(), cases.len(), "case names must be unique");
     let rpcs: BTreeSet<_> = cases.iter().map(|c| c.request.rpc()).collect();
-    assert_eq!(rpcs.len(), 18, "every RPC has cases");
+    assert_eq!(rpcs.len(), 19, "every RPC has cases");
 }
 
 #[test]

@@ -406,3 +406,63 @@ async fn grpcurl_sets_preferences_and_creates_skip_the_muted() {
         );
     }
 }
+
+/// A scheduled send through grpcurl's JSON, on both stores: PENDING with
+/// its `sendAt` and no seq, cancelled with the codes grpcurl prints, and one
+/// left to go out read back SENT with its seq.
+#[tokio::test]
+async fn grpcurl_schedules_cancels_and_sends() {
+    let mut cores = vec![CoreProcess::start()];
+    if let Some(admin) = crate::harness::postgres_admin_url() {
+        let url = crate::harness::create_database(&admin).await;
+        cores.push(CoreProcess::start_on(
+            &url,
+            &[],
+            tempfile::tempdir().unwrap(),
+        ));
+    }
+    for core in &cores {
+        let soon = notify_store::format_millis(notify_store::now_millis() + 1_000);
+        let body = format!(
+            r#"{{"customerId":12,"type":"order:reminder","content":{{"order":881}},"sendAt":"{soon}"}}"#
+        );
+        let pending = call(core, "CreateNotification", &body).await;
+        assert_eq!(pending["status"], "PENDING", "{pending}");
+        assert_eq!(pending["sendAt"], soon.as_str());
+        assert!(pending.get("seq").is_none(), "{pending}");
+        let id = pending["id"].as_str().unwrap().to_owned();
+
+        let cancel_me = call(core, "CreateNotification", &body).await;
+        let cancel = format!(r#"{{"id":"{}"}}"#, cancel_me["id"].as_str().unwrap());
+        let cancelled = call(core, "CancelNotification", &cancel).await;
+        assert_eq!(cancelled["status"], "PENDING");
+        let again = call_refused(core, "CancelNotification", &cancel).await;
+        assert!(again.contains("NotFound"), "{again}");
+
+        let get = format!(r#"{{"id":"{id}"}}"#);
+        let mut sent = call(core, "GetNotification", &get).await;
+        for _ in 0..100 {
+            if sent["status"] == "SENT" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sent = call(core, "GetNotification", &get).await;
+        }
+        assert_eq!(sent["status"], "SENT", "{sent}");
+        assert_eq!(sent["seq"], "1", "the cancelled one took none");
+        assert!(sent.get("sendAt").is_none());
+        let late = call_refused(core, "CancelNotification", &get).await;
+        assert!(late.contains("FailedPrecondition"), "{late}");
+        assert!(late.contains("not pending"), "{late}");
+        let bad = call_refused(
+            core,
+            "CreateNotification",
+            r#"{"customerId":12,"type":"x","content":{},"sendAt":"tomorrow"}"#,
+        )
+        .await;
+        assert!(
+            bad.contains("InvalidArgument") && bad.contains("sendAt:"),
+            "{bad}"
+        );
+    }
+}

@@ -301,3 +301,23 @@ def test_preferences_set_on_one_tab_suppress_creates_for_both(stack):
     finally:
         first.disconnect()
         second.disconnect()
+
+
+def test_a_scheduled_notification_arrives_when_due(stack):
+    """sendAt through grpcurl: PENDING, absent from the first page, then
+    live on the python-socketio client with its seq once due."""
+    from datetime import datetime, timedelta, timezone
+    client, received = client_for(stack, "customer", 8301)
+    try:
+        first = next_event(received, "offlineNotifications")
+        assert first["data"]["items"] == []
+        send_at = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat(timespec="milliseconds")
+        send_at = send_at.replace("+00:00", "Z")
+        pending = stack.grpc("CreateNotification", {"customerId": 8301, "type": "order:reminder",
+                                                     "content": {"order": 9}, "sendAt": send_at})
+        assert pending["status"] == "PENDING" and pending["sendAt"] == send_at
+        live = next_event(received, "notification", timeout=15)
+        assert live["id"] == pending["id"] and live["status"] == "SENT"
+        assert stack.grpc("GetNotification", {"id": pending["id"]})["seq"] == "1"
+    finally:
+        client.disconnect()

@@ -160,7 +160,7 @@ impl<'a> Plan<'a> {
         self.fresh
             .iter()
             .map(|new| {
-                let id = new_object_id();
+                let id = new.id.clone().unwrap_or_else(new_object_id);
                 let state = counters.entry(new.recipient).or_default();
                 state.last_seq += 1;
                 state.unread += 1;
@@ -185,6 +185,7 @@ impl<'a> Plan<'a> {
                 Numbered {
                     replaced: replaced.clone(),
                     notification: Notification {
+                        send_at: None,
                         id,
                         recipient: new.recipient,
                         seq: state.last_seq,
@@ -246,6 +247,7 @@ mod tests {
 
     fn new(user: User, key: Option<&str>) -> NewNotification {
         NewNotification {
+            id: None,
             recipient: user,
             kind: "order".to_owned(),
             channel: Channel::InApp,

@@ -24,6 +24,7 @@ mod peers;
 mod postgres;
 mod preferences;
 mod reads;
+mod scheduled;
 mod sqlite;
 
 use std::time::Duration;
@@ -40,6 +41,7 @@ pub use object_id::{new_object_id, parse_object_id};
 pub use peers::PeerView;
 pub use postgres::{PgOptions, PgStore, high_water_notice};
 pub use preferences::{MAX_MUTED_PER_USER, PreferencesRefused, Rule};
+pub use scheduled::CancelRefused;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Why a store call failed.
@@ -245,6 +247,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes expired entries of any node; users left with none go offline.
     async fn expire_presence(&self) -> Result<(), StoreError>;
+
+    /// Stores `batch` to be sent at `send_at` (ms since the epoch): each
+    /// is PENDING, has no seq, is in no list or count and reaches no stream
+    /// until then. An idempotency key already pending for the recipient
+    /// answers that one, not fresh.
+    async fn schedule(
+        &self,
+        batch: Vec<NewNotification>,
+        send_at: i64,
+    ) -> Result<Vec<Created>, StoreError>;
+
+    /// Pending notifications due by `now`, at most `limit`, the longest due
+    /// first, each as it is to be created (its id kept), read on the
+    /// due-time index.
+    async fn due(&self, now: i64, limit: u32) -> Result<Vec<NewNotification>, StoreError>;
+
+    /// In one transaction: each of `send` and `drop` (by id) that is still
+    /// pending leaves the pending table, and those of `send` are created as
+    /// ordinary notifications with their ids, taking their seqs now. One
+    /// that is no longer pending (cancelled, or sent by another core) is
+    /// neither. Answers what was created.
+    async fn send_due(
+        &self,
+        send: Vec<NewNotification>,
+        drop: Vec<String>,
+    ) -> Result<Vec<Created>, StoreError>;
+
+    /// Cancels a pending notification: it is deleted and never sent.
+    /// Answers it as it was.
+    async fn cancel(&self, id: &str) -> Result<Result<Notification, CancelRefused>, StoreError>;
 
     /// The category × channel pairs the user turned off (every other pair
     /// is on), ordered by category and channel.

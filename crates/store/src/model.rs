@@ -83,7 +83,7 @@ impl fmt::Display for User {
 }
 
 /// Where a notification is meant to be shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Channel {
     /// A push to connected clients (the default).
     Push,
@@ -222,6 +222,8 @@ pub struct Notification {
     pub actions: Vec<Action>,
     /// The action taken, once one was.
     pub action_taken: Option<ActionTaken>,
+    /// When a PENDING one is due to be sent; `None` once sent.
+    pub send_at: Option<i64>,
 }
 
 impl Notification {
@@ -293,6 +295,11 @@ pub struct ActionTaken {
 /// A notification to be created.
 #[derive(Clone, Debug)]
 pub struct NewNotification {
+    /// The id it was given when scheduled ([`Store::schedule`]), kept when
+    /// it is sent; `None` for a new one, which gets a fresh id.
+    ///
+    /// [`Store::schedule`]: crate::Store::schedule
+    pub id: Option<String>,
     /// Who it is for.
     pub recipient: User,
     /// What happened, e.g. `product:upload`.

@@ -46,6 +46,7 @@ use crate::reads::{
     ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
     presence_entries, read_by_category, view_pages,
 };
+use crate::scheduled::{self, CancelRefused};
 use crate::{ChangeSink, Outbox, Store, StoreError};
 
 const CHANNEL: &str = "notify_changes";
@@ -936,42 +937,7 @@ async fn create_group(
     };
     let now = now_millis();
     let mut tx = pool.begin().await.map_err(before)?;
-    let staged = async {
-        let recipients: Vec<User> = batches
-            .iter()
-            .flat_map(|batch| batch.iter().map(|n| n.recipient))
-            .collect();
-        let mut counters = lock_users(&mut tx, &recipients).await?;
-        let stored = stored_keys(&mut tx, batches).await?;
-        let plan = Plan::resolve(batches, &stored);
-        let users: Vec<User> = counters.keys().copied().collect();
-        let mut by_category = users_by_category(&mut tx, &users).await?;
-        let holders = collapsed(&mut tx, &plan.collapse_keys(), now).await?;
-        let rows = plan.number(&mut counters, &mut by_category, holders, now);
-        if !rows.is_empty() {
-            insert_rows(&mut tx, &rows, plan.fresh()).await?;
-            replace(&mut tx, &rows, now).await?;
-            save_counters(&mut tx, &counters).await?;
-        }
-        let notices: Vec<Notice> = rows
-            .iter()
-            .map(|row| {
-                let n = &row.notification;
-                Notice::Created {
-                    role: n.recipient.role.code(),
-                    user: n.recipient.id,
-                    id: n.id.clone(),
-                    unread: row.unread,
-                    by_category: row.by_category.clone(),
-                    version: n.version,
-                    replaced: row.replaced.clone(),
-                }
-            })
-            .collect();
-        fanout.before_commit(&mut tx, &notices).await?;
-        Ok::<_, sqlx::Error>((plan, rows, notices))
-    }
-    .await;
+    let staged = stage_creates(&mut tx, fanout, batches, now).await;
     let (plan, rows, notices) = staged.map_err(before)?;
     tx.commit().await.map_err(|error| GroupFailure {
         error,
@@ -979,6 +945,49 @@ async fn create_group(
     })?;
     fanout.after_commit(notices);
     Ok(plan.answers(&rows))
+}
+
+/// A group's creates staged in `tx`, with the notices to hand the bus once
+/// it commits (the LISTEN/NOTIFY ones are sent in it).
+async fn stage_creates<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    fanout: &Fanout,
+    batches: &[&'a [NewNotification]],
+    now: i64,
+) -> Result<(Plan<'a>, Vec<Numbered>, Vec<Notice>), sqlx::Error> {
+    let recipients: Vec<User> = batches
+        .iter()
+        .flat_map(|batch| batch.iter().map(|n| n.recipient))
+        .collect();
+    let mut counters = lock_users(tx, &recipients).await?;
+    let stored = stored_keys(tx, batches).await?;
+    let plan = Plan::resolve(batches, &stored);
+    let users: Vec<User> = counters.keys().copied().collect();
+    let mut by_category = users_by_category(tx, &users).await?;
+    let holders = collapsed(tx, &plan.collapse_keys(), now).await?;
+    let rows = plan.number(&mut counters, &mut by_category, holders, now);
+    if !rows.is_empty() {
+        insert_rows(tx, &rows, plan.fresh()).await?;
+        replace(tx, &rows, now).await?;
+        save_counters(tx, &counters).await?;
+    }
+    let notices: Vec<Notice> = rows
+        .iter()
+        .map(|row| {
+            let n = &row.notification;
+            Notice::Created {
+                role: n.recipient.role.code(),
+                user: n.recipient.id,
+                id: n.id.clone(),
+                unread: row.unread,
+                by_category: row.by_category.clone(),
+                version: n.version,
+                replaced: row.replaced.clone(),
+            }
+        })
+        .collect();
+    fanout.before_commit(tx, &notices).await?;
+    Ok((plan, rows, notices))
 }
 
 /// Locks the users' rows, creating missing ones, in (role, id) order.
@@ -1650,6 +1659,7 @@ impl Store for PgStore {
             "DELETE FROM room_members WHERE role = $1 AND user_id = $2",
             "DELETE FROM presence WHERE role = $1 AND user_id = $2",
             preferences::ERASE_MUTED,
+            scheduled::ERASE_PENDING,
             // A change of the user's notifications: streams that hear of a
             // later one read back what is left.
             "UPDATE users SET version = version + 1 WHERE role = $1 AND id = $2",
@@ -1790,6 +1800,74 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
+    }
+
+    async fn schedule(
+        &self,
+        batch: Vec<NewNotification>,
+        send_at: i64,
+    ) -> Result<Vec<Created>, StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let answers = scheduled::schedule_in!(tx, &batch, send_at, now);
+        tx.commit().await?;
+        Ok(answers)
+    }
+
+    async fn due(&self, now: i64, limit: u32) -> Result<Vec<NewNotification>, StoreError> {
+        self.reads.due(now, limit).await
+    }
+
+    /// The pending rows are taken (deleted) first, in the transaction that
+    /// creates them: a core racing this one for the same rows waits on
+    /// their locks, then finds them gone and creates nothing.
+    async fn send_due(
+        &self,
+        send: Vec<NewNotification>,
+        drop: Vec<String>,
+    ) -> Result<Vec<Created>, StoreError> {
+        let ids: Vec<String> = send
+            .iter()
+            .filter_map(|n| n.id.clone())
+            .chain(drop)
+            .collect();
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let taken: std::collections::HashSet<String> =
+            sqlx::query_scalar("DELETE FROM scheduled WHERE id = ANY($1) RETURNING id")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+        let batch: Vec<NewNotification> = send
+            .into_iter()
+            .filter(|n| n.id.as_ref().is_some_and(|id| taken.contains(id)))
+            .collect();
+        if batch.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let (plan, rows, notices) =
+            stage_creates(&mut tx, &self.fanout, &[batch.as_slice()], now).await?;
+        tx.commit().await?;
+        self.fanout.after_commit(notices);
+        Ok(plan.answers(&rows).into_iter().flatten().collect())
+    }
+
+    async fn cancel(&self, id: &str) -> Result<Result<Notification, CancelRefused>, StoreError> {
+        let row = sqlx::query(scheduled::CANCEL)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = row {
+            let (cancelled, _) = scheduled::decode_pending(&row)?;
+            return Ok(Ok(cancelled));
+        }
+        Ok(Err(match self.reads.get(id).await? {
+            Some(_) => CancelRefused::NotPending,
+            None => CancelRefused::NotFound,
+        }))
     }
 
     async fn preferences(&self, user: User) -> Result<Vec<Rule>, StoreError> {
@@ -2054,6 +2132,7 @@ mod plans {
             let batch = chunk
                 .iter()
                 .map(|&recipient| NewNotification {
+                    id: None,
                     recipient,
                     kind: format!("{category}:placed"),
                     channel: Channel::Push,

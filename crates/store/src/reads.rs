@@ -7,11 +7,12 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use crate::StoreError;
 use crate::model::{
-    ActionTaken, ByCategory, ChangePosition, ChangedPage, Channel, ListQuery, Notification,
-    OfflinePage, PageStart, Role, RoomMember, Status, UnreadCounts, User, UserState, View,
-    now_millis, page_offset,
+    ActionTaken, ByCategory, ChangePosition, ChangedPage, Channel, ListQuery, NewNotification,
+    Notification, OfflinePage, PageStart, Role, RoomMember, Status, UnreadCounts, User, UserState,
+    View, now_millis, page_offset,
 };
 use crate::preferences::{self, Rule};
+use crate::scheduled;
 
 /// A notification's columns, in the order [`decode`] reads them.
 macro_rules! columns {
@@ -209,13 +210,56 @@ where
         Reads { pool, sql }
     }
 
-    /// One notification by canonical id.
+    /// One notification by canonical id, sent or pending.
     pub(crate) async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
         let rows = sqlx::query(self.sql.get)
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
-        Ok(decode_all(&rows)?.pop())
+        if let Some(sent) = decode_all(&rows)?.pop() {
+            return Ok(Some(sent));
+        }
+        // A pending one leaves its table in the transaction that creates
+        // it: read sent, then pending, then sent again, one sent between
+        // the first two reads is found by the third.
+        let rows = sqlx::query(scheduled::GET_PENDING)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        match rows.first() {
+            Some(row) => Ok(Some(
+                scheduled::decode_pending(row)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                    .0,
+            )),
+            None => {
+                let rows = sqlx::query(self.sql.get)
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(decode_all(&rows)?.pop())
+            }
+        }
+    }
+
+    /// Pending notifications due by `now`, as they are to be created.
+    pub(crate) async fn due(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<NewNotification>, StoreError> {
+        let rows = sqlx::query(scheduled::DUE)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let (pending, key) = scheduled::decode_pending(row)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(scheduled::to_send(pending, key))
+            })
+            .collect()
     }
 
     /// A page of a view with its total and last_seq, all from one
@@ -534,6 +578,7 @@ where
     let channel: i64 = row.try_get(5)?;
     let status: i64 = row.try_get(7)?;
     Ok(Notification {
+        send_at: None,
         id: row.try_get(0)?,
         recipient: User {
             role: Role::from_code(role).ok_or_else(|| corrupt("role"))?,

@@ -30,6 +30,7 @@ use crate::reads::{
     ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
     presence_entries, read_by_category, read_state, view_pages,
 };
+use crate::scheduled::{self, CancelRefused};
 use crate::{ChangeSink, Store, StoreError};
 
 const COLUMNS: &str = columns!();
@@ -230,6 +231,17 @@ enum WriteOp {
         user: User,
         rules: Vec<Rule>,
     },
+    Schedule {
+        batch: Vec<NewNotification>,
+        send_at: i64,
+    },
+    SendDue {
+        send: Vec<NewNotification>,
+        drop: Vec<String>,
+    },
+    Cancel {
+        id: String,
+    },
     Mark {
         user: User,
         ids: Vec<String>,
@@ -287,6 +299,7 @@ enum Outcome {
     Marked(MarkOutcome),
     Refreshed(Vec<User>),
     Preferences(Result<Vec<Rule>, PreferencesRefused>),
+    Cancelled(Box<Result<Notification, CancelRefused>>),
     Counted(u64),
     Done,
 }
@@ -558,6 +571,52 @@ async fn apply(
             WriteOp::Preferences { user, rules } => {
                 let set = set_preferences(&mut tx, *user, rules).await?;
                 outcomes.push(Outcome::Preferences(set));
+            }
+            WriteOp::Schedule { batch, send_at } => {
+                let answers = scheduled::schedule_in!(tx, batch, *send_at, now);
+                outcomes.push(Outcome::Created(answers));
+            }
+            WriteOp::SendDue { send, drop } => {
+                let ids: Vec<&str> = send
+                    .iter()
+                    .filter_map(|n| n.id.as_deref())
+                    .chain(drop.iter().map(String::as_str))
+                    .collect();
+                let taken: std::collections::HashSet<String> = sqlx::query_scalar(TAKE_PENDING)
+                    .bind(json_array(&ids))
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let batch: Vec<NewNotification> = send
+                    .iter()
+                    .filter(|n| n.id.as_ref().is_some_and(|id| taken.contains(id)))
+                    .cloned()
+                    .collect();
+                let created = if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    create_run(&mut tx, &[batch.as_slice()], now, &mut changes)
+                        .await?
+                        .into_iter()
+                        .flatten()
+                        .collect()
+                };
+                outcomes.push(Outcome::Created(created));
+            }
+            WriteOp::Cancel { id } => {
+                let cancelled = match sqlx::query(scheduled::CANCEL)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                {
+                    Some(row) => Ok(scheduled::decode_pending(&row)?.0),
+                    None => match sqlx::query(GET).bind(id).fetch_optional(&mut *tx).await? {
+                        Some(_) => Err(CancelRefused::NotPending),
+                        None => Err(CancelRefused::NotFound),
+                    },
+                };
+                outcomes.push(Outcome::Cancelled(Box::new(cancelled)));
             }
             WriteOp::CompleteAction {
                 user,
@@ -885,6 +944,11 @@ const SETTLE_MARK: &str = "UPDATE users SET version = version + 1 \
 const BUMP_VERSIONS: &str = "UPDATE users SET version = version + 1 \
      WHERE (role, id) IN (SELECT value ->> 0, value ->> 1 FROM json_each($1)) \
      RETURNING role, id, unread, version";
+
+/// `$1` ids as a JSON array: those still pending leave the table; answers
+/// their ids.
+const TAKE_PENDING: &str =
+    "DELETE FROM scheduled WHERE id IN (SELECT value FROM json_each($1)) RETURNING id";
 
 /// The actions as stored: a JSON array, or null for none.
 pub(crate) fn actions_json(actions: &[crate::model::Action]) -> Option<String> {
@@ -1237,6 +1301,7 @@ async fn erase(tx: &mut Transaction<'_, Sqlite>, user: User) -> Result<u64, sqlx
         "DELETE FROM room_members INDEXED BY room_members_user WHERE role = $1 AND user_id = $2",
         "DELETE FROM presence INDEXED BY presence_user WHERE role = $1 AND user_id = $2",
         preferences::ERASE_MUTED,
+        scheduled::ERASE_PENDING,
         // A change of the user's notifications: streams that hear of a
         // later one read back what is left.
         "UPDATE users SET version = version + 1 WHERE role = $1 AND id = $2",
@@ -1422,6 +1487,7 @@ fn unexpected(outcome: Outcome) -> StoreError {
         Outcome::Marked(_) => "marked",
         Outcome::Refreshed(_) => "refreshed",
         Outcome::Preferences(_) => "preferences",
+        Outcome::Cancelled(_) => "cancelled",
         Outcome::Counted(_) => "counted",
         Outcome::Done => "done",
     };
@@ -1641,6 +1707,39 @@ impl Store for SqliteStore {
         self.write(WriteOp::ExpirePresence).await.map(drop)
     }
 
+    async fn schedule(
+        &self,
+        batch: Vec<NewNotification>,
+        send_at: i64,
+    ) -> Result<Vec<Created>, StoreError> {
+        match self.write(WriteOp::Schedule { batch, send_at }).await? {
+            Outcome::Created(created) => Ok(created),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn due(&self, now: i64, limit: u32) -> Result<Vec<NewNotification>, StoreError> {
+        self.reads.due(now, limit).await
+    }
+
+    async fn send_due(
+        &self,
+        send: Vec<NewNotification>,
+        drop: Vec<String>,
+    ) -> Result<Vec<Created>, StoreError> {
+        match self.write(WriteOp::SendDue { send, drop }).await? {
+            Outcome::Created(created) => Ok(created),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn cancel(&self, id: &str) -> Result<Result<Notification, CancelRefused>, StoreError> {
+        match self.write(WriteOp::Cancel { id: id.to_owned() }).await? {
+            Outcome::Cancelled(cancelled) => Ok(*cancelled),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn preferences(&self, user: User) -> Result<Vec<Rule>, StoreError> {
         self.reads.preferences(user).await
     }
@@ -1688,6 +1787,23 @@ mod plans {
     /// a table (a SCAN, or an index not listed) fails the test.
     const EXPECTED: &[(&str, &str, &[&str])] = &[
         ("GET", GET, &[ID]),
+        (
+            "GET_PENDING",
+            scheduled::GET_PENDING,
+            &["SEARCH scheduled USING INDEX sqlite_autoindex_scheduled_1 (id=?)"],
+        ),
+        (
+            "PENDING_BY_KEY",
+            scheduled::PENDING_BY_KEY,
+            &[
+                "SEARCH scheduled USING INDEX scheduled_keys (recipient_role=? AND recipient_id=? AND idempotency_key=?)",
+            ],
+        ),
+        (
+            "DUE",
+            scheduled::DUE,
+            &["SEARCH scheduled USING INDEX scheduled_due (send_at<?)"],
+        ),
         ("FIND_FOR_MARK", FIND_FOR_MARK, &[ID]),
         (
             "SET_STATUS",
@@ -1952,6 +2068,7 @@ mod plans {
         for _ in 0..20 {
             let batch = (0..1000)
                 .map(|n| NewNotification {
+                    id: None,
                     recipient: big,
                     kind: "order:placed".into(),
                     channel: Channel::Push,

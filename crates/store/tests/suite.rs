@@ -112,6 +112,7 @@ async fn postgres() -> Option<Backend> {
 
 fn new(user: User, n: i64) -> NewNotification {
     NewNotification {
+        id: None,
         recipient: user,
         kind: "order:paid".into(),
         channel: Channel::Push,
@@ -169,7 +170,99 @@ suite!(
     a_collapse_key_replaces_the_unread_one_and_the_count_does_not_grow,
     an_action_is_taken_once_and_reads_the_notification,
     preferences_turn_pairs_off_and_on_and_say_who_muted,
+    scheduled_ones_wait_unseen_then_take_their_seq_when_sent,
 );
+
+async fn scheduled_ones_wait_unseen_then_take_their_seq_when_sent(b: Backend) {
+    let (user, other) = (User::customer(71), User::customer(72));
+    b.store.create(vec![new(user, 0)]).await.unwrap();
+    let later = notify_store::now_millis() + 60_000;
+    let keyed = NewNotification {
+        idempotency_key: Some("reminder-9am".into()),
+        ..new(user, 1)
+    };
+    let pending = b
+        .store
+        .schedule(vec![keyed.clone(), new(user, 2)], later)
+        .await
+        .unwrap();
+    let ids: Vec<String> = pending.iter().map(|c| c.notification.id.clone()).collect();
+    for created in &pending {
+        let n = &created.notification;
+        assert!(created.fresh);
+        assert_eq!(
+            (n.status, n.seq, n.send_at),
+            (Status::Pending, 0, Some(later))
+        );
+    }
+    // The same key again answers the pending one.
+    let again = b.store.schedule(vec![keyed], later).await.unwrap();
+    assert_eq!(again[0].notification.id, ids[0]);
+    assert!(!again[0].fresh);
+    // Pending: readable by id, in no list, count or change.
+    let read = b.store.get(&ids[0]).await.unwrap().unwrap();
+    assert_eq!((read.status, read.send_at), (Status::Pending, Some(later)));
+    assert_eq!(b.store.unread_counts(user).await.unwrap().unread, 1);
+    assert_eq!(listed(&b, user, View::All, None).await.len(), 1);
+    assert!(
+        b.store.due(later - 1, 100).await.unwrap().is_empty(),
+        "not due yet"
+    );
+
+    // Cancelled: gone, never sent; a sent one and an unknown one are refused.
+    assert_eq!(b.store.cancel(&ids[1]).await.unwrap().unwrap().id, ids[1]);
+    assert_eq!(
+        b.store.cancel(&ids[1]).await.unwrap(),
+        Err(notify_store::CancelRefused::NotFound)
+    );
+    let sent_one = b.store.create(vec![new(other, 0)]).await.unwrap();
+    assert_eq!(
+        b.store.cancel(&sent_one[0].notification.id).await.unwrap(),
+        Err(notify_store::CancelRefused::NotPending)
+    );
+
+    // Due: sent with its id and the next seq, exactly once.
+    let due = b.store.due(later, 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id.as_deref(), Some(ids[0].as_str()));
+    let sent = b.store.send_due(due.clone(), Vec::new()).await.unwrap();
+    assert_eq!(sent.len(), 1);
+    let n = &sent[0].notification;
+    assert_eq!(
+        (n.id.as_str(), n.seq, n.status),
+        (ids[0].as_str(), 2, Status::Sent)
+    );
+    assert_eq!(n.send_at, None);
+    let published = b
+        .changes
+        .wait_for(3, |c| match c {
+            Change::Created { notification, .. } => Some(notification.id.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(published.contains(&ids[0]), "its creation is published");
+    assert!(
+        b.store.send_due(due, Vec::new()).await.unwrap().is_empty(),
+        "a second send of the same rows creates nothing"
+    );
+    assert!(b.store.due(later, 100).await.unwrap().is_empty());
+    assert_eq!(b.store.get(&ids[0]).await.unwrap().unwrap().seq, 2);
+    assert_eq!(b.store.unread_counts(user).await.unwrap().unread, 2);
+
+    // Dropped (a muted recipient): leaves the table, creates nothing.
+    let dropped = b.store.schedule(vec![new(other, 5)], later).await.unwrap();
+    let id = dropped[0].notification.id.clone();
+    let due = b.store.due(later, 100).await.unwrap();
+    assert!(
+        b.store
+            .send_due(Vec::new(), vec![id.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(b.store.get(&id).await.unwrap().is_none());
+    assert!(b.store.send_due(due, Vec::new()).await.unwrap().is_empty());
+}
 
 fn rule(category: &str, channel: Channel, enabled: bool) -> notify_store::Rule {
     notify_store::Rule {
