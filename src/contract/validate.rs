@@ -342,6 +342,14 @@ pub fn room(text: &str) -> Result<String, FieldError> {
     name("room", text, MAX_NAME_CHARS)
 }
 
+/// A topic's name: as a room's, 1-128 characters, no control characters.
+pub fn topic(text: &str) -> Result<String, FieldError> {
+    if text.is_empty() {
+        return Err(FieldError::new("topic", "must not be empty"));
+    }
+    name("topic", text, MAX_NAME_CHARS)
+}
+
 /// A category: 1-64 of `[a-z0-9_-]`; empty means none was named.
 pub fn category(text: &str) -> Result<Option<String>, FieldError> {
     if text.is_empty() {

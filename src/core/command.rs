@@ -2,7 +2,9 @@
 //! its gRPC request by `TryFrom`, which validates every field and names the
 //! first bad one. Past this point nothing is proto and nothing is unchecked.
 
-use notify_store::{ListQuery, NewNotification, PageStart, Rule, Status, User, default_category};
+use notify_store::{
+    ListQuery, NewNotification, PageStart, Publish, Rule, Status, User, default_category,
+};
 
 use crate::contract::proto;
 use crate::contract::validate::{self, FieldError};
@@ -16,6 +18,15 @@ pub struct Create {
     pub critical: bool,
     /// When to send them (ms since the epoch); `None`: now.
     pub send_at: Option<i64>,
+}
+
+/// Subscribe users to a topic, or unsubscribe them.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    /// The topic.
+    pub topic: String,
+    /// Distinct users.
+    pub users: Vec<User>,
 }
 
 /// Change a user's preferences.
@@ -222,6 +233,47 @@ impl TryFrom<&proto::CreateNotificationsRequest> for Create {
                     ..template.clone()
                 })
                 .collect(),
+            critical: request.critical,
+        })
+    }
+}
+
+impl TryFrom<&proto::SubscribeRequest> for Subscription {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::SubscribeRequest) -> Result<Subscription, FieldError> {
+        subscription(&request.topic, &request.recipients)
+    }
+}
+
+impl TryFrom<&proto::UnsubscribeRequest> for Subscription {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::UnsubscribeRequest) -> Result<Subscription, FieldError> {
+        subscription(&request.topic, &request.recipients)
+    }
+}
+
+fn subscription(topic: &str, recipients: &[proto::Recipient]) -> Result<Subscription, FieldError> {
+    Ok(Subscription {
+        topic: validate::topic(topic)?,
+        users: validate::users(
+            "recipients",
+            recipients.iter().map(|r| (r.vendor_id, r.customer_id)),
+        )?,
+    })
+}
+
+impl TryFrom<&proto::PublishToTopicRequest> for Publish {
+    type Error = FieldError;
+
+    fn try_from(request: &proto::PublishToTopicRequest) -> Result<Publish, FieldError> {
+        let topic = validate::topic(&request.topic)?;
+        let fields = create_fields!(request);
+        Ok(Publish {
+            topic,
+            // Each subscriber is a recipient in turn.
+            template: fields.check(User::vendor(1))?,
             critical: request.critical,
         })
     }

@@ -2,20 +2,20 @@
 //! asks. Each takes a typed command (see `command`) and answers with store
 //! values or a [`CoreError`]; nothing here knows gRPC.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use std::collections::HashSet;
-
 use notify_store::{
-    ActionRefused, CancelRefused, Created, MAX_MUTED_PER_USER, MarkOutcome, NewNotification,
-    Notification, OfflinePage, PreferencesRefused, RoomMember, Rule, Store, UnreadCounts, User,
+    ActionRefused, CancelRefused, Created, Fanout, MAX_MUTED_PER_USER, MarkOutcome,
+    NewNotification, Notification, OfflinePage, PreferencesRefused, Publish, RoomMember, Rule,
+    Store, UnreadCounts, User,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::command::{
     Archive, CompleteAction, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
-    SetPreferences,
+    SetPreferences, Subscription,
 };
 use super::error::CoreError;
 use super::hub::Hub;
@@ -129,6 +129,39 @@ impl Notifications {
             .collect();
         sent.sort_unstable_by_key(|(at, _)| *at);
         Ok(sent.into_iter().map(|(_, sent)| sent).collect())
+    }
+
+    /// Subscribes the users; answers how many were not yet.
+    pub async fn subscribe(&self, command: Subscription) -> Result<u64, CoreError> {
+        Ok(self.store.subscribe(&command.topic, &command.users).await?)
+    }
+
+    /// Unsubscribes the users; answers how many were.
+    pub async fn unsubscribe(&self, command: Subscription) -> Result<u64, CoreError> {
+        Ok(self
+            .store
+            .unsubscribe(&command.topic, &command.users)
+            .await?)
+    }
+
+    /// How many users the topic has.
+    pub async fn subscribers(&self, topic: &str) -> Result<i64, CoreError> {
+        Ok(self.store.subscribers(topic).await?)
+    }
+
+    /// Records a fan-out; the core's fan-out worker carries it out.
+    pub async fn publish(&self, publish: Publish) -> Result<Fanout, CoreError> {
+        let fanout = self.store.publish(publish).await?;
+        metrics::counter!("notify_fanouts_published_total").increment(1);
+        Ok(fanout)
+    }
+
+    /// Where a fan-out stands.
+    pub async fn fanout(&self, id: &str) -> Result<Fanout, CoreError> {
+        self.store
+            .fanout(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("no fan-out {id}")))
     }
 
     /// Cancels a pending notification.

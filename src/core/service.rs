@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::command::{
     Archive, CompleteAction, Create, List, Mark, MarkAll, Membership, OpenStream, RecordDeliveries,
-    SetPreferences,
+    SetPreferences, Subscription,
 };
 use super::error::CoreError;
 use super::notifications::{Notifications, Sent};
@@ -141,6 +141,69 @@ impl NotificationService for Api {
         let id = validate::id("id", &request.get_ref().id).map_err(invalid)?;
         let cancelled = self.core.cancel(&id).await.map_err(status)?;
         Ok(Response::new(convert::notification(&cancelled)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Reply<proto::SubscribeResponse> {
+        let _timer = Timer::start("Subscribe");
+        let command: Subscription = command(request.get_ref())?;
+        let added = self.core.subscribe(command).await.map_err(status)?;
+        Ok(Response::new(proto::SubscribeResponse {
+            added: added as i32,
+        }))
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: Request<proto::UnsubscribeRequest>,
+    ) -> Reply<proto::UnsubscribeResponse> {
+        let _timer = Timer::start("Unsubscribe");
+        let command: Subscription = command(request.get_ref())?;
+        let removed = self.core.unsubscribe(command).await.map_err(status)?;
+        Ok(Response::new(proto::UnsubscribeResponse {
+            removed: removed as i32,
+        }))
+    }
+
+    async fn get_topic(
+        &self,
+        request: Request<proto::GetTopicRequest>,
+    ) -> Reply<proto::GetTopicResponse> {
+        let _timer = Timer::start("GetTopic");
+        let topic = validate::topic(&request.get_ref().topic).map_err(invalid)?;
+        let subscribers = self.core.subscribers(&topic).await.map_err(status)?;
+        Ok(Response::new(proto::GetTopicResponse { subscribers }))
+    }
+
+    async fn publish_to_topic(
+        &self,
+        request: Request<proto::PublishToTopicRequest>,
+    ) -> Reply<proto::PublishToTopicResponse> {
+        let _timer = Timer::start("PublishToTopic");
+        let publish: notify_store::Publish = command(request.get_ref())?;
+        let fanout = self.core.publish(publish).await.map_err(status)?;
+        Ok(Response::new(proto::PublishToTopicResponse {
+            fanout_id: fanout.id,
+            recipients: fanout.recipients,
+        }))
+    }
+
+    async fn get_fanout(
+        &self,
+        request: Request<proto::GetFanoutRequest>,
+    ) -> Reply<proto::GetFanoutResponse> {
+        let _timer = Timer::start("GetFanout");
+        let id = validate::id("fanoutId", &request.get_ref().fanout_id).map_err(invalid)?;
+        let fanout = self.core.fanout(&id).await.map_err(status)?;
+        Ok(Response::new(proto::GetFanoutResponse {
+            recipients: fanout.recipients,
+            created: fanout.created,
+            done: fanout.done,
+            suppressed: fanout.suppressed,
+            topic: fanout.topic,
+        }))
     }
 
     async fn set_preferences(

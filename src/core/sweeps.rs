@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the send sweep looks for scheduled notifications due.
 pub const SEND_PERIOD: Duration = Duration::from_millis(200);
+/// How often the fan-out worker looks for open fan-outs; it works through
+/// one batch after another while there are.
+pub const FANOUT_PERIOD: Duration = Duration::from_millis(100);
 /// How often the expiry sweep looks for due notifications.
 pub const EXPIRY_PERIOD: Duration = Duration::from_millis(250);
 /// Rows one sweep statement takes; a full batch is followed at once by the next.
@@ -26,6 +29,11 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Starts both sweeps; they end with `shutdown`.
 pub fn start(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
+    let fanouts = store.clone();
+    tokio::spawn(every(FANOUT_PERIOD, shutdown.clone(), move || {
+        let store = fanouts.clone();
+        async move { fan_out(store.as_ref()).await }
+    }));
     let sender = store.clone();
     tokio::spawn(every(SEND_PERIOD, shutdown.clone(), move || {
         let store = sender.clone();
@@ -119,4 +127,20 @@ async fn send_due(store: &dyn Store) -> Result<usize, StoreError> {
     let fresh = created.iter().filter(|c| c.fresh).count();
     metrics::counter!("notify_notifications_created_total").increment(fresh as u64);
     Ok(count)
+}
+
+/// Works through open fan-outs, one batch (one transaction) at a time,
+/// until none is left. Other writes queue between batches, so they wait
+/// one batch at most.
+async fn fan_out(store: &dyn Store) {
+    loop {
+        match store.fanout_step(notify_store::FANOUT_BATCH).await {
+            Ok(true) => metrics::counter!("notify_fanout_batches_total").increment(1),
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(%error, "fan-out batch failed; trying again later");
+                return;
+            }
+        }
+    }
 }

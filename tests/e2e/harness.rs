@@ -76,6 +76,11 @@ impl CoreProcess {
         self.process.signal(name).expect("signal the core");
     }
 
+    /// The database it runs on.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
     /// `http://addr` for clients.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

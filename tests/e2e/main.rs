@@ -12,6 +12,7 @@ mod multinode;
 mod ordering;
 mod presence;
 mod resync;
+mod topics;
 
 use notify::contract::proto;
 

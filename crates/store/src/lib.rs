@@ -26,6 +26,7 @@ mod preferences;
 mod reads;
 mod scheduled;
 mod sqlite;
+mod topics;
 
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ pub use postgres::{PgOptions, PgStore, high_water_notice};
 pub use preferences::{MAX_MUTED_PER_USER, PreferencesRefused, Rule};
 pub use scheduled::CancelRefused;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use topics::{FANOUT_BATCH, Fanout, Publish};
 
 /// Why a store call failed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -277,6 +279,29 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels a pending notification: it is deleted and never sent.
     /// Answers it as it was.
     async fn cancel(&self, id: &str) -> Result<Result<Notification, CancelRefused>, StoreError>;
+
+    /// Subscribes the users to the topic; answers how many were not yet.
+    async fn subscribe(&self, topic: &str, users: &[User]) -> Result<u64, StoreError>;
+
+    /// Unsubscribes the users; answers how many were subscribed.
+    async fn unsubscribe(&self, topic: &str, users: &[User]) -> Result<u64, StoreError>;
+
+    /// How many users the topic has.
+    async fn subscribers(&self, topic: &str) -> Result<i64, StoreError>;
+
+    /// Records a publish: its recipients are the topic's subscribers now.
+    /// Once this answers the fan-out is durable, and [`Store::fanout_step`]
+    /// (on any core) carries it out. A key already published to the topic
+    /// answers that fan-out.
+    async fn publish(&self, publish: Publish) -> Result<Fanout, StoreError>;
+
+    /// Where a fan-out stands.
+    async fn fanout(&self, id: &str) -> Result<Option<Fanout>, StoreError>;
+
+    /// One batch of the oldest open fan-out, in one transaction (see
+    /// `topics`): up to `limit` recipients get their notification, or are
+    /// skipped for their preferences. Answers whether there was work.
+    async fn fanout_step(&self, limit: u32) -> Result<bool, StoreError>;
 
     /// The category × channel pairs the user turned off (every other pair
     /// is on), ordered by category and channel.

@@ -41,12 +41,14 @@ use crate::model::{
     MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, Role, RoomMember, Status,
     UnreadCounts, Update, User, UserState, check_action, now_millis,
 };
+use crate::object_id::new_object_id;
 use crate::preferences::{self, PreferencesRefused, Rule};
 use crate::reads::{
     ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
     presence_entries, read_by_category, view_pages,
 };
 use crate::scheduled::{self, CancelRefused};
+use crate::topics::{self, Fanout as TopicFanout, Publish};
 use crate::{ChangeSink, Outbox, Store, StoreError};
 
 const CHANNEL: &str = "notify_changes";
@@ -712,15 +714,33 @@ async fn follow_changes(pool: &PgPool, sink: &Arc<dyn ChangeSink>, mut listener:
             }
         };
         let mut batch = vec![first.payload().to_owned()];
+        let mut lost = false;
         while batch.len() < 1000 {
-            match listener.next_buffered() {
-                Some(more) => batch.push(more.payload().to_owned()),
-                None => break,
+            if let Some(more) = listener.next_buffered() {
+                batch.push(more.payload().to_owned());
+                continue;
+            }
+            // And what the socket already holds, parsed without waiting
+            // (sqlx reads a message cancel-safely): a flood of notices, as
+            // a topic's fan-out sends, is read a thousand rows a query, not
+            // one.
+            match tokio::time::timeout(Duration::ZERO, listener.try_recv()).await {
+                Ok(Ok(Some(more))) => batch.push(more.payload().to_owned()),
+                Ok(Ok(None) | Err(_)) => {
+                    lost = true;
+                    break;
+                }
+                Err(_) => break,
             }
         }
+        metrics::histogram!("notify_change_feed_batch_notices").record(batch.len() as f64);
         if let Err(error) = publish_batch(pool, sink, &batch, "listen").await {
             tracing::warn!(%error, "could not read notified rows; resyncing");
             sink.publish(Change::Resync);
+        }
+        if lost {
+            tracing::warn!("change feed connection lost");
+            return;
         }
     }
 }
@@ -1456,6 +1476,33 @@ async fn went_offline(
     Ok(())
 }
 
+/// `$1` topic, `$2` users as `[[role, id], …]`.
+const SUBSCRIBE: &str = "INSERT INTO topic_subscribers (topic, role, user_id) \
+     SELECT $1, (key ->> 0)::bigint, (key ->> 1)::bigint FROM jsonb_array_elements($2::jsonb) AS key \
+     ON CONFLICT DO NOTHING";
+/// `$1` topic, `$2` users as `[[role, id], …]`.
+const UNSUBSCRIBE: &str = "DELETE FROM topic_subscribers WHERE topic = $1 \
+     AND (role, user_id) IN (SELECT (key ->> 0)::bigint, (key ->> 1)::bigint \
+     FROM jsonb_array_elements($2::jsonb) AS key)";
+
+impl PgStore {
+    async fn subscription(
+        &self,
+        sql: &'static str,
+        topic: &str,
+        users: &[User],
+    ) -> Result<u64, StoreError> {
+        let keys: Vec<[i64; 2]> = users.iter().map(|u| [u.role.code(), u.id]).collect();
+        let keys = serde_json::to_string(&keys).expect("integers serialize");
+        Ok(sqlx::query(sql)
+            .bind(topic)
+            .bind(keys)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     /// Handed to this core's group writer, which commits the creates
@@ -1660,6 +1707,8 @@ impl Store for PgStore {
             "DELETE FROM presence WHERE role = $1 AND user_id = $2",
             preferences::ERASE_MUTED,
             scheduled::ERASE_PENDING,
+            topics::ERASE_SUBSCRIPTIONS,
+            topics::ERASE_FANOUT_RECIPIENT,
             // A change of the user's notifications: streams that hear of a
             // later one read back what is left.
             "UPDATE users SET version = version + 1 WHERE role = $1 AND id = $2",
@@ -1800,6 +1849,126 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(decode_user).collect::<Result<_, _>>()?)
+    }
+
+    async fn subscribe(&self, topic: &str, users: &[User]) -> Result<u64, StoreError> {
+        self.subscription(SUBSCRIBE, topic, users).await
+    }
+
+    async fn unsubscribe(&self, topic: &str, users: &[User]) -> Result<u64, StoreError> {
+        self.subscription(UNSUBSCRIBE, topic, users).await
+    }
+
+    async fn subscribers(&self, topic: &str) -> Result<i64, StoreError> {
+        self.reads.subscribers(topic).await
+    }
+
+    async fn publish(&self, publish: Publish) -> Result<TopicFanout, StoreError> {
+        let now = now_millis();
+        let id = new_object_id();
+        let mut tx = self.pool.begin().await?;
+        if !topics::insert_fanout!(tx, &id, &publish, now) {
+            let row = sqlx::query(topics::FANOUT_BY_KEY)
+                .bind(&publish.topic)
+                .bind(publish.template.idempotency_key.as_deref())
+                .fetch_one(&mut *tx)
+                .await?;
+            return Ok(topics::decode_state(&row)?);
+        }
+        let recipients = sqlx::query(topics::FIX_RECIPIENTS)
+            .bind(&id)
+            .bind(&publish.topic)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+        sqlx::query(topics::COUNT_RECIPIENTS)
+            .bind(&id)
+            .bind(recipients)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(TopicFanout {
+            id,
+            topic: publish.topic,
+            recipients,
+            created: 0,
+            suppressed: 0,
+            done: recipients == 0,
+        })
+    }
+
+    async fn fanout(&self, id: &str) -> Result<Option<TopicFanout>, StoreError> {
+        self.reads.fanout(id).await
+    }
+
+    /// The fan-out's row is locked for the batch, skipped by other cores'
+    /// batches meanwhile: each core works on another open fan-out, or on
+    /// this one's next batch once this one commits.
+    async fn fanout_step(&self, limit: u32) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let open = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{} FOR UPDATE SKIP LOCKED",
+            topics::OPEN_FANOUT
+        )))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = open else {
+            return Ok(false);
+        };
+        let open = topics::decode_open(&row)?;
+        let rows = sqlx::query(topics::NEXT_RECIPIENTS)
+            .bind(&open.id)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let recipients: Vec<User> = rows.iter().map(decode_user).collect::<Result<_, _>>()?;
+        let muted = if open.critical || recipients.is_empty() {
+            Vec::new()
+        } else {
+            let keys: Vec<[i64; 2]> = recipients.iter().map(|u| [u.role.code(), u.id]).collect();
+            let keys = serde_json::to_string(&keys).expect("integers serialize");
+            let rows = sqlx::query(READS.muted_among)
+                .bind(&open.template.category)
+                .bind(open.template.channel.code())
+                .bind(keys)
+                .fetch_all(&mut *tx)
+                .await?;
+            rows.iter().map(decode_user).collect::<Result<_, _>>()?
+        };
+        let (creates, skipped) = topics::batch(&open, &recipients, &muted);
+        let mut created = 0;
+        let mut notices = Vec::new();
+        if !creates.is_empty() {
+            let (plan, rows, staged) =
+                stage_creates(&mut tx, &self.fanout, &[creates.as_slice()], now).await?;
+            created = plan
+                .answers(&rows)
+                .iter()
+                .flatten()
+                .filter(|c| c.fresh)
+                .count() as i64;
+            notices = staged;
+        }
+        if let Some(last) = recipients.last() {
+            sqlx::query(topics::TAKE_RECIPIENTS)
+                .bind(&open.id)
+                .bind(last.role.code())
+                .bind(last.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = recipients.len() < limit as usize;
+        sqlx::query(topics::PROGRESS)
+            .bind(&open.id)
+            .bind(created)
+            .bind(skipped)
+            .bind(i64::from(done))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.fanout.after_commit(notices);
+        Ok(true)
     }
 
     async fn schedule(

@@ -13,6 +13,7 @@ use crate::model::{
 };
 use crate::preferences::{self, Rule};
 use crate::scheduled;
+use crate::topics::{self, Fanout};
 
 /// A notification's columns, in the order [`decode`] reads them.
 macro_rules! columns {
@@ -240,6 +241,25 @@ where
                 Ok(decode_all(&rows)?.pop())
             }
         }
+    }
+
+    /// How many users follow the topic.
+    pub(crate) async fn subscribers(&self, topic: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(topics::COUNT_SUBSCRIBERS)
+            .bind(topic)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Where a fan-out stands.
+    pub(crate) async fn fanout(&self, id: &str) -> Result<Option<Fanout>, StoreError> {
+        let rows = sqlx::query(topics::GET_FANOUT)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.first()
+            .map(|row| topics::decode_state(row).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
     }
 
     /// Pending notifications due by `now`, as they are to be created.

@@ -25,12 +25,14 @@ use crate::model::{
     ListQuery, MarkOutcome, NewNotification, Notification, OfflinePage, PageStart, RoomMember,
     Status, UnreadCounts, Update, User, UserState, check_action, now_millis,
 };
+use crate::object_id::new_object_id;
 use crate::preferences::{self, PreferencesRefused, Rule};
 use crate::reads::{
     ARCHIVED_SHELF, GONE_SHELF, INBOX_SHELF, ReadSql, Reads, ViewSql, columns, decode, decode_user,
     presence_entries, read_by_category, read_state, view_pages,
 };
 use crate::scheduled::{self, CancelRefused};
+use crate::topics::{self, Fanout, Publish};
 use crate::{ChangeSink, Store, StoreError};
 
 const COLUMNS: &str = columns!();
@@ -242,6 +244,15 @@ enum WriteOp {
     Cancel {
         id: String,
     },
+    Subscribe {
+        topic: String,
+        users: Vec<User>,
+        subscribe: bool,
+    },
+    Publish(Box<Publish>),
+    FanoutStep {
+        limit: u32,
+    },
     Mark {
         user: User,
         ids: Vec<String>,
@@ -300,6 +311,7 @@ enum Outcome {
     Refreshed(Vec<User>),
     Preferences(Result<Vec<Rule>, PreferencesRefused>),
     Cancelled(Box<Result<Notification, CancelRefused>>),
+    Fanout(Box<Fanout>),
     Counted(u64),
     Done,
 }
@@ -603,6 +615,29 @@ async fn apply(
                         .collect()
                 };
                 outcomes.push(Outcome::Created(created));
+            }
+            WriteOp::Subscribe {
+                topic,
+                users,
+                subscribe,
+            } => {
+                let sql = if *subscribe { SUBSCRIBE } else { UNSUBSCRIBE };
+                let keys: Vec<[i64; 2]> = users.iter().map(|u| [u.role.code(), u.id]).collect();
+                let changed = sqlx::query(sql)
+                    .bind(topic)
+                    .bind(json_array(&keys))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                outcomes.push(Outcome::Counted(changed));
+            }
+            WriteOp::Publish(publish) => {
+                let fanout = publish_in(&mut tx, publish, now).await?;
+                outcomes.push(Outcome::Fanout(Box::new(fanout)));
+            }
+            WriteOp::FanoutStep { limit } => {
+                let worked = fanout_step(&mut tx, *limit, now, &mut changes).await?;
+                outcomes.push(Outcome::Counted(u64::from(worked)));
             }
             WriteOp::Cancel { id } => {
                 let cancelled = match sqlx::query(scheduled::CANCEL)
@@ -944,6 +979,107 @@ const SETTLE_MARK: &str = "UPDATE users SET version = version + 1 \
 const BUMP_VERSIONS: &str = "UPDATE users SET version = version + 1 \
      WHERE (role, id) IN (SELECT value ->> 0, value ->> 1 FROM json_each($1)) \
      RETURNING role, id, unread, version";
+
+/// `$1` topic, `$2` users as `[[role, id], …]`.
+const SUBSCRIBE: &str = "INSERT INTO topic_subscribers (topic, role, user_id) \
+     SELECT $1, value ->> 0, value ->> 1 FROM json_each($2) WHERE true ON CONFLICT DO NOTHING";
+/// `$1` topic, `$2` users as `[[role, id], …]`.
+const UNSUBSCRIBE: &str = "DELETE FROM topic_subscribers WHERE topic = $1 \
+     AND (role, user_id) IN (SELECT value ->> 0, value ->> 1 FROM json_each($2))";
+
+/// Records a publish; see [`Store::publish`].
+async fn publish_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    publish: &Publish,
+    now: i64,
+) -> Result<Fanout, sqlx::Error> {
+    let id = new_object_id();
+    if !topics::insert_fanout!(*tx, &id, publish, now) {
+        let row = sqlx::query(topics::FANOUT_BY_KEY)
+            .bind(&publish.topic)
+            .bind(publish.template.idempotency_key.as_deref())
+            .fetch_one(&mut **tx)
+            .await?;
+        return topics::decode_state(&row);
+    }
+    let recipients = sqlx::query(topics::FIX_RECIPIENTS)
+        .bind(&id)
+        .bind(&publish.topic)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected() as i64;
+    sqlx::query(topics::COUNT_RECIPIENTS)
+        .bind(&id)
+        .bind(recipients)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Fanout {
+        id,
+        topic: publish.topic.clone(),
+        recipients,
+        created: 0,
+        suppressed: 0,
+        done: recipients == 0,
+    })
+}
+
+/// One batch of the oldest open fan-out; see [`Store::fanout_step`].
+async fn fanout_step(
+    tx: &mut Transaction<'_, Sqlite>,
+    limit: u32,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> Result<bool, sqlx::Error> {
+    let Some(row) = sqlx::query(topics::OPEN_FANOUT)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let open = topics::decode_open(&row)?;
+    let rows = sqlx::query(topics::NEXT_RECIPIENTS)
+        .bind(&open.id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut **tx)
+        .await?;
+    let recipients: Vec<User> = rows.iter().map(decode_user).collect::<Result<_, _>>()?;
+    let muted = if open.critical || recipients.is_empty() {
+        Vec::new()
+    } else {
+        let keys: Vec<[i64; 2]> = recipients.iter().map(|u| [u.role.code(), u.id]).collect();
+        let rows = sqlx::query(READS.muted_among)
+            .bind(&open.template.category)
+            .bind(open.template.channel.code())
+            .bind(json_array(&keys))
+            .fetch_all(&mut **tx)
+            .await?;
+        rows.iter().map(decode_user).collect::<Result<_, _>>()?
+    };
+    let (creates, skipped) = topics::batch(&open, &recipients, &muted);
+    let mut created = 0;
+    if !creates.is_empty() {
+        for batch in create_run(tx, &[creates.as_slice()], now, changes).await? {
+            created += batch.iter().filter(|c| c.fresh).count() as i64;
+        }
+    }
+    if let Some(last) = recipients.last() {
+        sqlx::query(topics::TAKE_RECIPIENTS)
+            .bind(&open.id)
+            .bind(last.role.code())
+            .bind(last.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let done = recipients.len() < limit as usize;
+    sqlx::query(topics::PROGRESS)
+        .bind(&open.id)
+        .bind(created)
+        .bind(skipped)
+        .bind(i64::from(done))
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
+}
 
 /// `$1` ids as a JSON array: those still pending leave the table; answers
 /// their ids.
@@ -1302,6 +1438,8 @@ async fn erase(tx: &mut Transaction<'_, Sqlite>, user: User) -> Result<u64, sqlx
         "DELETE FROM presence INDEXED BY presence_user WHERE role = $1 AND user_id = $2",
         preferences::ERASE_MUTED,
         scheduled::ERASE_PENDING,
+        topics::ERASE_SUBSCRIPTIONS,
+        topics::ERASE_FANOUT_RECIPIENT,
         // A change of the user's notifications: streams that hear of a
         // later one read back what is left.
         "UPDATE users SET version = version + 1 WHERE role = $1 AND id = $2",
@@ -1488,10 +1626,30 @@ fn unexpected(outcome: Outcome) -> StoreError {
         Outcome::Refreshed(_) => "refreshed",
         Outcome::Preferences(_) => "preferences",
         Outcome::Cancelled(_) => "cancelled",
+        Outcome::Fanout(_) => "fanout",
         Outcome::Counted(_) => "counted",
         Outcome::Done => "done",
     };
     StoreError::Corrupt(format!("writer answered `{what}` to another request"))
+}
+
+impl SqliteStore {
+    async fn subscription(
+        &self,
+        topic: &str,
+        users: &[User],
+        subscribe: bool,
+    ) -> Result<u64, StoreError> {
+        let op = WriteOp::Subscribe {
+            topic: topic.to_owned(),
+            users: users.to_vec(),
+            subscribe,
+        };
+        match self.write(op).await? {
+            Outcome::Counted(changed) => Ok(changed),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 #[async_trait]
@@ -1705,6 +1863,36 @@ impl Store for SqliteStore {
 
     async fn expire_presence(&self) -> Result<(), StoreError> {
         self.write(WriteOp::ExpirePresence).await.map(drop)
+    }
+
+    async fn subscribe(&self, topic: &str, users: &[User]) -> Result<u64, StoreError> {
+        self.subscription(topic, users, true).await
+    }
+
+    async fn unsubscribe(&self, topic: &str, users: &[User]) -> Result<u64, StoreError> {
+        self.subscription(topic, users, false).await
+    }
+
+    async fn subscribers(&self, topic: &str) -> Result<i64, StoreError> {
+        self.reads.subscribers(topic).await
+    }
+
+    async fn publish(&self, publish: Publish) -> Result<Fanout, StoreError> {
+        match self.write(WriteOp::Publish(Box::new(publish))).await? {
+            Outcome::Fanout(fanout) => Ok(*fanout),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn fanout(&self, id: &str) -> Result<Option<Fanout>, StoreError> {
+        self.reads.fanout(id).await
+    }
+
+    async fn fanout_step(&self, limit: u32) -> Result<bool, StoreError> {
+        match self.write(WriteOp::FanoutStep { limit }).await? {
+            Outcome::Counted(worked) => Ok(worked > 0),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn schedule(

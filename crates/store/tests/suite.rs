@@ -171,7 +171,92 @@ suite!(
     an_action_is_taken_once_and_reads_the_notification,
     preferences_turn_pairs_off_and_on_and_say_who_muted,
     scheduled_ones_wait_unseen_then_take_their_seq_when_sent,
+    a_topic_fans_out_once_to_each_subscriber_in_batches,
 );
+
+async fn a_topic_fans_out_once_to_each_subscriber_in_batches(b: Backend) {
+    let topic = "store:7:followers";
+    let followers: Vec<User> = (1..=1200).map(User::customer).collect();
+    let mut added = 0;
+    for chunk in followers.chunks(1000) {
+        added += b.store.subscribe(topic, chunk).await.unwrap();
+    }
+    assert_eq!(added, 1200);
+    assert_eq!(
+        b.store.subscribe(topic, &followers[..10]).await.unwrap(),
+        0,
+        "already"
+    );
+    let vendor = User::vendor(1);
+    b.store.subscribe(topic, &[vendor]).await.unwrap();
+    assert_eq!(
+        b.store
+            .unsubscribe(topic, &[vendor, User::vendor(2)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(b.store.subscribers(topic).await.unwrap(), 1200);
+    assert_eq!(b.store.subscribers("store:8:followers").await.unwrap(), 0);
+    // One follower had a notification already; one muted the category.
+    b.store.create(vec![new(followers[0], 0)]).await.unwrap();
+    b.store
+        .set_preferences(followers[1], vec![rule("order", Channel::Push, false)])
+        .await
+        .unwrap()
+        .unwrap();
+
+    let publish = notify_store::Publish {
+        topic: topic.into(),
+        template: NewNotification {
+            idempotency_key: Some("sale-2026-12".into()),
+            ..new(vendor, 9)
+        },
+        critical: false,
+    };
+    let fanout = b.store.publish(publish.clone()).await.unwrap();
+    assert_eq!(
+        (fanout.recipients, fanout.created, fanout.done),
+        (1200, 0, false)
+    );
+    // Subscribing later does not add to a fan-out already recorded.
+    b.store
+        .subscribe(topic, &[User::customer(5000)])
+        .await
+        .unwrap();
+    let again = b.store.publish(publish).await.unwrap();
+    assert_eq!(again.id, fanout.id, "the same key answers the same fan-out");
+
+    let mut steps = 0;
+    while b.store.fanout_step(500).await.unwrap() {
+        steps += 1;
+        assert!(steps < 10, "a fan-out ends");
+    }
+    assert_eq!(steps, 3, "500 + 500 + 200");
+    let state = b.store.fanout(&fanout.id).await.unwrap().unwrap();
+    assert_eq!(
+        (state.created, state.suppressed, state.done),
+        (1199, 1, true)
+    );
+    assert_eq!(state.recipients, 1200);
+    for (n, follower) in followers.iter().enumerate().step_by(97) {
+        let counts = b.store.unread_counts(*follower).await.unwrap();
+        let expected = match n {
+            0 => 2,
+            1 => 0,
+            _ => 1,
+        };
+        assert_eq!(counts.unread, expected, "follower {n}");
+    }
+    let first = listed(&b, followers[0], View::All, None).await;
+    assert_eq!(first.len(), 2, "its own seq after the one it had");
+    assert!(
+        listed(&b, User::customer(5000), View::All, None)
+            .await
+            .is_empty()
+    );
+    assert!(b.store.fanout(&new_object_id()).await.unwrap().is_none());
+}
 
 async fn scheduled_ones_wait_unseen_then_take_their_seq_when_sent(b: Backend) {
     let (user, other) = (User::customer(71), User::customer(72));
