@@ -8,6 +8,7 @@
 //! (and charts) into `--out`. It exits non-zero if a notification that the
 //! core acknowledged never reached its socket.
 
+mod audience;
 mod backends;
 mod ceiling;
 mod lifecycle;
@@ -168,6 +169,25 @@ enum Scenario {
         /// Notifications per second in the steady phase.
         #[arg(long, default_value_t = 500)]
         rate: u64,
+    },
+    /// gRPC only: a topic's fan-out to N subscribers (its time, a connected
+    /// subset's wait, ordinary creates beside it at a steady rate against
+    /// the same rate alone), then many scheduled notifications due in the
+    /// same second (how late they go out), on each store.
+    Audience {
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite")]
+        stores: Vec<audience::Store>,
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        subscribers: Vec<u64>,
+        /// Subscribers with a stream open.
+        #[arg(long, default_value_t = 1_000)]
+        streams: u64,
+        /// Ordinary creates per second beside the fan-out.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Scheduled notifications due in the same second.
+        #[arg(long, default_value_t = 1_000)]
+        due: u64,
     },
     /// gRPC only: ListOffline on random users and pages of a large store
     /// (users × per-user notifications), from 1 reader, then 16.
@@ -379,6 +399,37 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
                     scaleout::table(&rows),
                 )],
                 &json!({ "scaleout": rows }),
+            )?;
+            Ok(())
+        }
+        Scenario::Audience {
+            stores,
+            subscribers,
+            streams,
+            rate,
+            due,
+        } => {
+            let plan = audience::Plan {
+                stores,
+                subscribers,
+                streams,
+                rate,
+                due,
+            };
+            let (fanouts, dues) = audience::run(programs, &plan).await?;
+            output.write(
+                "audience",
+                &[
+                    (
+                        format!("a topic's fan-out, {streams} subscribers streaming, {rate} ordinary creates/s beside it"),
+                        audience::fanout_table(&fanouts),
+                    ),
+                    (
+                        format!("{due} scheduled notifications due in the same second"),
+                        audience::due_table(&dues),
+                    ),
+                ],
+                &json!({ "fanouts": fanouts, "due": dues }),
             )?;
             Ok(())
         }

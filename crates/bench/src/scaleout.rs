@@ -186,15 +186,23 @@ async fn received_notices(cores: &[&Core]) -> anyhow::Result<Vec<f64>> {
 }
 
 /// One live stream per user, on the user's core, counting and timing what
-/// arrives.
-struct Receivers {
+/// arrives (since the `sentAt` its content carries).
+pub(crate) struct Receivers {
     tasks: JoinSet<()>,
     received: Arc<AtomicU64>,
-    latency: Recorder,
+    pub(crate) latency: Recorder,
 }
 
 impl Receivers {
     async fn open(cores: &[&Core], users: u64) -> anyhow::Result<Receivers> {
+        Self::open_for(cores, 1..=users).await
+    }
+
+    /// Streams of vendors `ids`, user `u` on core `u % cores`.
+    pub(crate) async fn open_for(
+        cores: &[&Core],
+        ids: impl IntoIterator<Item = u64>,
+    ) -> anyhow::Result<Receivers> {
         let received = Arc::new(AtomicU64::new(0));
         let latency = Recorder::default();
         let ready = Arc::new(AtomicU64::new(0));
@@ -204,7 +212,9 @@ impl Receivers {
         for core in cores {
             clients.push(core.client().await?);
         }
-        for user in 1..=users {
+        let mut users = 0;
+        for user in ids {
+            users += 1;
             let mut client = clients[(user % cores.len() as u64) as usize].clone();
             let (received, latency, ready) = (received.clone(), latency.clone(), ready.clone());
             tasks.spawn(async move {
@@ -251,7 +261,7 @@ impl Receivers {
     }
 
     /// Waits until `total` notifications arrived in all (60 s at most).
-    async fn wait_for(&self, total: u64) -> anyhow::Result<()> {
+    pub(crate) async fn wait_for(&self, total: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.received.load(Ordering::Relaxed) < total {
             if Instant::now() > deadline {
@@ -265,7 +275,7 @@ impl Receivers {
         Ok(())
     }
 
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
