@@ -329,12 +329,9 @@ async fn grpcurl_collapses_updates_and_completes_an_action() {
     assert!(bad.contains("actions[0].url"), "{bad}");
 }
 
-/// Preferences through grpcurl's JSON, on both stores: a pair turned off,
-/// a create of it answered `suppressed` with nothing stored, a critical one
-/// sent anyway, a batch counting what it skipped, and a rule without
-/// `enabled` refused naming it.
-#[tokio::test]
-async fn grpcurl_sets_preferences_and_creates_skip_the_muted() {
+/// A core on SQLite, and one on a fresh PostgreSQL database when there is
+/// a server.
+async fn on_both_stores() -> Vec<CoreProcess> {
     let mut cores = vec![CoreProcess::start()];
     if let Some(admin) = crate::harness::postgres_admin_url() {
         let url = crate::harness::create_database(&admin).await;
@@ -344,6 +341,16 @@ async fn grpcurl_sets_preferences_and_creates_skip_the_muted() {
             tempfile::tempdir().unwrap(),
         ));
     }
+    cores
+}
+
+/// Preferences through grpcurl's JSON, on both stores: a pair turned off,
+/// a create of it answered `suppressed` with nothing stored, a critical one
+/// sent anyway, a batch counting what it skipped, and a rule without
+/// `enabled` refused naming it.
+#[tokio::test]
+async fn grpcurl_sets_preferences_and_creates_skip_the_muted() {
+    let cores = on_both_stores().await;
     for core in &cores {
         let set = call(
             core,
@@ -412,15 +419,7 @@ async fn grpcurl_sets_preferences_and_creates_skip_the_muted() {
 /// left to go out read back SENT with its seq.
 #[tokio::test]
 async fn grpcurl_schedules_cancels_and_sends() {
-    let mut cores = vec![CoreProcess::start()];
-    if let Some(admin) = crate::harness::postgres_admin_url() {
-        let url = crate::harness::create_database(&admin).await;
-        cores.push(CoreProcess::start_on(
-            &url,
-            &[],
-            tempfile::tempdir().unwrap(),
-        ));
-    }
+    let cores = on_both_stores().await;
     for core in &cores {
         let soon = notify_store::format_millis(notify_store::now_millis() + 1_000);
         let body = format!(

@@ -66,6 +66,26 @@ async fn fanout_of(client: &mut Client, id: &str) -> proto::GetFanoutResponse {
 /// so some get theirs before the kill and some after.
 const WATCHED: [i64; 4] = [1, 2, 50_000, SUBSCRIBERS];
 
+/// A stream from seq 0 for each watched subscriber.
+async fn watch(client: &mut Client) -> Vec<tonic::Streaming<proto::UserEvent>> {
+    let mut watchers = Vec::new();
+    for id in WATCHED {
+        let request = StreamUserEventsRequest {
+            customer_id: Some(id),
+            after_seq: Some(0),
+            ..Default::default()
+        };
+        watchers.push(
+            client
+                .stream_user_events(request)
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    watchers
+}
+
 async fn fanout_survives_kill9(mut core: CoreProcess) {
     let mut client = core.client().await;
     subscribe_all(&mut client).await;
@@ -78,20 +98,7 @@ async fn fanout_survives_kill9(mut core: CoreProcess) {
         .into_inner()
         .subscribers;
     assert_eq!(subscribers, SUBSCRIBERS);
-    // A few subscribers with streams open, at both ends of the key order.
-    let mut watchers = Vec::new();
-    for id in WATCHED {
-        let stream = client
-            .stream_user_events(StreamUserEventsRequest {
-                customer_id: Some(id),
-                after_seq: Some(0),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        watchers.push(stream);
-    }
+    let watchers = watch(&mut client).await;
     let published = client
         .publish_to_topic(proto::PublishToTopicRequest {
             topic: TOPIC.into(),
@@ -123,20 +130,7 @@ async fn fanout_survives_kill9(mut core: CoreProcess) {
     drop(watchers);
     core.start_again();
     let mut client = core.client().await;
-    let mut watchers = Vec::new();
-    for id in WATCHED {
-        watchers.push(
-            client
-                .stream_user_events(StreamUserEventsRequest {
-                    customer_id: Some(id),
-                    after_seq: Some(0),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner(),
-        );
-    }
+    let mut watchers = watch(&mut client).await;
     let patience = Instant::now() + Duration::from_secs(300);
     let state = loop {
         let state = fanout_of(&mut client, &published.fanout_id).await;

@@ -411,6 +411,28 @@ export function postgresDatabase() {
 }
 
 /**
+ * Defines a file's tests once per store: `define(store, stack)` for
+ * "sqlite", then "postgres" when there is a server. `stack.core` and
+ * `stack.bridge` (a core on that store and a bridge in front of it) are
+ * set before the first test and stopped after the last.
+ */
+export function eachStore(define) {
+  for (const [store, databaseUrl] of [["sqlite", undefined], ["postgres", postgresDatabase()]]) {
+    if (databaseUrl === null) continue;
+    const stack = {};
+    before(async () => {
+      stack.core = await Core.start([], { databaseUrl });
+      stack.bridge = await Bridge.start(stack.core);
+    });
+    after(async () => {
+      await stack.bridge?.stop();
+      await stack.core?.stop();
+    });
+    define(store, stack);
+  }
+}
+
+/**
  * A core and a bridge for the tests of one file: started before the first
  * test, stopped after the last. `stack.core` and `stack.bridge` are set
  * once started.

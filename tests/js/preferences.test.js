@@ -4,26 +4,15 @@
 // reach the socket, other pairs and `critical` ones still do, and
 // CreateNotifications says how many it skipped. Bad rules get 400 and
 // change nothing.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, connect, events, until, request, token, postgresDatabase } from "./harness.js";
+import { connect, events, until, request, token, eachStore } from "./harness.js";
 
-const STORES = { sqlite: undefined, postgres: postgresDatabase() };
 
-for (const [store, databaseUrl] of Object.entries(STORES)) {
-  if (store === "postgres" && databaseUrl === null) continue;
-  let core;
-  let bridge;
-  before(async () => {
-    core = await Core.start([], { databaseUrl });
-    bridge = await Bridge.start(core);
-  });
-  after(async () => {
-    await bridge?.stop();
-    await core?.stop();
-  });
+eachStore((store, stack) => {
 
   test(`a pair turned off is suppressed, others and critical ones are delivered (${store})`, async () => {
+    const { core, bridge } = stack;
     const customer = 4101;
     const jwt = token({ customer });
     const tab = await connect(bridge, { auth: { token: jwt } });
@@ -81,6 +70,7 @@ for (const [store, databaseUrl] of Object.entries(STORES)) {
   });
 
   test(`bad rules get 400 and change nothing (${store})`, async () => {
+    const { core, bridge } = stack;
     const customer = 4201;
     const socket = await connect(bridge, { auth: { token: token({ customer }) } });
     try {
@@ -114,4 +104,4 @@ for (const [store, databaseUrl] of Object.entries(STORES)) {
       socket.close();
     }
   });
-}
+});

@@ -3,27 +3,16 @@
 // with the next seq when due, can be cancelled while pending and not after,
 // meets the recipient's preferences as they are when it goes out, and one
 // due while the core is down (kill -9) goes out right after it starts.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, connect, events, until, token, postgresDatabase, sleep } from "./harness.js";
+import { connect, events, until, token, sleep, eachStore } from "./harness.js";
 
-const STORES = { sqlite: undefined, postgres: postgresDatabase() };
 const at = (ms) => new Date(Date.now() + ms).toISOString();
 
-for (const [store, databaseUrl] of Object.entries(STORES)) {
-  if (store === "postgres" && databaseUrl === null) continue;
-  let core;
-  let bridge;
-  before(async () => {
-    core = await Core.start([], { databaseUrl });
-    bridge = await Bridge.start(core);
-  });
-  after(async () => {
-    await bridge?.stop();
-    await core?.stop();
-  });
+eachStore((store, stack) => {
 
   test(`pending until sendAt, then live with the next seq; cancelled ones never go (${store})`, async () => {
+    const { core, bridge } = stack;
     const vendor = 5101;
     await core.create({ vendorId: vendor });
     const socket = await connect(bridge, { auth: { token: token({ vendor }) } });
@@ -75,6 +64,7 @@ for (const [store, databaseUrl] of Object.entries(STORES)) {
   });
 
   test(`preferences apply when it goes out, not when it was scheduled (${store})`, async () => {
+    const { core, bridge } = stack;
     const customer = 5201;
     const socket = await connect(bridge, { auth: { token: token({ customer }) } });
     try {
@@ -93,6 +83,7 @@ for (const [store, databaseUrl] of Object.entries(STORES)) {
   });
 
   test(`one due while the core is down (kill -9) goes out right after it starts (${store})`, async () => {
+    const { core, bridge } = stack;
     const vendor = 5301;
     const socket = await connect(bridge, { auth: { token: token({ vendor }) }, reconnection: true });
     try {
@@ -117,4 +108,4 @@ for (const [store, databaseUrl] of Object.entries(STORES)) {
       socket.close();
     }
   });
-}
+});

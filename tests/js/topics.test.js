@@ -4,11 +4,10 @@
 // subscribers live, once each, with their own seqs; muted subscribers are
 // skipped and counted, a critical publish reaches them, the same key
 // answers the same fan-out, and bad input names the field.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Core, Bridge, connect, events, until, token, toStruct, postgresDatabase, sleep } from "./harness.js";
+import { connect, events, until, token, toStruct, sleep, eachStore } from "./harness.js";
 
-const STORES = { sqlite: undefined, postgres: postgresDatabase() };
 const customers = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => ({ customerId: from + i }));
 
 async function finished(core, fanoutId) {
@@ -21,20 +20,10 @@ async function finished(core, fanoutId) {
   }
 }
 
-for (const [store, databaseUrl] of Object.entries(STORES)) {
-  if (store === "postgres" && databaseUrl === null) continue;
-  let core;
-  let bridge;
-  before(async () => {
-    core = await Core.start([], { databaseUrl });
-    bridge = await Bridge.start(core);
-  });
-  after(async () => {
-    await bridge?.stop();
-    await core?.stop();
-  });
+eachStore((store, stack) => {
 
   test(`a publish reaches every subscriber once, live for the connected ones (${store})`, async () => {
+    const { core, bridge } = stack;
     const topic = `store:7:followers:${store}`;
     let added = 0;
     for (let from = 1; from <= 2500; from += 1000) {
@@ -97,6 +86,7 @@ for (const [store, databaseUrl] of Object.entries(STORES)) {
   });
 
   test(`bad topic input names the field (${store})`, async () => {
+    const { core, bridge } = stack;
     const refused = async (method, request, field) => {
       await assert.rejects(core.call(method, request), (e) => e.code === 3 && e.details.startsWith(`${field}:`), `${method} ${field}`);
     };
@@ -115,4 +105,4 @@ for (const [store, databaseUrl] of Object.entries(STORES)) {
     assert.equal(empty.recipients ?? "0", "0");
     assert.equal((await core.call("GetFanout", { fanoutId: empty.fanoutId })).done, true);
   });
-}
+});

@@ -1907,36 +1907,11 @@ impl Store for PgStore {
     async fn fanout_step(&self, limit: u32) -> Result<bool, StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
-        let open = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{} FOR UPDATE SKIP LOCKED",
-            topics::OPEN_FANOUT
-        )))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = open else {
+        let Some((open, recipients, creates, skipped)) =
+            topics::next_batch!(tx, topics::OPEN_FANOUT_LOCKED, READS.muted_among, limit)
+        else {
             return Ok(false);
         };
-        let open = topics::decode_open(&row)?;
-        let rows = sqlx::query(topics::NEXT_RECIPIENTS)
-            .bind(&open.id)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
-        let recipients: Vec<User> = rows.iter().map(decode_user).collect::<Result<_, _>>()?;
-        let muted = if open.critical || recipients.is_empty() {
-            Vec::new()
-        } else {
-            let keys: Vec<[i64; 2]> = recipients.iter().map(|u| [u.role.code(), u.id]).collect();
-            let keys = serde_json::to_string(&keys).expect("integers serialize");
-            let rows = sqlx::query(READS.muted_among)
-                .bind(&open.template.category)
-                .bind(open.template.channel.code())
-                .bind(keys)
-                .fetch_all(&mut *tx)
-                .await?;
-            rows.iter().map(decode_user).collect::<Result<_, _>>()?
-        };
-        let (creates, skipped) = topics::batch(&open, &recipients, &muted);
         let mut created = 0;
         let mut notices = Vec::new();
         if !creates.is_empty() {
@@ -1950,22 +1925,7 @@ impl Store for PgStore {
                 .count() as i64;
             notices = staged;
         }
-        if let Some(last) = recipients.last() {
-            sqlx::query(topics::TAKE_RECIPIENTS)
-                .bind(&open.id)
-                .bind(last.role.code())
-                .bind(last.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let done = recipients.len() < limit as usize;
-        sqlx::query(topics::PROGRESS)
-            .bind(&open.id)
-            .bind(created)
-            .bind(skipped)
-            .bind(i64::from(done))
-            .execute(&mut *tx)
-            .await?;
+        topics::settle_batch!(tx, open, recipients, created, skipped, limit);
         tx.commit().await?;
         self.fanout.after_commit(notices);
         Ok(true)
@@ -2052,31 +2012,11 @@ impl Store for PgStore {
     ) -> Result<Result<Vec<Rule>, PreferencesRefused>, StoreError> {
         let mut tx = self.pool.begin().await?;
         lock_users(&mut tx, &[user]).await?;
-        let current: Vec<(String, i64)> = sqlx::query_as(preferences::LIST_MUTED)
-            .bind(user.role.code())
-            .bind(user.id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let plan = match preferences::plan(current, &rules) {
-            Ok(plan) => plan,
-            Err(refused) => return Ok(Err(refused)),
-        };
-        for (sql, pairs) in [
-            (preferences::MUTE, &plan.mute),
-            (preferences::UNMUTE, &plan.unmute),
-        ] {
-            for (category, channel) in pairs {
-                sqlx::query(sql)
-                    .bind(user.role.code())
-                    .bind(user.id)
-                    .bind(category)
-                    .bind(channel)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+        let set = preferences::apply_in!(tx, user, &rules);
+        if set.is_ok() {
+            tx.commit().await?;
         }
-        tx.commit().await?;
-        Ok(Ok(preferences::rules(plan.after)))
+        Ok(set)
     }
 
     async fn muted(

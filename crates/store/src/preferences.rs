@@ -93,6 +93,40 @@ pub(crate) fn rules(muted: Vec<Muted>) -> Vec<Rule> {
         .collect()
 }
 
+/// In `tx` (a transaction of either store, the user's changes serialized
+/// by it): reads the user's pairs off, plans `rules` over them and writes
+/// the difference. Evaluates to the pairs off after, or the refusal.
+macro_rules! apply_in {
+    ($tx:expr, $user:expr, $rules:expr) => {{
+        let current: Vec<(String, i64)> = sqlx::query_as($crate::preferences::LIST_MUTED)
+            .bind($user.role.code())
+            .bind($user.id)
+            .fetch_all(&mut *$tx)
+            .await?;
+        match $crate::preferences::plan(current, $rules) {
+            Err(refused) => Err(refused),
+            Ok(plan) => {
+                for (sql, pairs) in [
+                    ($crate::preferences::MUTE, &plan.mute),
+                    ($crate::preferences::UNMUTE, &plan.unmute),
+                ] {
+                    for (category, channel) in pairs {
+                        sqlx::query(sql)
+                            .bind($user.role.code())
+                            .bind($user.id)
+                            .bind(category)
+                            .bind(channel)
+                            .execute(&mut *$tx)
+                            .await?;
+                    }
+                }
+                Ok($crate::preferences::rules(plan.after))
+            }
+        }
+    }};
+}
+pub(crate) use apply_in;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -581,7 +581,7 @@ async fn apply(
                 outcomes.push(Outcome::Counted(erase(&mut tx, *user).await?));
             }
             WriteOp::Preferences { user, rules } => {
-                let set = set_preferences(&mut tx, *user, rules).await?;
+                let set = preferences::apply_in!(tx, user, rules);
                 outcomes.push(Outcome::Preferences(set));
             }
             WriteOp::Schedule { batch, send_at } => {
@@ -1030,54 +1030,18 @@ async fn fanout_step(
     now: i64,
     changes: &mut Vec<Change>,
 ) -> Result<bool, sqlx::Error> {
-    let Some(row) = sqlx::query(topics::OPEN_FANOUT)
-        .fetch_optional(&mut **tx)
-        .await?
+    let Some((open, recipients, creates, skipped)) =
+        topics::next_batch!(*tx, topics::OPEN_FANOUT, READS.muted_among, limit)
     else {
         return Ok(false);
     };
-    let open = topics::decode_open(&row)?;
-    let rows = sqlx::query(topics::NEXT_RECIPIENTS)
-        .bind(&open.id)
-        .bind(i64::from(limit))
-        .fetch_all(&mut **tx)
-        .await?;
-    let recipients: Vec<User> = rows.iter().map(decode_user).collect::<Result<_, _>>()?;
-    let muted = if open.critical || recipients.is_empty() {
-        Vec::new()
-    } else {
-        let keys: Vec<[i64; 2]> = recipients.iter().map(|u| [u.role.code(), u.id]).collect();
-        let rows = sqlx::query(READS.muted_among)
-            .bind(&open.template.category)
-            .bind(open.template.channel.code())
-            .bind(json_array(&keys))
-            .fetch_all(&mut **tx)
-            .await?;
-        rows.iter().map(decode_user).collect::<Result<_, _>>()?
-    };
-    let (creates, skipped) = topics::batch(&open, &recipients, &muted);
     let mut created = 0;
     if !creates.is_empty() {
         for batch in create_run(tx, &[creates.as_slice()], now, changes).await? {
             created += batch.iter().filter(|c| c.fresh).count() as i64;
         }
     }
-    if let Some(last) = recipients.last() {
-        sqlx::query(topics::TAKE_RECIPIENTS)
-            .bind(&open.id)
-            .bind(last.role.code())
-            .bind(last.id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    let done = recipients.len() < limit as usize;
-    sqlx::query(topics::PROGRESS)
-        .bind(&open.id)
-        .bind(created)
-        .bind(skipped)
-        .bind(i64::from(done))
-        .execute(&mut **tx)
-        .await?;
+    topics::settle_batch!(*tx, open, recipients, created, skipped, limit);
     Ok(true)
 }
 
@@ -1451,39 +1415,6 @@ async fn erase(tx: &mut Transaction<'_, Sqlite>, user: User) -> Result<u64, sqlx
             .await?;
     }
     Ok(deleted)
-}
-
-/// Applies `rules` to the user's pairs turned off; see
-/// [`Store::set_preferences`].
-async fn set_preferences(
-    tx: &mut Transaction<'_, Sqlite>,
-    user: User,
-    rules: &[Rule],
-) -> Result<Result<Vec<Rule>, PreferencesRefused>, sqlx::Error> {
-    let current: Vec<(String, i64)> = sqlx::query_as(preferences::LIST_MUTED)
-        .bind(user.role.code())
-        .bind(user.id)
-        .fetch_all(&mut **tx)
-        .await?;
-    let plan = match preferences::plan(current, rules) {
-        Ok(plan) => plan,
-        Err(refused) => return Ok(Err(refused)),
-    };
-    for (sql, pairs) in [
-        (preferences::MUTE, &plan.mute),
-        (preferences::UNMUTE, &plan.unmute),
-    ] {
-        for (category, channel) in pairs {
-            sqlx::query(sql)
-                .bind(user.role.code())
-                .bind(user.id)
-                .bind(category)
-                .bind(channel)
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
-    Ok(Ok(preferences::rules(plan.after)))
 }
 
 /// What a change that changed nothing answers.

@@ -82,12 +82,21 @@ pub(crate) const FANOUT_BY_KEY: &str = concat!(
     " WHERE topic = $1 AND idempotency_key = $2"
 );
 
+macro_rules! open_fanout {
+    () => {
+        "SELECT id, type, channel, content, priority, idempotency_key, category, expires_at, \
+         collapse_key, actions, critical FROM fanouts WHERE done = 0 ORDER BY created_at, id LIMIT 1"
+    };
+}
+
 /// The oldest open fan-out's notification: id, type, channel, content,
 /// priority, idempotency_key, category, expires_at, collapse_key, actions,
 /// critical ([`decode_open`]).
-pub(crate) const OPEN_FANOUT: &str = "SELECT id, type, channel, content, priority, \
-     idempotency_key, category, expires_at, collapse_key, actions, critical FROM fanouts \
-     WHERE done = 0 ORDER BY created_at, id LIMIT 1";
+pub(crate) const OPEN_FANOUT: &str = open_fanout!();
+
+/// [`OPEN_FANOUT`] for PostgreSQL: locked for the batch, and skipped by
+/// other cores' batches meanwhile.
+pub(crate) const OPEN_FANOUT_LOCKED: &str = concat!(open_fanout!(), " FOR UPDATE SKIP LOCKED");
 
 /// `$1` fan-out id, `$2` limit: the next recipients to do, in key order.
 pub(crate) const NEXT_RECIPIENTS: &str = "SELECT role, user_id FROM fanout_recipients \
@@ -217,3 +226,66 @@ macro_rules! insert_fanout {
     }};
 }
 pub(crate) use insert_fanout;
+
+/// In `tx`: the oldest open fan-out (read with `open_sql`, [`OPEN_FANOUT`]
+/// or a locking form of it), its next `limit` recipients, and of those the
+/// notifications to create (muted ones skipped, `muted_sql` being the
+/// store's `muted_among`). Evaluates to `None` when no fan-out is open.
+macro_rules! next_batch {
+    ($tx:expr, $open_sql:expr, $muted_sql:expr, $limit:expr) => {{
+        match sqlx::query($open_sql).fetch_optional(&mut *$tx).await? {
+            None => None,
+            Some(row) => {
+                let open = $crate::topics::decode_open(&row)?;
+                let rows = sqlx::query($crate::topics::NEXT_RECIPIENTS)
+                    .bind(&open.id)
+                    .bind(i64::from($limit))
+                    .fetch_all(&mut *$tx)
+                    .await?;
+                let recipients: Vec<User> =
+                    rows.iter().map(decode_user).collect::<Result<_, _>>()?;
+                let muted: Vec<User> = if open.critical || recipients.is_empty() {
+                    Vec::new()
+                } else {
+                    let keys: Vec<[i64; 2]> =
+                        recipients.iter().map(|u| [u.role.code(), u.id]).collect();
+                    let keys = serde_json::to_string(&keys).expect("integers serialize");
+                    let rows = sqlx::query($muted_sql)
+                        .bind(&open.template.category)
+                        .bind(open.template.channel.code())
+                        .bind(keys)
+                        .fetch_all(&mut *$tx)
+                        .await?;
+                    rows.iter().map(decode_user).collect::<Result<_, _>>()?
+                };
+                let (creates, skipped) = $crate::topics::batch(&open, &recipients, &muted);
+                Some((open, recipients, creates, skipped))
+            }
+        }
+    }};
+}
+pub(crate) use next_batch;
+
+/// In `tx`, after the batch's creates: its recipients are done, and the
+/// fan-out's counts (and whether it is over) say so.
+macro_rules! settle_batch {
+    ($tx:expr, $open:expr, $recipients:expr, $created:expr, $skipped:expr, $limit:expr) => {{
+        if let Some(last) = $recipients.last() {
+            sqlx::query($crate::topics::TAKE_RECIPIENTS)
+                .bind(&$open.id)
+                .bind(last.role.code())
+                .bind(last.id)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        let done = $recipients.len() < $limit as usize;
+        sqlx::query($crate::topics::PROGRESS)
+            .bind(&$open.id)
+            .bind($created)
+            .bind($skipped)
+            .bind(i64::from(done))
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+pub(crate) use settle_batch;
