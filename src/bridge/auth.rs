@@ -228,8 +228,13 @@ impl Verifier {
                 Some(provider) => provider.verify(token, &header),
                 None => Err(TokenError::Invalid("algorithm must be HS256")),
             },
+            // Name what this bridge accepts, not what it could.
             _ => Err(TokenError::Invalid(
-                "algorithm must be HS256, RS256, ES256 or EdDSA",
+                match (self.secret.is_some(), self.provider.is_some()) {
+                    (true, false) => "algorithm must be HS256",
+                    (false, true) => "algorithm must be RS256, ES256 or EdDSA",
+                    _ => "algorithm must be HS256, RS256, ES256 or EdDSA",
+                },
             )),
         }
     }

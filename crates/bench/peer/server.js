@@ -474,12 +474,48 @@ async function onCompleteAction(user, payload) {
   return ok(notificationJson(done));
 }
 
+const CHANNELS = ["PUSH", "IN_APP", "EMAIL", "SMS"];
+
+/** The pairs turned off, as the socket spells them. */
+function rulesJson({ rules = [] }) {
+  return { rules: rules.map(({ category, channel, enabled }) => ({ category, channel, enabled: enabled ?? false })) };
+}
+
+async function onGetPreferences(user) {
+  return ok(rulesJson(await callCore("GetPreferences", recipient(user))));
+}
+
+async function onSetPreferences(user, payload) {
+  const { rules } = object(payload);
+  if (!Array.isArray(rules)) throw new ClientError("rules: required, a list of rules");
+  if (rules.length < 1 || rules.length > 100) {
+    throw new ClientError(`rules: must list 1 to 100 rules, got ${rules.length}`);
+  }
+  const checked = rules.map((rule, index) => {
+    const bad = (field, reason) => new ClientError(`rules[${index}].${field}: ${reason}`);
+    if (rule === null || typeof rule !== "object" || Array.isArray(rule)) {
+      throw new ClientError(`rules[${index}]: must be an object, got ${JSON.stringify(rule)}`);
+    }
+    const { category, channel, enabled } = rule;
+    if (category === undefined || category === null) throw bad("category", "required");
+    if (typeof category !== "string") throw bad("category", `must be a string, got ${JSON.stringify(category)}`);
+    if (typeof channel !== "string") throw bad("channel", "required: PUSH, IN_APP, EMAIL or SMS");
+    if (!CHANNELS.includes(channel)) throw bad("channel", `unknown ${JSON.stringify(channel)}; use PUSH, IN_APP, EMAIL or SMS`);
+    if (enabled === undefined || enabled === null) throw bad("enabled", "required: true or false");
+    if (typeof enabled !== "boolean") throw bad("enabled", `must be true or false, got ${JSON.stringify(enabled)}`);
+    return { category, channel, enabled };
+  });
+  return ok(rulesJson(await callCore("SetPreferences", { ...recipient(user), rules: checked })));
+}
+
 const HANDLERS = {
   offlineNotifications: onOfflineNotifications,
   markAsRead: onMarkAsRead,
   markAllAsRead: onMarkAllAsRead,
   archive: onArchive,
   completeAction: onCompleteAction,
+  getPreferences: onGetPreferences,
+  setPreferences: onSetPreferences,
 };
 
 async function onConnection(socket) {
@@ -490,7 +526,7 @@ async function onConnection(socket) {
     answer(socket, ack, () => {
       if (!Object.hasOwn(HANDLERS, event)) {
         const shown = JSON.stringify(String(event).slice(0, 64));
-        throw new ClientError(`unknown event ${shown}: use offlineNotifications, markAsRead, markAllAsRead, archive or completeAction`);
+        throw new ClientError(`unknown event ${shown}: use offlineNotifications, markAsRead, markAllAsRead, archive, completeAction, getPreferences or setPreferences`);
       }
       return HANDLERS[event](user, args[0]);
     });
