@@ -369,9 +369,11 @@ impl SqliteStore {
     }
 }
 
-/// Takes every waiting job, applies them in one transaction, commits once,
-/// then answers each job and publishes the changes in commit order. If the
-/// group fails, each job is retried alone so one bad job cannot sink others.
+/// Takes every waiting job and commits them as one group, then answers
+/// each job and publishes the changes in commit order; background work (a
+/// fan-out's batch, a retention batch) commits as a group of its own after
+/// the calls that waited with it, so a call never waits for a batch it did
+/// not arrive behind.
 async fn write_loop(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<WriteJob>,
@@ -380,50 +382,70 @@ async fn write_loop(
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        let started = Instant::now();
-        let ops: Vec<&WriteOp> = jobs.iter().map(|job| &job.op).collect();
-        let notifications: usize = ops
-            .iter()
-            .map(|op| match op {
-                WriteOp::Create(batch) => batch.len(),
-                _ => 0,
-            })
-            .sum();
-        match apply(&mut conn, &ops).await {
-            Ok((outcomes, changes)) => {
-                metrics::histogram!("notify_commit_seconds").record(started.elapsed());
-                metrics::histogram!("notify_commit_batch_requests").record(jobs.len() as f64);
-                metrics::histogram!("notify_commit_batch_notifications")
-                    .record(notifications as f64);
-                for change in changes {
-                    sink.publish(change);
-                }
-                for (job, outcome) in jobs.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
-                }
+        let (mut background, mut calls): (Vec<WriteJob>, Vec<WriteJob>) =
+            jobs.drain(..).partition(|job| {
+                matches!(
+                    job.op,
+                    WriteOp::FanoutStep { .. } | WriteOp::DeleteOld { .. }
+                )
+            });
+        for group in [&mut calls, &mut background] {
+            if !group.is_empty() {
+                commit_group(&mut conn, group, &sink).await;
             }
-            Err(error) if jobs.len() > 1 => {
-                tracing::warn!(%error, jobs = jobs.len(), "group commit failed; retrying each request alone");
-                for job in jobs.drain(..) {
-                    let result = apply(&mut conn, &[&job.op]).await;
-                    let result = match result {
-                        Ok((mut outcomes, changes)) => {
-                            for change in changes {
-                                sink.publish(change);
-                            }
-                            Ok(outcomes.remove(0))
+        }
+    }
+}
+
+/// Applies `jobs` in one transaction and commits once. If the group fails,
+/// each job is retried alone so one bad job cannot sink others.
+async fn commit_group(
+    conn: &mut SqliteConnection,
+    jobs: &mut Vec<WriteJob>,
+    sink: &Arc<dyn ChangeSink>,
+) {
+    let started = Instant::now();
+    let ops: Vec<&WriteOp> = jobs.iter().map(|job| &job.op).collect();
+    let notifications: usize = ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Create(batch) => batch.len(),
+            _ => 0,
+        })
+        .sum();
+    match apply(conn, &ops).await {
+        Ok((outcomes, changes)) => {
+            metrics::histogram!("notify_commit_seconds").record(started.elapsed());
+            metrics::histogram!("notify_commit_batch_requests").record(jobs.len() as f64);
+            metrics::histogram!("notify_commit_batch_notifications").record(notifications as f64);
+            for change in changes {
+                sink.publish(change);
+            }
+            for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Err(error) if jobs.len() > 1 => {
+            tracing::warn!(%error, jobs = jobs.len(), "group commit failed; retrying each request alone");
+            for job in jobs.drain(..) {
+                let result = apply(conn, &[&job.op]).await;
+                let result = match result {
+                    Ok((mut outcomes, changes)) => {
+                        for change in changes {
+                            sink.publish(change);
                         }
-                        Err(error) => Err(StoreError::from(error)),
-                    };
-                    let _ = job.reply.send(result);
-                }
+                        Ok(outcomes.remove(0))
+                    }
+                    Err(error) => Err(StoreError::from(error)),
+                };
+                let _ = job.reply.send(result);
             }
-            Err(error) => {
-                tracing::warn!(%error, "commit failed");
-                let failure = StoreError::from(error);
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(failure.clone()));
-                }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "commit failed");
+            let failure = StoreError::from(error);
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(failure.clone()));
             }
         }
     }
