@@ -423,6 +423,24 @@ async fn preferences_turn_pairs_off_and_on_and_say_who_muted(b: Backend) {
     // Erasure takes them too.
     b.store.erase_user(c).await.unwrap();
     assert!(b.store.preferences(c).await.unwrap().is_empty());
+    assert!(
+        b.store
+            .muted(&[c], "marketing", Channel::Push)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A store opened again on the same database knows who muted what.
+    if b.url.starts_with("sqlite:") {
+        let again = SqliteStore::open(&b.url, SqliteOptions::default(), b.changes.clone())
+            .await
+            .unwrap();
+        let muted = again
+            .muted(&[a, c], "marketing", Channel::Email)
+            .await
+            .unwrap();
+        assert_eq!(muted, vec![a]);
+    }
 }
 
 async fn seqs_are_gapless_under_concurrency(b: Backend) {
