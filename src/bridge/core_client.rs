@@ -1,9 +1,10 @@
 //! The bridge's connections to the core.
 //!
-//! Every connected user holds one StreamUserEvents call. Calls are spread
-//! over a few HTTP/2 connections, chosen by user, so no single connection's
-//! window or stream limit caps the bridge; the core allows 100,000 streams
-//! per connection. Channels connect lazily and reconnect by themselves.
+//! Every connected user is one follow on the FollowUsers call of its
+//! connection (`link`); users are spread over a few HTTP/2 connections,
+//! chosen by user, so no single connection's window caps the bridge, and
+//! unary calls about a user go on the same one. Channels connect lazily
+//! and reconnect by themselves.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -97,7 +98,17 @@ impl CoreClient {
 
     /// A client on the user's channel.
     pub fn for_user(&self, user: User) -> CoreApi {
-        self.on_channel(user.id.unsigned_abs() as usize ^ user.role.code() as usize)
+        self.on_channel(self.channel_of(user))
+    }
+
+    /// The index of the user's channel (modulo their number).
+    pub fn channel_of(&self, user: User) -> usize {
+        user.id.unsigned_abs() as usize ^ user.role.code() as usize
+    }
+
+    /// How many channels there are.
+    pub fn connections(&self) -> usize {
+        self.channels.len()
     }
 
     /// A client on the next channel in turn, for calls about many users.
@@ -106,7 +117,7 @@ impl CoreClient {
     }
 
     /// A client on channel `index` (modulo their number).
-    fn on_channel(&self, index: usize) -> CoreApi {
+    pub fn on_channel(&self, index: usize) -> CoreApi {
         NotificationServiceClient::with_interceptor(
             self.channels[index % self.channels.len()].clone(),
             self.token.clone(),

@@ -49,7 +49,6 @@ use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::Streaming;
 
 use super::Bridge;
 use super::auth::Identity;
@@ -69,6 +68,10 @@ pub(super) enum Message {
     Join(SocketRef, Identity),
     /// The socket is gone.
     Leave(Sid),
+    /// An event of the feed's follow with this id (see `link`).
+    Core(u64, Box<proto::UserEvent>),
+    /// The follow with this id ended: the core ended it, or the call failed.
+    Ended(u64, tonic::Status),
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -171,29 +174,19 @@ struct Resume {
     version: i64,
 }
 
-type Opening =
-    Pin<Box<dyn Future<Output = Result<Streaming<proto::UserEvent>, tonic::Status>> + Send>>;
-
-/// The feed's stream to the core.
+/// The feed's stream to the core: a follow on its connection's call.
 enum Link {
     /// No socket: no stream.
     Idle,
     /// Down; the next attempt at this time.
     Waiting(Instant),
-    /// Waiting for the core to answer.
-    Opening(Opening),
-    /// Open; `synced` once its first state arrived (the core caught it up).
-    Open {
-        stream: Box<Streaming<proto::UserEvent>>,
+    /// Following as `id`; `synced` once its first state arrived (the core
+    /// caught it up), which must happen by `deadline`.
+    Following {
+        id: u64,
         synced: bool,
+        deadline: Instant,
     },
-}
-
-/// What the link did (boxed: a stream and an event are large, and this is
-/// moved on every step).
-enum LinkStep {
-    Opened(Result<Box<Streaming<proto::UserEvent>>, tonic::Status>),
-    Event(Result<Option<Box<proto::UserEvent>>, tonic::Status>),
 }
 
 /// The first page of the unread inbox and the counts by category, read
@@ -210,6 +203,9 @@ struct InboxRead {
 pub(super) struct Feed {
     bridge: Arc<Bridge>,
     user: User,
+    /// The feed's own mailbox, for its follows' events (weakly held by the
+    /// link, so the feed still ends when its sockets' senders are gone).
+    mailbox: mpsc::WeakUnboundedSender<Message>,
     members: Vec<Member>,
     link: Link,
     backoff: Duration,
@@ -233,6 +229,7 @@ impl Feed {
         let feed = Feed {
             bridge,
             user,
+            mailbox: mailbox.downgrade(),
             members: Vec::new(),
             link: Link::Idle,
             backoff: BACKOFF_START,
@@ -258,19 +255,21 @@ impl Feed {
                 message = messages.recv() => match message {
                     Some(Message::Join(socket, identity)) => self.join(socket, identity),
                     Some(Message::Leave(sid)) => self.leave(sid),
+                    Some(Message::Core(id, event)) => self.on_event(id, *event),
+                    Some(Message::Ended(id, status)) => self.ended(id, status),
                     None => break,
                 },
                 _ = shutdown.cancelled() => break,
-                step = link_step(&mut self.link) => match step {
-                    LinkStep::Opened(opened) => self.opened(opened),
-                    LinkStep::Event(event) => self.on_event(event),
-                },
                 read = inbox_step(&mut self.inbox) => self.inbox_read(read),
-                _ = tokio::time::sleep_until(wake) => self.expire_tokens(),
+                _ = tokio::time::sleep_until(wake) => {
+                    self.expire_tokens();
+                    self.check_opening();
+                }
             }
         }
         metrics::gauge!("notify_bridge_sockets").decrement(self.members.len() as f64);
         if !matches!(self.link, Link::Idle) {
+            self.unfollow();
             metrics::gauge!("notify_bridge_users").decrement(1.0);
         }
     }
@@ -286,14 +285,11 @@ impl Feed {
             return;
         }
         match self.link {
-            Link::Idle => {
-                metrics::gauge!("notify_bridge_users").increment(1.0);
-                self.link = Link::Opening(self.open_stream());
-            }
-            Link::Waiting(at) if at <= now => self.link = Link::Opening(self.open_stream()),
+            Link::Idle => self.follow(),
+            Link::Waiting(at) if at <= now => self.follow(),
             _ => {}
         }
-        let synced = matches!(self.link, Link::Open { synced: true, .. });
+        let synced = matches!(self.link, Link::Following { synced: true, .. });
         if synced
             && self.inbox.is_none()
             && self.inbox_retry.is_none_or(|at| at <= now)
@@ -306,6 +302,7 @@ impl Feed {
     /// The last socket left: the stream closes (the core counts the user
     /// offline), and what the sockets were told is forgotten with them.
     fn go_idle(&mut self) {
+        self.unfollow();
         self.link = Link::Idle;
         self.backoff = BACKOFF_START;
         self.outage = false;
@@ -321,8 +318,14 @@ impl Feed {
 
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(3600);
-        if let Link::Waiting(at) = self.link {
-            wake = wake.min(at);
+        match self.link {
+            Link::Waiting(at)
+            | Link::Following {
+                synced: false,
+                deadline: at,
+                ..
+            } => wake = wake.min(at),
+            _ => {}
         }
         if let Some(at) = self.inbox_retry {
             wake = wake.min(at);
@@ -383,8 +386,12 @@ impl Feed {
         }
     }
 
-    fn open_stream(&self) -> Opening {
-        let mut client = self.bridge.core.for_user(self.user);
+    /// Follows the user on the core (its events come through the mailbox).
+    fn follow(&mut self) {
+        let Some(mailbox) = self.mailbox.upgrade() else {
+            // The feed is ending: its sockets' senders are gone.
+            return;
+        };
         let resume = self.resume.clone();
         let request = proto::StreamUserEventsRequest {
             vendor_id: self.user.vendor_id(),
@@ -401,33 +408,53 @@ impl Feed {
             presence: true,
             sync: true,
         };
-        Box::pin(async move {
-            match tokio::time::timeout(CALL_TIMEOUT, client.stream_user_events(request)).await {
-                Ok(opened) => opened.map(tonic::Response::into_inner),
-                Err(_) => Err(tonic::Status::unavailable(
-                    "the core did not answer in time",
-                )),
-            }
-        })
+        let id = self.bridge.links.follow(self.user, request, &mailbox);
+        if matches!(self.link, Link::Idle) {
+            metrics::gauge!("notify_bridge_users").increment(1.0);
+        }
+        self.link = Link::Following {
+            id,
+            synced: false,
+            deadline: Instant::now() + CALL_TIMEOUT,
+        };
     }
 
-    fn opened(&mut self, opened: Result<Box<Streaming<proto::UserEvent>>, tonic::Status>) {
-        match opened {
-            Ok(stream) => {
-                self.link = Link::Open {
-                    stream,
-                    synced: false,
-                }
-            }
-            Err(status) => self.link_lost(status),
+    /// Stops the follow, if there is one.
+    fn unfollow(&mut self) {
+        if let Link::Following { id, .. } = self.link {
+            self.bridge.links.unfollow(self.user, id);
         }
     }
 
-    fn on_event(&mut self, event: Result<Option<Box<proto::UserEvent>>, tonic::Status>) {
-        match event {
-            Ok(Some(event)) => self.pass_on(*event),
-            Ok(None) => self.link_lost(tonic::Status::unavailable("the core ended the stream")),
-            Err(status) => self.link_lost(status),
+    /// A follow the core has not caught up by its deadline is given up.
+    fn check_opening(&mut self) {
+        if let Link::Following {
+            synced: false,
+            deadline,
+            ..
+        } = self.link
+            && deadline <= Instant::now()
+        {
+            self.unfollow();
+            self.link_lost(tonic::Status::unavailable(
+                "the core did not answer in time",
+            ));
+        }
+    }
+
+    fn current(&self, id: u64) -> bool {
+        matches!(self.link, Link::Following { id: current, .. } if current == id)
+    }
+
+    fn on_event(&mut self, id: u64, event: proto::UserEvent) {
+        if self.current(id) {
+            self.pass_on(event);
+        }
+    }
+
+    fn ended(&mut self, id: u64, status: tonic::Status) {
+        if self.current(id) {
+            self.link_lost(status);
         }
     }
 
@@ -512,7 +539,7 @@ impl Feed {
             last_id: state.last_id,
             version: state.version,
         });
-        if let Link::Open { synced, .. } = &mut self.link {
+        if let Link::Following { synced, .. } = &mut self.link {
             *synced = true;
         }
         self.backoff = BACKOFF_START;
@@ -686,16 +713,6 @@ impl Feed {
     fn retry_inbox(&mut self) {
         self.inbox_retry = Some(Instant::now() + jitter(self.inbox_backoff));
         self.inbox_backoff = doubled(self.inbox_backoff);
-    }
-}
-
-async fn link_step(link: &mut Link) -> LinkStep {
-    match link {
-        Link::Opening(opening) => LinkStep::Opened(opening.await.map(Box::new)),
-        Link::Open { stream, .. } => {
-            LinkStep::Event(stream.message().await.map(|e| e.map(Box::new)))
-        }
-        Link::Idle | Link::Waiting(_) => std::future::pending().await,
     }
 }
 

@@ -14,6 +14,7 @@
 //! - `core_client`: the connections to the core, and its health for `/readyz`.
 //! - `feed`: one task per connected user: their core stream and their
 //!   sockets, each socket's life an explicit state machine.
+//! - `link`: the few FollowUsers calls that carry every user's stream.
 //! - `receipts`: acks become DELIVERED marks, batched; flushed at shutdown.
 //! - `page`: the embedded inbox page served at `/`.
 //! - `limits`: what a person can set (sockets and requests per user,
@@ -36,6 +37,7 @@ mod events;
 mod feed;
 mod handshake;
 pub mod limits;
+mod link;
 mod origin;
 mod page;
 mod paging;
@@ -63,6 +65,7 @@ use auth::Verifier;
 use core_client::CoreClient;
 use handshake::Handshakes;
 use limits::Limits;
+use link::Links;
 use receipts::Receipts;
 
 /// The Socket.IO namespace of the contract.
@@ -104,6 +107,7 @@ pub struct BridgeConfig {
 pub struct Bridge {
     jwt: Arc<Verifier>,
     core: CoreClient,
+    links: Links,
     feeds: Arc<Feeds>,
     receipts: Receipts,
     shutdown: CancellationToken,
@@ -127,6 +131,7 @@ pub async fn run(
     let bridge = Arc::new(Bridge {
         jwt: config.jwt.clone(),
         core: core.clone(),
+        links: Links::start(&core, &token),
         feeds: Arc::default(),
         receipts: Receipts::start(core.clone()),
         shutdown: token.clone(),

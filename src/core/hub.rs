@@ -102,8 +102,87 @@ pub struct PresenceChange {
 
 struct Subscriber {
     id: u64,
-    queue: mpsc::Sender<HubEvent>,
-    lagged: Arc<Notify>,
+    sink: Sink,
+}
+
+/// Where a stream's events go.
+enum Sink {
+    /// A queue of its own (a StreamUserEvents call).
+    Own {
+        queue: mpsc::Sender<HubEvent>,
+        lagged: Arc<Notify>,
+    },
+    /// The queue shared by the follows of one FollowUsers call, tagged
+    /// with the follow's id.
+    Shared {
+        follow: u64,
+        inbox: Arc<FollowInbox>,
+    },
+}
+
+impl Sink {
+    /// Queues `event`, or flags the stream as lagging when it cannot.
+    fn offer(&self, event: &HubEvent) {
+        let queued = match self {
+            Sink::Own { queue, .. } => queue.try_send(event.clone()).is_ok(),
+            Sink::Shared { follow, inbox } => {
+                inbox.queue.try_send((*follow, event.clone())).is_ok()
+            }
+        };
+        if !queued {
+            metrics::counter!("notify_stream_lagged_total").increment(1);
+            self.lag();
+        }
+    }
+
+    /// Makes the stream catch up from the store.
+    fn lag(&self) {
+        match self {
+            Sink::Own { lagged, .. } => lagged.notify_one(),
+            Sink::Shared { follow, inbox } => inbox.lag(*follow),
+        }
+    }
+}
+
+/// Events queued for the follows of one FollowUsers call: one bounded
+/// queue for all of them, and the follows that missed an event because it
+/// was full (each then catches up from the store, as a lagging stream does).
+pub struct FollowInbox {
+    queue: mpsc::Sender<(u64, HubEvent)>,
+    lagged: Mutex<Vec<u64>>,
+    /// Woken when a follow is added to `lagged`.
+    pub wake: Notify,
+}
+
+impl FollowInbox {
+    /// An inbox holding up to `capacity` events, and its receiving end.
+    pub fn new(capacity: usize) -> (Arc<FollowInbox>, mpsc::Receiver<(u64, HubEvent)>) {
+        let (queue, events) = mpsc::channel(capacity);
+        let inbox = FollowInbox {
+            queue,
+            lagged: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+        };
+        (Arc::new(inbox), events)
+    }
+
+    fn lag(&self, follow: u64) {
+        self.lagged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(follow);
+        self.wake.notify_one();
+    }
+
+    /// The follows flagged since the last call (possibly repeated).
+    pub fn take_lagged(&self) -> Vec<u64> {
+        std::mem::take(
+            &mut *self
+                .lagged
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
 }
 
 /// The fan-out. Shared as `Arc<Hub>`; the store publishes into it.
@@ -121,17 +200,23 @@ pub struct Hub {
     interest: Option<mpsc::UnboundedSender<Interest>>,
 }
 
-/// One stream's end of the hub; unsubscribes when dropped.
-pub struct Subscription {
+/// A stream's place in the hub; unsubscribes when dropped.
+pub struct Registration {
     hub: Arc<Hub>,
     user: User,
     id: u64,
+    /// Answered when the bus brings the user's changes here.
+    registered: Option<oneshot::Receiver<()>>,
+}
+
+/// One StreamUserEvents stream's end of the hub; unsubscribes when dropped.
+pub struct Subscription {
+    /// Its place in the hub.
+    pub registration: Registration,
     /// Events in publish order.
     pub events: mpsc::Receiver<HubEvent>,
     /// Woken when an event was dropped because `events` was full.
     pub lagged: Arc<Notify>,
-    /// Answered when the bus brings the user's changes here.
-    registered: Option<oneshot::Receiver<()>>,
 }
 
 impl Hub {
@@ -166,7 +251,7 @@ impl Hub {
     pub fn resync_all(&self) {
         for streams in self.lock().values() {
             for stream in streams {
-                stream.lagged.notify_one();
+                stream.sink.lag();
             }
         }
     }
@@ -177,11 +262,34 @@ impl Hub {
     }
 
     /// Starts receiving the user's events. Register before reading the
-    /// store (and, with a bus, await [`Subscription::registered`]), so
+    /// store (and, with a bus, await [`Registration::registered`]), so
     /// nothing committed afterwards can be missed.
     pub fn subscribe(self: &Arc<Self>, user: User) -> Subscription {
         let (queue, events) = mpsc::channel(STREAM_QUEUE);
         let lagged = Arc::new(Notify::new());
+        let sink = Sink::Own {
+            queue,
+            lagged: lagged.clone(),
+        };
+        Subscription {
+            registration: self.register(user, sink),
+            events,
+            lagged,
+        }
+    }
+
+    /// [`Hub::subscribe`] for one follow of a FollowUsers call: its events
+    /// go to the call's `inbox`, tagged with `follow`.
+    pub fn follow(
+        self: &Arc<Self>,
+        user: User,
+        follow: u64,
+        inbox: Arc<FollowInbox>,
+    ) -> Registration {
+        self.register(user, Sink::Shared { follow, inbox })
+    }
+
+    fn register(self: &Arc<Self>, user: User, sink: Sink) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut registered = None;
         {
@@ -190,11 +298,7 @@ impl Hub {
             if streams.is_empty() {
                 self.tell_bus(Interest::Watch(user));
             }
-            streams.push(Subscriber {
-                id,
-                queue,
-                lagged: lagged.clone(),
-            });
+            streams.push(Subscriber { id, sink });
             if self.interest.is_some() {
                 // Every stream waits, not only the first: the first's
                 // `Watch` may still be on its way.
@@ -203,12 +307,10 @@ impl Hub {
                 registered = Some(answered);
             }
         }
-        Subscription {
+        Registration {
             hub: self.clone(),
             user,
             id,
-            events,
-            lagged,
             registered,
         }
     }
@@ -220,10 +322,7 @@ impl Hub {
             return;
         };
         for stream in streams {
-            if stream.queue.try_send(event.clone()).is_err() {
-                metrics::counter!("notify_stream_lagged_total").increment(1);
-                stream.lagged.notify_one();
-            }
+            stream.sink.offer(&event);
         }
     }
 
@@ -283,24 +382,34 @@ impl ChangeSink for Hub {
     }
 }
 
-impl Subscription {
+impl Registration {
     /// Waits (at most [`BUS_PATIENCE`]) until the bus brings the user's
     /// changes here; at once without a bus.
     pub async fn registered(&mut self) {
-        let Some(registered) = self.registered.take() else {
-            return;
-        };
-        if tokio::time::timeout(BUS_PATIENCE, registered)
-            .await
-            .is_err()
-        {
-            metrics::counter!("notify_bus_registration_timeouts_total").increment(1);
-            tracing::warn!(user = %self.user, "the bus did not confirm this user's subscription in time; relying on its reconnect");
+        if let Some(registered) = self.take_barrier() {
+            wait_registered(registered, self.user).await;
         }
+    }
+
+    /// What [`Registration::registered`] waits on, for a task to wait on
+    /// while the registration stays with its owner.
+    pub fn take_barrier(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.registered.take()
     }
 }
 
-impl Drop for Subscription {
+/// Waits (at most [`BUS_PATIENCE`]) for the bus's answer to a registration.
+pub async fn wait_registered(registered: oneshot::Receiver<()>, user: User) {
+    if tokio::time::timeout(BUS_PATIENCE, registered)
+        .await
+        .is_err()
+    {
+        metrics::counter!("notify_bus_registration_timeouts_total").increment(1);
+        tracing::warn!(%user, "the bus did not confirm this user's subscription in time; relying on its reconnect");
+    }
+}
+
+impl Drop for Registration {
     fn drop(&mut self) {
         let mut subscribers = self.hub.lock();
         if let Some(streams) = subscribers.get_mut(&self.user) {

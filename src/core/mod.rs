@@ -8,6 +8,8 @@
 //! - `service`: the gRPC adapter: command → verb → proto, and the one
 //!   mapping of core errors to status codes; the api token.
 //! - `stream`: one user's event stream, catch-up then live, as domain events.
+//! - `follow`: many users' streams on one FollowUsers call (a bridge's), one
+//!   task and a map entry per user.
 //! - `hub`: in-process fan-out of committed changes to open streams.
 //! - `bus`: fan-out between cores over NATS, when `--bus` names one.
 //! - `presence`: who is online here, and telling room peers.
@@ -16,6 +18,7 @@
 pub mod bus;
 pub mod command;
 pub mod error;
+pub mod follow;
 pub mod hub;
 pub mod notifications;
 pub mod presence;

@@ -337,6 +337,19 @@ impl Notifications {
         stream::open(self.clone(), command).await
     }
 
+    /// Starts a FollowUsers call: many users' streams, each as
+    /// [`Notifications::open_stream`] would open it, on one queue of
+    /// tagged events (see `follow`).
+    pub fn follow_users(
+        self: &Arc<Self>,
+        commands: mpsc::Receiver<super::follow::FollowCommand>,
+    ) -> Result<mpsc::Receiver<super::stream::Followed>, CoreError> {
+        if self.shutdown.is_cancelled() {
+            return Err(notify_store::StoreError::Closed.into());
+        }
+        Ok(super::follow::start(self.clone(), commands))
+    }
+
     /// Adds the user to the room (no-op if already there).
     pub async fn join_room(&self, command: Membership) -> Result<(), CoreError> {
         Ok(self.store.join_room(&command.room, command.user).await?)

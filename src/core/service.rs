@@ -17,8 +17,9 @@ use super::command::{
     SetPreferences, Subscription,
 };
 use super::error::CoreError;
+use super::follow::FollowCommand;
 use super::notifications::{Notifications, Sent};
-use super::stream::{Event, StreamEvent, StreamState};
+use super::stream::{Event, Followed, StreamEvent, StreamState};
 use crate::contract::convert;
 use crate::contract::proto::{self, notification_service_server::NotificationService};
 use crate::contract::validate::{self, FieldError};
@@ -356,6 +357,30 @@ impl NotificationService for Api {
         Ok(Response::new(Box::pin(events)))
     }
 
+    type FollowUsersStream = FollowStream;
+
+    async fn follow_users(
+        &self,
+        request: Request<tonic::Streaming<proto::FollowRequest>>,
+    ) -> Reply<Self::FollowUsersStream> {
+        let mut inbound = request.into_inner();
+        let (commands, receiver) = tokio::sync::mpsc::channel(256);
+        let events = self.core.follow_users(receiver).map_err(status)?;
+        tokio::spawn(async move {
+            // Ends when the caller closes its side (its follows go on) or
+            // the call is gone.
+            while let Ok(Some(request)) = inbound.message().await {
+                let Some(command) = follow_command(request) else {
+                    continue;
+                };
+                if commands.send(command).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(Batches { events })))
+    }
+
     async fn join_room(&self, request: Request<proto::RoomRequest>) -> Reply<proto::RoomResponse> {
         let _timer = Timer::start("JoinRoom");
         let membership: Membership = command(request.get_ref())?;
@@ -391,6 +416,79 @@ impl NotificationService for Api {
                 })
                 .collect(),
         }))
+    }
+}
+
+/// The FollowUsers reply stream.
+pub type FollowStream = Pin<Box<dyn Stream<Item = Result<proto::FollowedEvents, Status>> + Send>>;
+
+/// One FollowUsers request as the core's command; `None` for a message
+/// that says nothing (no command set).
+fn follow_command(request: proto::FollowRequest) -> Option<FollowCommand> {
+    use proto::follow_request::Command;
+    match request.command? {
+        Command::Follow(follow) => {
+            let open = match &follow.stream {
+                Some(stream) => OpenStream::try_from(stream),
+                None => Err(FieldError::new("stream", "is required")),
+            };
+            Some(FollowCommand::Follow(follow.id, open))
+        }
+        Command::Unfollow(id) => Some(FollowCommand::Unfollow(id)),
+    }
+}
+
+/// Most events in one FollowedEvents message.
+const EVENTS_PER_MESSAGE: usize = 256;
+
+/// The events of a FollowUsers call, as many to a message as are ready
+/// (up to [`EVENTS_PER_MESSAGE`]): one message, one frame and one write for
+/// a burst instead of one per event.
+struct Batches {
+    events: tokio::sync::mpsc::Receiver<Followed>,
+}
+
+impl Stream for Batches {
+    type Item = Result<proto::FollowedEvents, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let first = match self.events.poll_recv(cx) {
+            std::task::Poll::Ready(Some(first)) => first,
+            std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        };
+        let mut events = vec![followed_event(first)];
+        while events.len() < EVENTS_PER_MESSAGE {
+            match self.events.try_recv() {
+                Ok(next) => events.push(followed_event(next)),
+                Err(_) => break,
+            }
+        }
+        std::task::Poll::Ready(Some(Ok(proto::FollowedEvents { events })))
+    }
+}
+
+fn followed_event((id, item): Followed) -> proto::FollowedEvent {
+    match item {
+        Ok(event) => proto::FollowedEvent {
+            id,
+            event: Some(user_event(event)),
+            ended: None,
+        },
+        Err(error) => {
+            let status = status(error);
+            proto::FollowedEvent {
+                id,
+                event: None,
+                ended: Some(proto::FollowEnded {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }),
+            }
+        }
     }
 }
 

@@ -122,7 +122,7 @@ pub(super) async fn open(
     // live-only stream misses nothing committed once it has answered.
     let start = core.store.user_state(request.user).await?;
     let mut subscription = core.hub.subscribe(request.user);
-    subscription.registered().await;
+    subscription.registration.registered().await;
     let (out, receiver) = mpsc::channel(OUTBOUND_QUEUE);
     tokio::spawn(async move {
         metrics::gauge!("notify_open_streams").increment(1.0);
@@ -131,7 +131,7 @@ pub(super) async fn open(
         if presence {
             core.presence.connect(user);
         }
-        let outcome = Stream::new(&core, request, &out)
+        let outcome = Stream::new(core.clone(), request, Out::Call(out.clone()))
             .run(start, subscription)
             .await;
         if presence {
@@ -149,13 +149,45 @@ pub(super) async fn open(
     Ok(receiver)
 }
 
+/// One event of a follow, tagged with the follow's id (see `follow`).
+pub(super) type Followed = (u64, Result<StreamEvent, CoreError>);
+
+/// Where a stream's events go.
+pub(super) enum Out {
+    /// A StreamUserEvents call of its own.
+    Call(Outbound),
+    /// The queue of a FollowUsers call, shared by its follows.
+    Follow {
+        /// The follow's id on that call.
+        id: u64,
+        queue: mpsc::Sender<Followed>,
+    },
+}
+
+impl Out {
+    async fn send(&self, event: StreamEvent) -> Step {
+        let sent = match self {
+            Out::Call(queue) => queue.send(Ok(event)).await.is_ok(),
+            Out::Follow { id, queue } => queue.send((*id, Ok(event))).await.is_ok(),
+        };
+        if sent { Ok(()) } else { Err(Stop::ClientGone) }
+    }
+
+    async fn closed(&self) {
+        match self {
+            Out::Call(queue) => queue.closed().await,
+            Out::Follow { queue, .. } => queue.closed().await,
+        }
+    }
+}
+
 /// Why the stream stopped early: the client left (not an error) or the store failed.
-enum Stop {
+pub(super) enum Stop {
     ClientGone,
     Failed(StoreError),
 }
 
-type Step = Result<(), Stop>;
+pub(super) type Step = Result<(), Stop>;
 
 impl From<StoreError> for Stop {
     fn from(error: StoreError) -> Stop {
@@ -163,11 +195,12 @@ impl From<StoreError> for Stop {
     }
 }
 
-/// One stream and what its reader has been told.
-struct Stream<'a> {
-    core: &'a Notifications,
+/// One stream and what its reader has been told. It owns all it needs, so
+/// a follow's stream can move to a task of its own for a catch-up and back.
+pub(super) struct Stream {
+    core: Arc<Notifications>,
     request: OpenStream,
-    out: &'a Outbound,
+    out: Out,
     /// The highest seq the reader has, and that notification's id if known.
     last_seq: i64,
     last_id: Option<String>,
@@ -181,8 +214,8 @@ struct Stream<'a> {
     counted: Option<UnreadCount>,
 }
 
-impl<'a> Stream<'a> {
-    fn new(core: &'a Notifications, request: OpenStream, out: &'a Outbound) -> Stream<'a> {
+impl Stream {
+    pub(super) fn new(core: Arc<Notifications>, request: OpenStream, out: Out) -> Stream {
         Stream {
             core,
             request,
@@ -196,11 +229,11 @@ impl<'a> Stream<'a> {
         }
     }
 
-    fn store(&self) -> &'a dyn Store {
+    fn store(&self) -> &dyn Store {
         self.core.store.as_ref()
     }
 
-    fn user(&self) -> User {
+    pub(super) fn user(&self) -> User {
         self.request.user
     }
 
@@ -210,17 +243,7 @@ impl<'a> Stream<'a> {
         mut subscription: Subscription,
     ) -> Result<(), StoreError> {
         let result = async {
-            let reset = !self.resume_fits(&start).await?;
-            let from = match (reset, self.request.after_seq, self.request.after_version) {
-                (false, Some(seq), Some(version)) => (seq, version),
-                (false, Some(seq), None) => (seq, start.version),
-                _ => (start.last_seq, start.version),
-            };
-            (self.last_seq, self.version) = from;
-            let online = self.store().online_peers(self.user()).await?;
-            self.peers.start(&online);
-            self.catch_up().await?;
-            self.send_state(reset, &online).await?;
+            self.begin(start).await?;
             loop {
                 tokio::select! {
                     _ = self.out.closed() => return Err(Stop::ClientGone),
@@ -237,6 +260,44 @@ impl<'a> Stream<'a> {
         match result {
             Ok(()) | Err(Stop::ClientGone) => Ok(()),
             Err(Stop::Failed(error)) => Err(error),
+        }
+    }
+
+    /// A follow's opening: the counters now, then [`Self::begin`]. (Its
+    /// hub registration came first; what commits in between is in both the
+    /// counters and its queue, and the queue's copy is skipped by version.)
+    pub(super) async fn open_follow(&mut self) -> Step {
+        let start = self.store().user_state(self.user()).await?;
+        self.begin(start).await
+    }
+
+    /// Positions the stream where the reader stands (or, for a resume that
+    /// does not fit, where the database does), catches it up, and sends the
+    /// state to readers that asked for it.
+    async fn begin(&mut self, start: UserState) -> Step {
+        let reset = !self.resume_fits(&start).await?;
+        let from = match (reset, self.request.after_seq, self.request.after_version) {
+            (false, Some(seq), Some(version)) => (seq, version),
+            (false, Some(seq), None) => (seq, start.version),
+            _ => (start.last_seq, start.version),
+        };
+        (self.last_seq, self.version) = from;
+        let online = self.store().online_peers(self.user()).await?;
+        self.peers.start(&online);
+        self.catch_up().await?;
+        self.send_state(reset, &online).await
+    }
+
+    /// Whether `event` shows that changes were missed, so that
+    /// [`Self::live`] would read the store: a follow does that in a task of
+    /// its own, so the other follows of its call do not wait.
+    pub(super) fn gap_before(&self, event: &HubEvent) -> bool {
+        match event {
+            HubEvent::Created { version, .. } | HubEvent::Updated { version, .. } => {
+                !self.next_in_line(*version) && *version > self.version
+            }
+            HubEvent::HighWater { version } => *version > self.version,
+            HubEvent::PeerOnline { .. } | HubEvent::PeerOffline { .. } => false,
         }
     }
 
@@ -333,7 +394,7 @@ impl<'a> Stream<'a> {
     /// [`Self::catch_up`] after events were missed, riding out a short
     /// database outage (a restart, a failover) instead of ending the stream;
     /// then the peers' presence as it is now, and the state.
-    async fn resync(&mut self) -> Step {
+    pub(super) async fn resync(&mut self) -> Step {
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         let online = loop {
@@ -372,7 +433,7 @@ impl<'a> Stream<'a> {
         self.send_state(false, &online).await
     }
 
-    async fn live(&mut self, event: HubEvent) -> Step {
+    pub(super) async fn live(&mut self, event: HubEvent) -> Step {
         match event {
             HubEvent::Created {
                 notification,
@@ -577,7 +638,7 @@ impl<'a> Stream<'a> {
     }
 
     async fn send(&self, event: StreamEvent) -> Step {
-        self.out.send(Ok(event)).await.map_err(|_| Stop::ClientGone)
+        self.out.send(event).await
     }
 }
 
@@ -596,7 +657,7 @@ fn changed_since_created(notification: &Notification) -> bool {
 /// in a temporary directory, in process: a gate between the store and the
 /// hub drops chosen changes, as a full queue or a lost database notice would.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use notify_store::{Change, ChangeSink, Channel, NewNotification, SqliteOptions, SqliteStore};
@@ -624,19 +685,19 @@ mod tests {
         }
     }
 
-    struct Fixture {
-        core: Arc<Notifications>,
+    pub(in crate::core) struct Fixture {
+        pub core: Arc<Notifications>,
         gate: Arc<Gate>,
-        shutdown: CancellationToken,
+        pub shutdown: CancellationToken,
         _dir: tempfile::TempDir,
     }
 
-    const USER: User = User {
+    pub(in crate::core) const USER: User = User {
         role: notify_store::Role::Vendor,
         id: 5,
     };
 
-    async fn fixture() -> Fixture {
+    pub(in crate::core) async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("stream.db").display());
         let (hub, presence_changes) = Hub::new();
@@ -667,8 +728,13 @@ mod tests {
     }
 
     impl Fixture {
-        async fn create(&self) -> Arc<Notification> {
+        pub async fn create(&self) -> Arc<Notification> {
             self.create_under(None).await
+        }
+
+        /// A notification to `recipient`.
+        pub async fn create_for(&self, recipient: User) -> Arc<Notification> {
+            self.create_new(recipient, None).await
         }
 
         /// A notification under collapse key `key`.
@@ -677,9 +743,17 @@ mod tests {
         }
 
         async fn create_under(&self, collapse_key: Option<&str>) -> Arc<Notification> {
+            self.create_new(USER, collapse_key).await
+        }
+
+        async fn create_new(
+            &self,
+            recipient: User,
+            collapse_key: Option<&str>,
+        ) -> Arc<Notification> {
             let new = NewNotification {
                 id: None,
-                recipient: USER,
+                recipient,
                 kind: "order".to_owned(),
                 channel: Channel::InApp,
                 content: "{}".to_owned(),
@@ -700,7 +774,7 @@ mod tests {
         }
 
         /// The next `n` changes never reach the hub.
-        fn lose_next(&self, n: usize) {
+        pub fn lose_next(&self, n: usize) {
             self.gate.drop.store(n, Ordering::SeqCst);
         }
 
@@ -709,7 +783,7 @@ mod tests {
         }
     }
 
-    fn live_only() -> OpenStream {
+    pub(in crate::core) fn live_only() -> OpenStream {
         OpenStream {
             user: USER,
             after_seq: None,
