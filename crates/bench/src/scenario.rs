@@ -30,6 +30,13 @@ pub struct IdleRow {
     pub bytes_per_socket: f64,
     /// Core RSS now (it holds one stream per user).
     pub core_rss_bytes: u64,
+    /// Core RSS with no sockets.
+    #[serde(default)]
+    pub core_baseline_bytes: u64,
+    /// What a connected user costs the whole system: (bridge + core RSS −
+    /// both baselines) / sockets.
+    #[serde(default)]
+    pub all_in_bytes_per_user: f64,
 }
 
 /// Connects `steps` sockets in turn (cumulative) and reads memory at each.
@@ -54,7 +61,8 @@ async fn idle_steps(
     ramp: Ramp,
 ) -> anyhow::Result<Vec<IdleRow>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let baseline = usage(&stack.bridge).rss_bytes;
+    let (core_baseline, bridge_baseline) = stack.usage();
+    let (core_baseline, baseline) = (core_baseline.rss_bytes, bridge_baseline.rss_bytes);
     let mut rows = Vec::new();
     for &total in steps {
         let started = Instant::now();
@@ -63,24 +71,29 @@ async fn idle_steps(
         // Let allocations settle (buffers shrink, presence writes land).
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (core, bridge) = stack.usage();
+        let ready = sockets.ready().max(1) as f64;
+        let grown = bridge.rss_bytes.saturating_sub(baseline)
+            + core.rss_bytes.saturating_sub(core_baseline);
         let row = IdleRow {
             target,
             sockets: sockets.ready(),
             ramp_seconds,
             bridge_baseline_bytes: baseline,
             bridge_rss_bytes: bridge.rss_bytes,
-            bytes_per_socket: bridge.rss_bytes.saturating_sub(baseline) as f64
-                / sockets.ready().max(1) as f64,
+            bytes_per_socket: bridge.rss_bytes.saturating_sub(baseline) as f64 / ready,
             core_rss_bytes: core.rss_bytes,
+            core_baseline_bytes: core_baseline,
+            all_in_bytes_per_user: grown as f64 / ready,
         };
         eprintln!(
-            "idle {}: {} sockets in {:.1} s, bridge {} MiB ({:.1} KiB/socket), core {} MiB",
+            "idle {}: {} sockets in {:.1} s, bridge {} MiB ({:.1} KiB/socket), core {} MiB, all in {:.1} KiB/user",
             target.name(),
             row.sockets,
             row.ramp_seconds,
             row.bridge_rss_bytes >> 20,
             row.bytes_per_socket / 1024.0,
-            row.core_rss_bytes >> 20
+            row.core_rss_bytes >> 20,
+            row.all_in_bytes_per_user / 1024.0
         );
         rows.push(row);
     }
@@ -96,6 +109,7 @@ pub fn idle_table(rows: &[IdleRow]) -> Table {
         "bridge RSS MiB",
         "KiB per socket",
         "core RSS MiB",
+        "all-in KiB per user",
     ]);
     for row in rows {
         table.row(vec![
@@ -105,6 +119,7 @@ pub fn idle_table(rows: &[IdleRow]) -> Table {
             mib(row.bridge_rss_bytes),
             format!("{:.1}", row.bytes_per_socket / 1024.0),
             mib(row.core_rss_bytes),
+            format!("{:.1}", row.all_in_bytes_per_user / 1024.0),
         ]);
     }
     table
@@ -137,6 +152,9 @@ pub struct FanoutRow {
     pub core_cpu_seconds: f64,
     /// Bridge CPU microseconds per delivered notification.
     pub bridge_cpu_us_per_delivered: f64,
+    /// Core CPU microseconds per delivered notification.
+    #[serde(default)]
+    pub core_cpu_us_per_delivered: f64,
     /// Bridge RSS at the end of the phase.
     pub bridge_rss_bytes: u64,
     /// Core RSS at the end of the phase.
@@ -169,6 +187,7 @@ async fn fanout_phase(
     let (core_after, bridge_after) = stack.usage();
     let cpu = |after: Usage, before: Usage| after.cpu_seconds - before.cpu_seconds;
     let bridge_cpu = cpu(bridge_after, bridge_before);
+    let core_cpu = cpu(core_after, core_before);
     let row = FanoutRow {
         target,
         sockets: sockets.ready(),
@@ -178,13 +197,14 @@ async fn fanout_phase(
         delivered_per_second: latency.count as f64 / drained,
         latency,
         bridge_cpu_seconds: bridge_cpu,
-        core_cpu_seconds: cpu(core_after, core_before),
+        core_cpu_seconds: core_cpu,
         bridge_cpu_us_per_delivered: bridge_cpu * 1e6 / latency.count.max(1) as f64,
+        core_cpu_us_per_delivered: core_cpu * 1e6 / latency.count.max(1) as f64,
         bridge_rss_bytes: bridge_after.rss_bytes,
         core_rss_bytes: core_after.rss_bytes,
     };
     eprintln!(
-        "fanout {} {} sockets @{}/s: created {} ({:.0}/s), delivered {} ({:.0}/s), p50 {:.2} p99 {:.2} max {:.2} ms, bridge {:.1} µs CPU/notification",
+        "fanout {} {} sockets @{}/s: created {} ({:.0}/s), delivered {} ({:.0}/s), p50 {:.2} p99 {:.2} max {:.2} ms, bridge {:.1} µs and core {:.1} µs CPU/notification",
         target.name(),
         row.sockets,
         offer.rate,
@@ -195,7 +215,8 @@ async fn fanout_phase(
         latency.p50_ms,
         latency.p99_ms,
         latency.max_ms,
-        row.bridge_cpu_us_per_delivered
+        row.bridge_cpu_us_per_delivered,
+        row.core_cpu_us_per_delivered
     );
     Ok(row)
 }
@@ -266,6 +287,7 @@ pub fn fanout_table(rows: &[FanoutRow]) -> Table {
         "p99 ms",
         "max ms",
         "bridge CPU µs/notification",
+        "core CPU µs/notification",
         "bridge CPU s",
         "core CPU s",
         "bridge RSS MiB",
@@ -286,6 +308,7 @@ pub fn fanout_table(rows: &[FanoutRow]) -> Table {
             format!("{:.2}", row.latency.p99_ms),
             format!("{:.2}", row.latency.max_ms),
             format!("{:.1}", row.bridge_cpu_us_per_delivered),
+            format!("{:.1}", row.core_cpu_us_per_delivered),
             format!("{:.2}", row.bridge_cpu_seconds),
             format!("{:.2}", row.core_cpu_seconds),
             mib(row.bridge_rss_bytes),
