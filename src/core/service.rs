@@ -440,10 +440,29 @@ fn follow_command(request: proto::FollowRequest) -> Option<FollowCommand> {
 
 /// Most events in one FollowedEvents message.
 const EVENTS_PER_MESSAGE: usize = 256;
+/// A message takes no more events once their estimated size passes this,
+/// so it stays far under what a bridge decodes (16 MiB) whatever the
+/// contents (each at most 64 KiB).
+const BYTES_PER_MESSAGE: usize = 1024 * 1024;
+
+/// Roughly what an event takes encoded, for [`BYTES_PER_MESSAGE`].
+fn size_hint((_, item): &Followed) -> usize {
+    match item {
+        Ok(StreamEvent {
+            event: Event::Notification(notification),
+            ..
+        }) => 512 + notification.content.len(),
+        Ok(StreamEvent {
+            event: Event::Updated { ids, .. },
+            ..
+        }) => 128 + 32 * ids.len(),
+        _ => 256,
+    }
+}
 
 /// The events of a FollowUsers call, as many to a message as are ready
-/// (up to [`EVENTS_PER_MESSAGE`]): one message, one frame and one write for
-/// a burst instead of one per event.
+/// (up to [`EVENTS_PER_MESSAGE`] or [`BYTES_PER_MESSAGE`]): one message,
+/// one frame and one write for a burst instead of one per event.
 struct Batches {
     events: tokio::sync::mpsc::Receiver<Followed>,
 }
@@ -460,10 +479,14 @@ impl Stream for Batches {
             std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
             std::task::Poll::Pending => return std::task::Poll::Pending,
         };
+        let mut bytes = size_hint(&first);
         let mut events = vec![followed_event(first)];
-        while events.len() < EVENTS_PER_MESSAGE {
+        while events.len() < EVENTS_PER_MESSAGE && bytes < BYTES_PER_MESSAGE {
             match self.events.try_recv() {
-                Ok(next) => events.push(followed_event(next)),
+                Ok(next) => {
+                    bytes += size_hint(&next);
+                    events.push(followed_event(next));
+                }
                 Err(_) => break,
             }
         }
@@ -612,6 +635,40 @@ impl tonic::service::Interceptor for ApiToken {
 #[cfg(test)]
 mod tests {
     use super::ApiToken;
+
+    /// A burst of the largest notifications leaves in several messages,
+    /// each far under what a bridge decodes, none lost or reordered.
+    #[tokio::test]
+    async fn a_follow_call_s_messages_stay_small_whatever_the_burst() {
+        use prost::Message;
+        use tokio_stream::StreamExt;
+
+        let f = crate::core::stream::tests::fixture().await;
+        let mut large = (*f.create().await).clone();
+        large.content = format!("{{\"text\":\"{}\"}}", "a".repeat(60_000));
+        let large = std::sync::Arc::new(large);
+        let (queue, events) = tokio::sync::mpsc::channel(300);
+        for n in 0..300 {
+            let event = super::StreamEvent {
+                event: super::Event::Notification(large.clone()),
+                count: None,
+            };
+            queue.send((n, Ok(event))).await.unwrap();
+        }
+        drop(queue);
+        let mut batches = super::Batches { events };
+        let mut ids = Vec::new();
+        while let Some(message) = batches.next().await {
+            let message = message.unwrap();
+            assert!(
+                message.encoded_len() < 2 * 1024 * 1024,
+                "{} bytes",
+                message.encoded_len()
+            );
+            ids.extend(message.events.iter().map(|event| event.id));
+        }
+        assert_eq!(ids, (0..300).collect::<Vec<u64>>());
+    }
 
     #[test]
     fn only_the_exact_header_passes_the_api_token_check() {
