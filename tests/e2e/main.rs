@@ -6,6 +6,7 @@ mod api;
 mod bad_input;
 mod config;
 mod durability;
+mod follow;
 mod grpcurl;
 mod harness;
 mod multinode;
