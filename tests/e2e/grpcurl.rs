@@ -465,3 +465,62 @@ async fn grpcurl_schedules_cancels_and_sends() {
         );
     }
 }
+
+#[tokio::test]
+async fn grpcurl_follows_two_users_on_one_call() {
+    let core = CoreProcess::start();
+    for (vendor, n) in [(5, 1), (5, 2), (6, 1)] {
+        let body = format!(r#"{{"vendorId":{vendor},"type":"order:paid","content":{{"n":{n}}}}}"#);
+        call(&core, "CreateNotification", &body).await;
+    }
+    // Two follows and a refused one, as grpcurl sends a stream of messages;
+    // grpcurl stops listening after 3 s (the follows would go on).
+    let requests = r#"{"follow":{"id":"1","stream":{"vendorId":5,"afterSeq":"0"}}}
+        {"follow":{"id":"2","stream":{"vendorId":6,"afterSeq":"0"}}}
+        {"follow":{"id":"3","stream":{"vendorId":0}}}"#;
+    let output = Command::new(grpcurl())
+        .args(["-plaintext", "-max-time", "3", "-d", requests])
+        .arg(core.addr.to_string())
+        .arg(format!("{SERVICE}/FollowUsers"))
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let messages: Vec<Value> = serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("grpcurl prints one JSON object per message");
+    let events: Vec<Value> = messages
+        .iter()
+        .flat_map(|message| message["events"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let replayed = |id: &str| -> Vec<(String, String)> {
+        events
+            .iter()
+            .filter(|event| event["id"] == id)
+            .filter_map(|event| {
+                let n = &event["event"]["notification"];
+                n.is_object().then(|| {
+                    (
+                        n["vendorId"].as_str().unwrap().to_owned(),
+                        n["seq"].as_str().unwrap().to_owned(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let pair = |vendor: &str, seq: &str| (vendor.to_owned(), seq.to_owned());
+    assert_eq!(
+        replayed("1"),
+        vec![pair("5", "1"), pair("5", "2")],
+        "{messages:?}"
+    );
+    assert_eq!(replayed("2"), vec![pair("6", "1")], "{messages:?}");
+    let ended = events
+        .iter()
+        .find(|event| event["id"] == "3")
+        .expect("follow 3 answered");
+    assert_eq!(ended["ended"]["code"], 3, "INVALID_ARGUMENT: {ended}");
+    let message = ended["ended"]["message"].as_str().unwrap();
+    assert!(message.contains("vendorId"), "{message}");
+}
