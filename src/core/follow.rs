@@ -61,6 +61,8 @@ enum Slot {
 }
 
 struct Follow {
+    /// The caller's id for it, which its events carry.
+    id: u64,
     slot: Slot,
     presence: Option<notify_store::User>,
     /// Dropped with the follow: the hub stops queueing its events.
@@ -75,7 +77,7 @@ enum Work {
     Resync,
 }
 
-/// What a task gives back: the follow, its stream, how the work went.
+/// What a task gives back: the follow's key, its stream, how the work went.
 type Done = (u64, Box<Stream>, Step);
 
 /// Starts the call's task: `commands` in, tagged events out.
@@ -94,6 +96,8 @@ pub fn start(
             inbox,
             done,
             follows: HashMap::new(),
+            keys: HashMap::new(),
+            next_key: 0,
         };
         call.run(commands, events, finished).await;
         metrics::gauge!("notify_follow_calls").decrement(1.0);
@@ -106,7 +110,14 @@ struct Call {
     out: mpsc::Sender<Followed>,
     inbox: Arc<FollowInbox>,
     done: mpsc::UnboundedSender<Done>,
+    /// By key: a number of this call's own, never reused, which the hub's
+    /// events and the tasks' answers carry, so that nothing meant for an
+    /// ended follow can reach a later one, even one the caller gave the
+    /// same id.
     follows: HashMap<u64, Follow>,
+    /// The key of each caller's id.
+    keys: HashMap<u64, u64>,
+    next_key: u64,
 }
 
 impl Call {
@@ -132,14 +143,14 @@ impl Call {
                         Ok(())
                     }
                 },
-                Some((id, stream, step)) = finished.recv() => self.finished(id, stream, step).await,
+                Some((key, stream, step)) = finished.recv() => self.finished(key, stream, step).await,
                 _ = inbox.wake.notified() => {
-                    for id in self.inbox.take_lagged() {
-                        self.catch_up(id);
+                    for key in self.inbox.take_lagged() {
+                        self.catch_up(key);
                     }
                     Ok(())
                 }
-                Some((id, event)) = events.recv() => self.live(id, event).await,
+                Some((key, event)) = events.recv() => self.live(key, event).await,
             };
             if step.is_err() {
                 break;
@@ -159,13 +170,15 @@ impl Call {
                 self.send((id, Err(CoreError::Invalid(error)))).await
             }
             FollowCommand::Follow(id, Ok(request)) => {
-                if self.follows.contains_key(&id) {
+                if self.keys.contains_key(&id) {
                     let refused = FieldError::new("id", "is already following on this call");
                     return self.send((id, Err(CoreError::Invalid(refused)))).await;
                 }
                 let user = request.user;
                 let presence = request.presence.then_some(user);
-                let mut registration = self.core.hub.follow(user, id, self.inbox.clone());
+                let key = self.next_key;
+                self.next_key += 1;
+                let mut registration = self.core.hub.follow(user, key, self.inbox.clone());
                 let barrier = registration.take_barrier();
                 if presence.is_some() {
                     self.core.presence.connect(user);
@@ -176,27 +189,31 @@ impl Call {
                     queue: self.out.clone(),
                 };
                 let stream = Box::new(Stream::new(self.core.clone(), request, out));
+                self.keys.insert(id, key);
                 self.follows.insert(
-                    id,
+                    key,
                     Follow {
+                        id,
                         slot: Slot::Busy { again: false },
                         presence,
                         _registration: registration,
                     },
                 );
-                self.spawn(id, stream, Work::Open(barrier));
+                self.spawn(key, stream, Work::Open(barrier));
                 Ok(())
             }
             FollowCommand::Unfollow(id) => {
-                self.remove(id);
+                if let Some(key) = self.keys.get(&id).copied() {
+                    self.remove(key);
+                }
                 Ok(())
             }
         }
     }
 
     /// A live event: passed on by a Ready stream, remembered by a Busy one.
-    async fn live(&mut self, id: u64, event: HubEvent) -> Step {
-        let Some(follow) = self.follows.get_mut(&id) else {
+    async fn live(&mut self, key: u64, event: HubEvent) -> Step {
+        let Some(follow) = self.follows.get_mut(&key) else {
             return Ok(());
         };
         match &mut follow.slot {
@@ -206,28 +223,28 @@ impl Call {
             }
             Slot::Ready(stream) if stream.gap_before(&event) => {
                 metrics::counter!("notify_stream_gap_reads_total").increment(1);
-                self.catch_up(id);
+                self.catch_up(key);
                 Ok(())
             }
             Slot::Ready(stream) => match stream.live(event).await {
-                Err(Stop::Failed(error)) => self.end(id, error).await,
+                Err(Stop::Failed(error)) => self.end(key, error).await,
                 step => step,
             },
         }
     }
 
     /// Makes the follow read what it missed from the store.
-    fn catch_up(&mut self, id: u64) {
-        let Some(follow) = self.follows.get_mut(&id) else {
+    fn catch_up(&mut self, key: u64) {
+        let Some(follow) = self.follows.get_mut(&key) else {
             return;
         };
         match std::mem::replace(&mut follow.slot, Slot::Busy { again: false }) {
-            Slot::Ready(stream) => self.spawn(id, stream, Work::Resync),
+            Slot::Ready(stream) => self.spawn(key, stream, Work::Resync),
             Slot::Busy { .. } => follow.slot = Slot::Busy { again: true },
         }
     }
 
-    fn spawn(&self, id: u64, mut stream: Box<Stream>, work: Work) {
+    fn spawn(&self, key: u64, mut stream: Box<Stream>, work: Work) {
         let done = self.done.clone();
         tokio::spawn(async move {
             let step = match work {
@@ -239,13 +256,13 @@ impl Call {
                 }
                 Work::Resync => stream.resync().await,
             };
-            let _ = done.send((id, stream, step));
+            let _ = done.send((key, stream, step));
         });
     }
 
     /// A task gave the stream back.
-    async fn finished(&mut self, id: u64, stream: Box<Stream>, step: Step) -> Step {
-        let Some(follow) = self.follows.get_mut(&id) else {
+    async fn finished(&mut self, key: u64, stream: Box<Stream>, step: Step) -> Step {
+        let Some(follow) = self.follows.get_mut(&key) else {
             // Unfollowed meanwhile.
             return Ok(());
         };
@@ -254,29 +271,33 @@ impl Call {
                 let again = matches!(follow.slot, Slot::Busy { again: true });
                 follow.slot = Slot::Ready(stream);
                 if again {
-                    self.catch_up(id);
+                    self.catch_up(key);
                 }
                 Ok(())
             }
             Err(Stop::ClientGone) => Err(Stop::ClientGone),
-            Err(Stop::Failed(error)) => self.end(id, error).await,
+            Err(Stop::Failed(error)) => self.end(key, error).await,
         }
     }
 
     /// The store failed for good for this follow: its last event says so.
-    async fn end(&mut self, id: u64, error: notify_store::StoreError) -> Step {
+    async fn end(&mut self, key: u64, error: notify_store::StoreError) -> Step {
+        let Some(id) = self.remove(key) else {
+            return Ok(());
+        };
         tracing::warn!(follow = id, %error, "follow ended by an error");
-        self.remove(id);
         self.send((id, Err(error.into()))).await
     }
 
-    fn remove(&mut self, id: u64) {
-        if let Some(follow) = self.follows.remove(&id) {
-            if let Some(user) = follow.presence {
-                self.core.presence.disconnect(user);
-            }
-            metrics::gauge!("notify_open_streams").decrement(1.0);
+    /// Ends the follow of `key`; answers the caller's id for it.
+    fn remove(&mut self, key: u64) -> Option<u64> {
+        let follow = self.follows.remove(&key)?;
+        self.keys.remove(&follow.id);
+        if let Some(user) = follow.presence {
+            self.core.presence.disconnect(user);
         }
+        metrics::gauge!("notify_open_streams").decrement(1.0);
+        Some(follow.id)
     }
 
     async fn send(&self, event: Followed) -> Step {
@@ -344,6 +365,30 @@ mod tests {
                     }),
                 ) if got == id => {}
                 other => panic!("expected follow {id}'s state, got {other:?}"),
+            }
+        }
+
+        /// Follows and waits for the follow's state, passing over what
+        /// came before it (an earlier follow's events).
+        async fn follow_synced_skipping(&mut self, id: u64, user: User) {
+            let request = OpenStream {
+                user,
+                sync: true,
+                ..live_only()
+            };
+            self.follow(id, request).await;
+            loop {
+                if let (
+                    got,
+                    Ok(StreamEvent {
+                        event: Event::State(_),
+                        ..
+                    }),
+                ) = self.next().await
+                    && got == id
+                {
+                    return;
+                }
             }
         }
 
@@ -457,6 +502,8 @@ mod tests {
             inbox,
             done,
             follows: HashMap::new(),
+            keys: HashMap::new(),
+            next_key: 0,
         };
         assert!(
             call.command(FollowCommand::Follow(1, Ok(live_only())))
@@ -542,6 +589,22 @@ mod tests {
             ) => assert_eq!(notification.recipient, OTHER),
             other => panic!("expected follow 3's notification alone, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_id_given_again_after_its_unfollow_hears_only_its_new_user() {
+        let f = fixture().await;
+        let mut caller = Caller::start(&f);
+        caller.follow_synced(1, USER).await;
+        // Changes of USER may still be queued for the old follow 1 when
+        // the new one opens; none of them may reach it.
+        f.create().await;
+        caller.send(FollowCommand::Unfollow(1)).await;
+        caller.follow_synced_skipping(1, OTHER).await;
+        f.create().await;
+        f.create_for(OTHER).await;
+        let seqs = caller.notifications(1, &[(1, OTHER)]).await;
+        assert_eq!(seqs[&1], vec![1], "OTHER's first, and nothing of USER's");
     }
 
     #[tokio::test]
