@@ -601,6 +601,8 @@ fn summary_table(idle: &[IdleRow], fanout: &[FanoutRow], limit: f64) -> Table {
         "ratio",
         "KiB per idle socket ours / peer",
         "ratio",
+        "all-in KiB per user ours / peer",
+        "ratio",
         "bridge CPU µs/notification ours / peer (same rate)",
         "ratio",
     ]);
@@ -615,10 +617,17 @@ fn summary_table(idle: &[IdleRow], fanout: &[FanoutRow], limit: f64) -> Table {
         }
     };
     for sockets in counts {
-        let memory = |target| {
+        let memory = |target, all_in: bool| {
             idle.iter()
                 .find(|r| r.target == target && r.sockets == sockets)
-                .map(|r| r.bytes_per_socket / 1024.0)
+                .map(|r| {
+                    let bytes = if all_in {
+                        r.all_in_bytes_per_user
+                    } else {
+                        r.bytes_per_socket
+                    };
+                    bytes / 1024.0
+                })
                 .unwrap_or(0.0)
         };
         let best = |target| {
@@ -626,12 +635,11 @@ fn summary_table(idle: &[IdleRow], fanout: &[FanoutRow], limit: f64) -> Table {
                 .map(|r| r.delivered_per_second)
                 .unwrap_or(0.0)
         };
-        // CPU per notification compared at the highest rate both sustained.
-        let both_at = fanout
+        // CPU per notification compared at the highest rate both sustained,
+        // or, when the peer sustained none, at the lowest both ran.
+        let pairs: Vec<(&FanoutRow, &FanoutRow)> = fanout
             .iter()
-            .filter(|r| {
-                r.target == Target::Peer && r.sockets == sockets && r.latency.p99_ms <= limit
-            })
+            .filter(|r| r.target == Target::Peer && r.sockets == sockets)
             .filter_map(|peer| {
                 fanout
                     .iter()
@@ -642,11 +650,18 @@ fn summary_table(idle: &[IdleRow], fanout: &[FanoutRow], limit: f64) -> Table {
                     })
                     .map(|ours| (ours, peer))
             })
-            .max_by_key(|(_, peer)| peer.offered_rate);
+            .collect();
+        let both_at = pairs
+            .iter()
+            .filter(|(_, peer)| peer.latency.p99_ms <= limit)
+            .max_by_key(|(_, peer)| peer.offered_rate)
+            .or_else(|| pairs.iter().min_by_key(|(_, peer)| peer.offered_rate))
+            .copied();
         let (cpu_ours, cpu_peer) = both_at
             .map(|(o, p)| (o.bridge_cpu_us_per_delivered, p.bridge_cpu_us_per_delivered))
             .unwrap_or((0.0, 0.0));
-        let (mem_ours, mem_peer) = (memory(Target::Ours), memory(Target::Peer));
+        let (mem_ours, mem_peer) = (memory(Target::Ours, false), memory(Target::Peer, false));
+        let (all_ours, all_peer) = (memory(Target::Ours, true), memory(Target::Peer, true));
         let (best_ours, best_peer) = (best(Target::Ours), best(Target::Peer));
         table.row(vec![
             sockets.to_string(),
@@ -654,6 +669,8 @@ fn summary_table(idle: &[IdleRow], fanout: &[FanoutRow], limit: f64) -> Table {
             ratio(best_ours, best_peer),
             format!("{mem_ours:.1} / {mem_peer:.1}"),
             ratio(mem_ours, mem_peer),
+            format!("{all_ours:.1} / {all_peer:.1}"),
+            ratio(all_ours, all_peer),
             format!("{cpu_ours:.1} / {cpu_peer:.1}"),
             ratio(cpu_ours, cpu_peer),
         ]);
@@ -685,19 +702,30 @@ fn draw_charts(output: &Output, idle: &[IdleRow], fanout: &[FanoutRow]) -> anyho
     )?;
     let memory: Vec<Series> = [Target::Ours, Target::Peer]
         .into_iter()
-        .map(|target| Series {
-            name: format!("{} bridge", target.name()),
+        .flat_map(|target| [(target, false), (target, true)])
+        .map(|(target, all_in)| Series {
+            name: if all_in {
+                format!("{} bridge + core", target.name())
+            } else {
+                format!("{} bridge", target.name())
+            },
             points: idle
                 .iter()
-                .filter(|r| r.target == target)
-                .map(|r| (r.sockets as f64, r.bridge_rss_bytes as f64 / 1_048_576.0))
+                .filter(|r| r.target == target && (!all_in || r.core_baseline_bytes > 0))
+                .map(|r| {
+                    let core = if all_in { r.core_rss_bytes } else { 0 };
+                    (
+                        r.sockets as f64,
+                        (r.bridge_rss_bytes + core) as f64 / 1_048_576.0,
+                    )
+                })
                 .collect(),
         })
         .filter(|s| !s.points.is_empty())
         .collect();
     line_chart(
         &output.path("sweep-memory.svg"),
-        "bridge resident memory against idle sockets",
+        "resident memory against idle sockets: the bridge, and bridge + core",
         "connected sockets",
         "RSS MiB",
         &memory,
