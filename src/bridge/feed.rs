@@ -1,6 +1,7 @@
 //! One feed per user with sockets on this bridge: a task that owns the
-//! user's single StreamUserEvents call to the core (with presence) and every
-//! socket of that user here, and passes the stream's events to them.
+//! user's single stream from the core (a follow with presence on its
+//! connection's FollowUsers call, see `link`) and every socket of that user
+//! here, and passes the stream's events to them.
 //!
 //! A socket goes through a small state machine, all of it kept by the
 //! feed's task (one owner: no interleaving to reason about):

@@ -4,18 +4,18 @@
 //! Each follow is a [`Stream`] (the same catch-up, gap and resync logic as
 //! a StreamUserEvents call) kept in a map, not a task and a call of its
 //! own: the hub queues every follow's events into the call's one inbox,
-//! tagged with the follow's id, and this task passes each on. A follow's
+//! tagged with the follow's key, and this task passes each on. A follow's
 //! stream is in one of two states, and only its owner touches it:
 //!
 //! ```text
-//!            ┌──── the work is done ◀────┐
-//!            ▼                           │
-//!   Follow ──▶ Busy (its opening, or a catch-up after a gap, runs in a task
-//!            │      of its own with the stream; live events for it are
-//!            │      dropped and remembered as `again`)
-//!            ▼
-//!          Ready (live events pass on here, in order)
+//!   follow ──▶ Busy ──── the task gives the stream back ────▶ Ready
+//!               ▲                                              │
+//!               └── a gap, a lag, or `again` when it came back ┘
 //! ```
+//!
+//! - *Busy*: its opening, or a catch-up, runs in a task of its own with the
+//!   stream; live events for it are dropped and remembered as `again`.
+//! - *Ready*: live events pass on here, in order.
 //!
 //! A Busy stream is the only thing sending that follow's events, so its
 //! events never overtake each other. When it comes back with `again` set,

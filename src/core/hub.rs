@@ -1,9 +1,10 @@
 //! The in-process fan-out: every committed change goes to each open stream
 //! of its user.
 //!
-//! Each stream has a bounded queue. Publishing never waits: when a queue is
-//! full the event is dropped and the stream is flagged as lagging, and the
-//! stream then catches up from the store by version. A slow reader therefore
+//! Each stream has a bounded queue (the follows of one FollowUsers call
+//! share one). Publishing never waits: when a queue is full the event is
+//! dropped and the stream is flagged as lagging, and the stream then
+//! catches up from the store by version. A slow reader therefore
 //! costs its own queue and nothing else, and loses no notification.
 //!
 //! With a message bus, the hub also tells it ([`Interest`]) which users
@@ -113,7 +114,7 @@ enum Sink {
         lagged: Arc<Notify>,
     },
     /// The queue shared by the follows of one FollowUsers call, tagged
-    /// with the follow's id.
+    /// with the follow's key on that call.
     Shared {
         follow: u64,
         inbox: Arc<FollowInbox>,
@@ -279,7 +280,7 @@ impl Hub {
     }
 
     /// [`Hub::subscribe`] for one follow of a FollowUsers call: its events
-    /// go to the call's `inbox`, tagged with `follow`.
+    /// go to the call's `inbox`, tagged with `follow` (the follow's key).
     pub fn follow(
         self: &Arc<Self>,
         user: User,
